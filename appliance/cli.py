@@ -1,0 +1,227 @@
+"""`bft-anchor`: the one command line for the devnet, the audit, the appliance and devices.
+
+Logs go to standard error; results (and --json reports) to standard output.
+Exit status: 0 success, 1 the job ran and found a problem (audit violation, refusal),
+2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    from .devnet import DevnetOptions, print_progress, run_devnet, stderr_progress
+    from .node.fees import FeePolicy
+
+    if args.validators < 1 or args.validators > 20:
+        print("bft-anchor devnet: --validators must be 1..20 (wsh sortedmulti)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.epochs < 1:
+        print("bft-anchor devnet: --epochs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    opts = DevnetOptions(
+        validators=args.validators,
+        epochs=args.epochs,
+        datadir=args.datadir,
+        rounds_per_epoch=args.rounds_per_epoch,
+        interval=args.interval,
+        handover_margin=args.handover_margin,
+        fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
+    )
+    report = run_devnet(opts, stderr_progress if args.json else print_progress)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        audit = report["audit"]
+        handovers = sum(1 for c in report["checkpoints"] if c["handover"])
+        print(
+            f"audit {'OK' if audit['ok'] else 'FAILED'}: {len(report['checkpoints'])} "
+            f"checkpoints, {handovers} handovers, {len(report['epochs'])} epochs on "
+            f"{report['chain']}"
+        )
+        for v in audit["violations"]:
+            print(f"  violation: {v}")
+    return EXIT_OK if report["audit"]["ok"] else EXIT_FAIL
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit_chain, format_table
+    from .checkpoint.template import Outpoint
+    from .deployment import DeploymentError, load_epochs
+    from .pow.rpc import PowRpc, RpcError, url_with_auth
+
+    try:
+        genesis = Outpoint.parse(args.genesis)
+        records = load_epochs(args.epochs)
+        magic = bytes.fromhex(args.magic)
+        url = url_with_auth(args.rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
+    except (ValueError, DeploymentError, OSError) as exc:
+        print(f"bft-anchor audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = audit_chain(
+            PowRpc(url), genesis, records, magic, args.handover_margin, args.from_height
+        )
+    except RpcError as exc:
+        print(f"bft-anchor audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_appliance_sign(args: argparse.Namespace) -> int:
+    from .config import ApplianceConfig, ConfigError
+    from .runtime import open_appliance
+
+    try:
+        appliance = open_appliance(ApplianceConfig.load(args.config))
+        req = json.loads(
+            Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
+        )
+        outcome = appliance.handle_sign(req.get("psbt"), req.get("qc"), req.get("records", []))
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance sign: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(outcome.to_json(), indent=1))
+    return EXIT_OK if outcome.signed else EXIT_FAIL
+
+
+def cmd_appliance_status(args: argparse.Namespace) -> int:
+    from .config import ApplianceConfig, ConfigError
+    from .runtime import open_appliance
+
+    try:
+        appliance = open_appliance(ApplianceConfig.load(args.config))
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(appliance.status(), indent=1))
+    return EXIT_OK
+
+
+def _delegate(module: str, argv_key: str = "rest"):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        mod = importlib.import_module(module, __package__)
+        return int(mod.main(getattr(args, argv_key)) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bft-anchor",
+        description="Anchor a BFT chain's quorum certificates in a proof-of-work chain.",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output on standard error (repeat for debug)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser(
+        "devnet",
+        help="run a whole local network on regtest and audit it",
+        description="Start a regtest PoW node and N validators, run E epochs of "
+        "checkpoints with a handover before each epoch's end, then audit the "
+        "chain. Exit 0 only when the audit passes.",
+    )
+    d.add_argument("--validators", type=int, default=4, metavar="N", help="validators (default 4)")
+    d.add_argument("--epochs", type=int, default=3, metavar="E", help="epochs (default 3)")
+    d.add_argument(
+        "--datadir",
+        type=Path,
+        help="keep the node's data (DIR/pow) and the "
+        "deployment files (DIR) here instead of a temporary directory",
+    )
+    d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    d.add_argument("--rounds-per-epoch", type=int, default=20, help="BFT rounds per epoch")
+    d.add_argument("--interval", type=int, default=5, help="rounds between checkpoints")
+    d.add_argument(
+        "--handover-margin",
+        type=int,
+        default=3,
+        help="rounds before an epoch's end at which the coin is handed over",
+    )
+    d.add_argument("--fee-rate", type=float, help="override the fee rate (sat/vB)")
+    d.set_defaults(func=cmd_devnet)
+
+    a = sub.add_parser(
+        "audit",
+        help="walk and check the checkpoint chain on a PoW node",
+        description="Follow the coin's spends from the genesis outpoint and check "
+        "every checkpoint. Exit 1 on any violation, naming it.",
+    )
+    a.add_argument("--rpc", required=True, help="node RPC URL, e.g. http://user:pw@127.0.0.1:19443")
+    a.add_argument("--rpc-user")
+    a.add_argument("--rpc-password")
+    a.add_argument("--rpc-cookie", type=Path, help="the node's .cookie file")
+    a.add_argument("--genesis", required=True, metavar="TXID:VOUT")
+    a.add_argument(
+        "--epochs", required=True, type=Path, metavar="FILE", help="JSON list of epoch records"
+    )
+    a.add_argument("--magic", default="42465441", help="payload magic in hex (default BFTA)")
+    a.add_argument("--handover-margin", type=int, default=0)
+    a.add_argument("--from-height", type=int, help="start scanning here (no -txindex needed)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
+
+    ap = sub.add_parser("appliance", help="the signing appliance")
+    apsub = ap.add_subparsers(dest="appliance_command", required=True, metavar="ACTION")
+    s = apsub.add_parser(
+        "sign",
+        help="decide and sign one request (JSON file) and exit",
+        description="Read {psbt, qc, records} and answer with the signed PSBT "
+        "or the refusal's reasons. Exit 1 when refused.",
+    )
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--request", required=True, help="request JSON file, or - for stdin")
+    s.set_defaults(func=cmd_appliance_sign)
+    st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
+    st.add_argument("--config", required=True, type=Path)
+    st.set_defaults(func=cmd_appliance_status)
+
+    for name, module, helptext in (
+        ("emulator", ".emulator.cli", "run a hardware-wallet emulator (Jade protocol)"),
+        ("udev", ".devices.udev", "install udev rules for devices and the serial link"),
+    ):
+        e = sub.add_parser(name, help=helptext, add_help=False)
+        e.add_argument("rest", nargs=argparse.REMAINDER)
+        e.set_defaults(func=_delegate(module))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(0 if args.quiet else args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

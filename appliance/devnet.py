@@ -1,0 +1,255 @@
+"""The embedded default: a whole local network on one machine.
+
+A regtest PoW node, n validators each with its own appliance (policy, journal,
+signer), a simulated BFT chain that signs a real QC every round, and the
+checkpoint chain run through E epochs with a handover before each epoch's end.
+It ends with the same audit an outsider would run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embit import bip39
+
+from .audit import audit_chain
+from .checkpoint.descriptor import EpochMultisig
+from .checkpoint.network import network
+from .checkpoint.template import Coin, Outpoint
+from .config import EXAMPLE, ApplianceConfig
+from .deployment import Deployment
+from .node.bftsim import SimulatedBFTChain
+from .node.fees import FeePolicy
+from .node.initiator import CheckpointFailed, assemble, collect, deliver, propose
+from .pow.regtest import RegtestNode
+from .pow.rpc import to_coin, to_sat
+from .runtime import open_appliance
+from .signers.software import SoftwareSigner
+from .signing import Appliance
+
+log = logging.getLogger("bft_anchor.devnet")
+
+
+@dataclass
+class DevnetOptions:
+    validators: int = 4
+    epochs: int = 3
+    rounds_per_epoch: int = 20
+    interval: int = 5
+    handover_margin: int = 3
+    datadir: Path | None = None
+    magic: bytes = b"BFTA"
+    genesis_value: int = 100_000_000
+    fee: FeePolicy = field(default_factory=FeePolicy)
+    seed: int = 0
+
+
+class LocalPeer:
+    """A validator whose appliance runs in this process."""
+
+    def __init__(self, validator_id: str, appliance: Appliance) -> None:
+        self.validator_id = validator_id
+        self.appliance = appliance
+
+    def request_signature(self, psbt_b64: str, qc_json: Any, records_json: Any) -> dict:
+        return self.appliance.handle_sign(psbt_b64, qc_json, records_json).to_json()
+
+    def install_record(self, record_json: Any) -> list[str]:
+        return self.appliance.install_record(record_json)
+
+
+def _write_validator(vdir: Path, vid: str, mnemonic: str) -> Path:
+    vdir.mkdir(parents=True, exist_ok=True)
+    seed = vdir / "seed.txt"
+    seed.write_text(mnemonic + "\n")
+    seed.chmod(0o600)
+    cfg = vdir / "appliance.toml"
+    text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{vid}"')
+    text = text.replace('deployment = "deployment.json"', 'deployment = "../../deployment.json"')
+    cfg.write_text(text)
+    return cfg
+
+
+def run_devnet(opts: DevnetOptions, progress=None) -> dict[str, Any]:
+    """Run the whole devnet and return the report DESIGN.md fixes."""
+    say = progress or (lambda line: None)
+    tmp = None
+    if opts.datadir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bft-anchor-devnet-")
+        root = Path(tmp.name)
+    else:
+        root = Path(opts.datadir)
+        root.mkdir(parents=True, exist_ok=True)
+    node = RegtestNode(datadir=root / "pow")
+    try:
+        node.start()
+        return _run(opts, root, node, say)
+    finally:
+        node.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(opts: DevnetOptions, root: Path, node: RegtestNode, say) -> dict[str, Any]:
+    t0 = time.monotonic()
+    chain_name = node.chain
+    net = network(chain_name)
+    wallet = node.create_wallet("devnet")
+    node.mine(101)
+    sim = SimulatedBFTChain.create(opts.validators, opts.rounds_per_epoch, opts.seed)
+
+    # Validators: a fresh BIP39 seed each, written where its appliance config points.
+    configs: dict[str, Path] = {}
+    signers: dict[str, SoftwareSigner] = {}
+    for v in sim.validators:
+        mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
+        configs[v.id] = _write_validator(root / "validators" / v.id, v.id, mnemonic)
+        signers[v.id] = SoftwareSigner.from_mnemonic(mnemonic)
+
+    def pow_keys(epoch: int) -> dict[str, str]:
+        return {vid: s.pow_key(epoch) for vid, s in signers.items()}
+
+    rec0 = sim.make_record(0, pow_keys(0))
+    ms0 = EpochMultisig(rec0)
+    addr = ms0.address(net)
+    gtxid = wallet.sendtoaddress(addr, float(to_coin(opts.genesis_value)))
+    gtx = node.rpc.getrawtransaction(gtxid, True)
+    vout = next(
+        o["n"] for o in gtx["vout"] if o["scriptPubKey"]["hex"] == ms0.script_pubkey.data.hex()
+    )
+    value = to_sat(gtx["vout"][vout]["value"])
+    node.mine(1)
+    genesis = Coin(Outpoint(gtxid, vout), value, 0)
+    deployment = Deployment(chain_name, opts.magic, genesis, rec0)
+    deployment.save(root / "deployment.json")
+    log.info(
+        "genesis coin %s (%d sat) locked by epoch 0's %d-of-%d multisig %s",
+        genesis.outpoint,
+        value,
+        rec0.threshold,
+        rec0.n,
+        addr,
+    )
+
+    peers = [
+        LocalPeer(vid, open_appliance(ApplianceConfig.load(cfg))) for vid, cfg in configs.items()
+    ]
+    records = {0: rec0}
+    coin = genesis
+    checkpoints: list[dict[str, Any]] = []
+    seq = 0
+    n = opts.validators
+    for epoch in range(opts.epochs):
+        start, end = sim.epoch_rounds(epoch)
+        has_next = epoch + 1 < opts.epochs
+        if has_next:
+            nxt = sim.make_record(epoch + 1, pow_keys(epoch + 1))
+            records[epoch + 1] = nxt
+            for p in peers:
+                problems = p.install_record(nxt.to_json())
+                if problems:
+                    raise CheckpointFailed(
+                        f"{p.validator_id} refused epoch {epoch + 1}: {problems}"
+                    )
+        handover_round = end - opts.handover_margin
+        due = list(range(start + opts.interval, handover_round, opts.interval))
+        if has_next:
+            due.append(handover_round)
+        elif not due:
+            due.append(start)
+        qc = None
+        for rnd in range(start, (due[-1] if due else start) + 1):
+            qc = sim.qc(epoch, rnd)  # the BFT chain commits a block every round
+            if rnd not in due:
+                continue
+            handover = has_next and rnd == handover_round
+            initiator = peers[(seq + 0) % n]
+            rate = opts.fee.rate(node.rpc)
+            proposal = propose(coin, qc, records, handover, rate, opts.magic)
+            order = [initiator] + [p for p in peers if p is not initiator]
+            psbt, signed_by, refusals = collect(proposal, order)
+            # Ask the rest too, so every appliance's journal follows the coin.
+            for p in order:
+                if p.validator_id not in signed_by and p.validator_id not in refusals:
+                    p.request_signature(
+                        proposal.psbt.to_string(),
+                        qc.to_json(),
+                        [r.to_json() for r in proposal.records],
+                    )
+            if len(signed_by) < proposal.source.threshold:
+                raise CheckpointFailed(
+                    f"epoch {epoch} round {rnd}: only {signed_by} signed; refusals: {refusals}"
+                )
+            tx = assemble(proposal, psbt)
+            deliver(tx, [node.rpc])
+            block = node.mine(1)[0]
+            info = node.rpc.getrawtransaction(tx.txid().hex(), True)
+            if info.get("blockhash") != block:
+                raise CheckpointFailed(f"checkpoint {tx.txid().hex()} not in block {block}")
+            height = node.rpc.getblockheader(block)["height"]
+            entry = {
+                "epoch": epoch,
+                "round": rnd,
+                "commit_state_id": qc.commit_state_id.hex(),
+                "txid": tx.txid().hex(),
+                "raw_tx": tx.serialize().hex(),
+                "block_hash": block,
+                "height": height,
+                "initiator": initiator.validator_id,
+                "handover": handover,
+            }
+            checkpoints.append(entry)
+            say(
+                f"epoch {epoch} round {rnd:>4} txid {entry['txid']} height {height} "
+                f"initiator {initiator.validator_id} fee {proposal.fee}"
+                f"{' HANDOVER -> epoch ' + str(epoch + 1) if handover else ''}"
+            )
+            coin = Coin(Outpoint(entry["txid"], 1), tx.vout[1].value, proposal.dest.epoch)
+            seq += 1
+    (root / "epochs.json").write_text(
+        json.dumps([records[e].to_json() for e in sorted(records)], indent=1) + "\n"
+    )
+    report = audit_chain(
+        node.rpc,
+        genesis.outpoint,
+        [records[e] for e in sorted(records)],
+        opts.magic,
+        handover_margin=opts.handover_margin,
+    )
+    # The report lists the chain as the audit found it; the run's own view must agree.
+    if [c.txid for c in report.checkpoints] != [c["txid"] for c in checkpoints]:
+        report.violations.append("the chain's checkpoints differ from those the devnet made")
+    log.info(
+        "devnet done in %.1f s: %d checkpoints, audit %s",
+        time.monotonic() - t0,
+        len(checkpoints),
+        "OK" if report.ok else "FAILED",
+    )
+    by_txid = {c["txid"]: c for c in checkpoints}
+    return {
+        "chain": chain_name,
+        "magic": opts.magic.hex(),
+        "genesis": {"txid": genesis.outpoint.txid, "vout": genesis.outpoint.vout},
+        "epochs": [records[e].to_json() for e in sorted(records)],
+        "checkpoints": [
+            dict(c.to_json(), initiator=by_txid.get(c.txid, {}).get("initiator"))
+            for c in report.checkpoints
+        ],
+        "audit": {"ok": report.ok, "violations": report.violations},
+    }
+
+
+def print_progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

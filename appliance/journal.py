@@ -1,0 +1,361 @@
+"""The anti-equivocation journal: what this appliance has signed, in SQLite.
+
+A signature leaves the appliance only after the row that allows it is committed
+with synchronous=FULL (fsync), so a crash at any point leaves a journal that
+still forbids every conflicting signature. The rules themselves live in
+`signing_conflicts`, a pure function the policy uses too; the insert re-checks
+them inside one IMMEDIATE transaction, and a trigger refuses two payloads for
+one (epoch, round) even if the Python above were wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint.epoch import EpochRecord
+from .checkpoint.template import Coin, Outpoint
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS signed (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    txid         TEXT    NOT NULL UNIQUE,
+    epoch        INTEGER NOT NULL,
+    round        INTEGER NOT NULL,
+    payload      TEXT    NOT NULL,
+    input        TEXT    NOT NULL,
+    input_value  INTEGER NOT NULL,
+    coin_value   INTEGER NOT NULL,
+    dest_epoch   INTEGER NOT NULL,
+    fee          INTEGER NOT NULL,
+    handover     INTEGER NOT NULL,
+    request_hash TEXT    NOT NULL,
+    signed_psbt  TEXT,
+    created_at   REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signed_er ON signed(epoch, round);
+CREATE TRIGGER IF NOT EXISTS no_equivocation BEFORE INSERT ON signed
+WHEN EXISTS (SELECT 1 FROM signed
+             WHERE epoch = NEW.epoch AND round = NEW.round AND payload != NEW.payload)
+BEGIN SELECT RAISE(ABORT, 'equivocation: another payload is signed for this epoch and round');
+END;
+CREATE TRIGGER IF NOT EXISTS signed_is_append_only BEFORE DELETE ON signed
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+CREATE TABLE IF NOT EXISTS decisions (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts           REAL    NOT NULL,
+    decision     TEXT    NOT NULL,
+    txid         TEXT,
+    epoch        INTEGER,
+    round        INTEGER,
+    detail       TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    epoch INTEGER PRIMARY KEY,
+    json  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class JournalRefusal(Exception):
+    """The journal forbids this signature; reasons says why."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a signature would commit this appliance to."""
+
+    txid: str
+    epoch: int
+    round: int
+    payload: str
+    input: Outpoint
+    input_value: int
+    coin_value: int
+    dest_epoch: int
+    fee: int
+    handover: bool
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    seq: int
+    txid: str
+    epoch: int
+    round: int
+    payload: str
+    input: Outpoint
+    input_value: int
+    coin_value: int
+    dest_epoch: int
+    fee: int
+    handover: bool
+    signed_psbt: str | None
+    created_at: float
+
+    @property
+    def coin(self) -> Coin:
+        """The coin this checkpoint creates (output 1)."""
+        return Coin(Outpoint(self.txid, 1), self.coin_value, self.dest_epoch)
+
+
+@dataclass(frozen=True)
+class JournalState:
+    """A snapshot of everything signed, enough to decide the next request purely."""
+
+    genesis: Coin
+    entries: tuple[SignedEntry, ...]
+
+    @property
+    def last(self) -> SignedEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    @property
+    def highest(self) -> tuple[int, int] | None:
+        if not self.entries:
+            return None
+        return max((e.epoch, e.round) for e in self.entries)
+
+    def spendable(self) -> dict[Outpoint, Coin]:
+        """Coins it may spend: the last signed checkpoint's input (a replacement) and the
+        outputs of every signed spend of that input (whichever of them confirmed)."""
+        last = self.last
+        if last is None:
+            return {self.genesis.outpoint: self.genesis}
+        parent = Coin(last.input, last.input_value, self._epoch_of_input(last))
+        coins = {parent.outpoint: parent}
+        for e in self.entries:
+            if e.input == last.input:
+                coins[e.coin.outpoint] = e.coin
+        return coins
+
+    def _epoch_of_input(self, entry: SignedEntry) -> int:
+        # The input of a checkpoint is always locked by the epoch of its QC.
+        return entry.epoch
+
+    def by_txid(self, txid: str) -> SignedEntry | None:
+        for e in self.entries:
+            if e.txid == txid:
+                return e
+        return None
+
+
+def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
+    """Every reason the journal forbids signing c (empty: allowed).
+
+    An identical transaction already signed is allowed: it is answered from the journal.
+    """
+    if state.by_txid(c.txid) is not None:
+        return []
+    reasons: list[str] = []
+    coins = state.spendable()
+    if c.input not in coins:
+        expected = ", ".join(str(o) for o in coins)
+        reasons.append(f"input {c.input} is not the expected coin (expected one of: {expected})")
+    same_er = [e for e in state.entries if (e.epoch, e.round) == (c.epoch, c.round)]
+    for e in same_er:
+        if e.payload != c.payload:
+            reasons.append(
+                f"equivocation: a different payload was already signed for epoch {c.epoch} "
+                f"round {c.round} (txid {e.txid})"
+            )
+            break
+    highest = state.highest
+    if highest is not None and (c.epoch, c.round) <= highest:
+        same = [e for e in same_er if e.payload == c.payload and e.input == c.input]
+        if not same:
+            if (c.epoch, c.round) < highest:
+                reasons.append(
+                    f"epoch {c.epoch} round {c.round} is lower than the highest signed "
+                    f"(epoch {highest[0]} round {highest[1]})"
+                )
+            elif not any("equivocation" in r for r in reasons):
+                reasons.append(f"epoch {c.epoch} round {c.round} was signed on another input")
+        else:
+            top_fee = max(e.fee for e in same)
+            if c.fee <= top_fee:
+                reasons.append(
+                    f"re-signing epoch {c.epoch} round {c.round} needs a higher fee than "
+                    f"{top_fee} sat already signed (got {c.fee})"
+                )
+    return reasons
+
+
+class Journal:
+    def __init__(self, path: Path | str, genesis: Coin) -> None:
+        self.path = Path(path)
+        self.genesis = genesis
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        stored = self.get_meta("genesis")
+        mine = json.dumps(
+            {"outpoint": str(genesis.outpoint), "value": genesis.value, "epoch": genesis.epoch}
+        )
+        if stored is None:
+            self.set_meta("genesis", mine)
+        elif json.loads(stored)["outpoint"] != str(genesis.outpoint):
+            raise ValueError(
+                f"journal {self.path} belongs to genesis {json.loads(stored)['outpoint']}, "
+                f"not {genesis.outpoint}"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- reading -------------------------------------------------------------
+
+    def state(self) -> JournalState:
+        rows = self._db.execute(
+            "SELECT seq, txid, epoch, round, payload, input, input_value, coin_value, "
+            "dest_epoch, fee, handover, signed_psbt, created_at FROM signed ORDER BY seq"
+        ).fetchall()
+        return JournalState(self.genesis, tuple(_entry(r) for r in rows))
+
+    def head(self) -> dict[str, Any]:
+        """A short summary an operator or the node can compare across restarts."""
+        row = self._db.execute(
+            "SELECT seq, txid, epoch, round FROM signed ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        count = self._db.execute("SELECT COUNT(*) FROM signed").fetchone()[0]
+        if row is None:
+            return {"signed": 0, "seq": 0, "txid": None, "epoch": None, "round": None}
+        return {"signed": count, "seq": row[0], "txid": row[1], "epoch": row[2], "round": row[3]}
+
+    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seq, ts, decision, txid, epoch, round, detail FROM decisions "
+            "ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "seq": r[0],
+                "ts": r[1],
+                "decision": r[2],
+                "txid": r[3],
+                "epoch": r[4],
+                "round": r[5],
+                "detail": json.loads(r[6]),
+            }
+            for r in rows
+        ]
+
+    # --- writing -------------------------------------------------------------
+
+    def reserve(self, c: Candidate, request_hash: str) -> SignedEntry:
+        """Commit the intent to sign c durably, or raise JournalRefusal.
+
+        Returns the existing entry when the same transaction was signed before.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            state = self.state()
+            existing = state.by_txid(c.txid)
+            if existing is not None:
+                db.execute("COMMIT")
+                return existing
+            reasons = signing_conflicts(state, c)
+            if reasons:
+                raise JournalRefusal(reasons)
+            db.execute(
+                "INSERT INTO signed (txid, epoch, round, payload, input, input_value, "
+                "coin_value, dest_epoch, fee, handover, request_hash, created_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    c.txid,
+                    c.epoch,
+                    c.round,
+                    c.payload,
+                    str(c.input),
+                    c.input_value,
+                    c.coin_value,
+                    c.dest_epoch,
+                    c.fee,
+                    int(c.handover),
+                    request_hash,
+                    time.time(),
+                ),
+            )
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            db.execute("ROLLBACK")
+            raise JournalRefusal([str(exc)]) from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        entry = self.state().by_txid(c.txid)
+        assert entry is not None
+        return entry
+
+    def attach_signature(self, txid: str, signed_psbt: str) -> None:
+        """Keep the signed PSBT so a repeated request is answered without the device."""
+        self._db.execute(
+            "UPDATE signed SET signed_psbt = ? WHERE txid = ? AND signed_psbt IS NULL",
+            (signed_psbt, txid),
+        )
+
+    def log(
+        self,
+        decision: str,
+        detail: dict[str, Any],
+        txid: str | None = None,
+        epoch: int | None = None,
+        round: int | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO decisions (ts, decision, txid, epoch, round, detail) VALUES (?,?,?,?,?,?)",
+            (time.time(), decision, txid, epoch, round, json.dumps(detail, sort_keys=True)),
+        )
+
+    def store_records(self, records: Iterable[EpochRecord]) -> None:
+        for r in records:
+            self._db.execute(
+                "INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
+                (r.epoch, json.dumps(r.to_json(), sort_keys=True)),
+            )
+
+    def records(self) -> list[EpochRecord]:
+        rows = self._db.execute("SELECT json FROM records ORDER BY epoch").fetchall()
+        return [EpochRecord.from_json(r[0]) for r in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _entry(r: tuple) -> SignedEntry:
+    return SignedEntry(
+        seq=r[0],
+        txid=r[1],
+        epoch=r[2],
+        round=r[3],
+        payload=r[4],
+        input=Outpoint.parse(r[5]),
+        input_value=r[6],
+        coin_value=r[7],
+        dest_epoch=r[8],
+        fee=r[9],
+        handover=bool(r[10]),
+        signed_psbt=r[11],
+        created_at=r[12],
+    )

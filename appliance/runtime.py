@@ -1,0 +1,30 @@
+"""Build a running appliance (deployment, journal, signer) from its config file."""
+
+from __future__ import annotations
+
+from .checkpoint.epoch import HARDENED
+from .config import ApplianceConfig, ConfigError
+from .deployment import Deployment
+from .journal import Journal
+from .signers.base import Signer
+from .signers.software import SoftwareSigner
+from .signing import Appliance
+
+
+def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
+    sc = config.signer
+    if sc.kind == "software":
+        assert sc.seed_file is not None
+        return SoftwareSigner.from_file(sc.seed_file, coin_type=coin_type)
+    if sc.kind == "hwi":
+        from .signers.hwi import HWISigner  # needs hwilib; only loaded when configured
+
+        return HWISigner.from_config(sc, coin_type=coin_type)
+    raise ConfigError(f"unknown signer kind {sc.kind!r}")
+
+
+def open_appliance(config: ApplianceConfig) -> Appliance:
+    deployment = Deployment.load(config.deployment)
+    coin_type = deployment.epoch0.validators[0].origin_path[1] - HARDENED
+    journal = Journal(config.journal, deployment.genesis)
+    return Appliance(deployment, journal, make_signer(config, coin_type), config.limits)

@@ -1,0 +1,30 @@
+"""What the appliance needs from anything that holds a validator's PoW keys."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from embit.psbt import PSBT
+
+from ..checkpoint.descriptor import EpochMultisig
+
+
+class SignerError(Exception):
+    """A signer could not or would not sign; the message says what to do."""
+
+
+class Signer(Protocol):
+    @property
+    def fingerprint(self) -> bytes: ...
+
+    def pow_key(self, epoch: int) -> str:
+        """This signer's key for an epoch as [fingerprint/48h/<coin>h/<epoch>h/2h]xpub."""
+        ...
+
+    def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
+        """Return a copy of psbt carrying this signer's signature on input 0 only."""
+        ...
+
+
+def epoch_path(coin_type: int, epoch: int) -> str:
+    return f"m/48h/{coin_type}h/{epoch}h/2h"

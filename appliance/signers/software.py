@@ -1,0 +1,96 @@
+"""A signer holding a BIP39 seed in software (development, devnet, tests).
+
+It signs only input 0, and only when the PSBT names this signer's own key at the
+exact path for the request's epoch: a PSBT cannot steer it to another key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embit import bip32, bip39
+from embit.networks import NETWORKS
+from embit.psbt import PSBT
+from embit.transaction import SIGHASH
+
+from ..checkpoint.descriptor import KEY_TAIL, EpochMultisig
+from ..checkpoint.template import sighash
+from .base import SignerError, epoch_path
+
+
+class SoftwareSigner:
+    def __init__(self, root: bip32.HDKey, coin_type: int = 1) -> None:
+        if not root.is_private:
+            raise SignerError("a software signer needs a private root key")
+        self._root = root
+        self.coin_type = coin_type
+
+    @classmethod
+    def from_seed(cls, seed: bytes, coin_type: int = 1) -> SoftwareSigner:
+        return cls(bip32.HDKey.from_seed(seed), coin_type)
+
+    @classmethod
+    def from_mnemonic(
+        cls, mnemonic: str, passphrase: str = "", coin_type: int = 1
+    ) -> SoftwareSigner:
+        words = " ".join(mnemonic.split())
+        if not bip39.mnemonic_is_valid(words):
+            raise SignerError("the seed file's mnemonic is not a valid BIP39 mnemonic")
+        return cls.from_seed(bip39.mnemonic_to_seed(words, passphrase), coin_type)
+
+    @classmethod
+    def from_file(cls, path: Path, passphrase: str = "", coin_type: int = 1) -> SoftwareSigner:
+        """A seed file holds a BIP39 mnemonic, or `hex:` and a raw BIP32 seed."""
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SignerError(f"cannot read seed file {path}: {exc}") from exc
+        if text.startswith("hex:"):
+            try:
+                return cls.from_seed(bytes.fromhex(text[4:].strip()), coin_type)
+            except ValueError as exc:
+                raise SignerError(f"seed file {path}: bad hex seed") from exc
+        return cls.from_mnemonic(text, passphrase, coin_type)
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self._root.my_fingerprint
+
+    def account(self, epoch: int) -> bip32.HDKey:
+        return self._root.derive(epoch_path(self.coin_type, epoch))
+
+    def pow_key(self, epoch: int) -> str:
+        xpub = (
+            self.account(epoch)
+            .to_public()
+            .to_base58(
+                version=NETWORKS["test"]["xpub"]
+                if self.coin_type == 1
+                else NETWORKS["main"]["xpub"]
+            )
+        )
+        path = epoch_path(self.coin_type, epoch)[2:]
+        return f"[{self.fingerprint.hex()}/{path}]{xpub}"
+
+    def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
+        child = self.account(multisig.epoch).derive(list(KEY_TAIL))
+        pub = child.key.get_public_key()
+        der = psbt.inputs[0].bip32_derivations.get(pub)
+        expected_path = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch))) + list(
+            KEY_TAIL
+        )
+        if (
+            der is None
+            or der.fingerprint != self.fingerprint
+            or list(der.derivation) != expected_path
+        ):
+            raise SignerError(
+                f"the PSBT does not name this signer's epoch-{multisig.epoch} key "
+                f"({self.fingerprint.hex()} at {epoch_path(self.coin_type, multisig.epoch)}/0/0)"
+            )
+        if pub not in {k.pubkey for k in multisig.keys}:
+            raise SignerError("this signer's key is not in the epoch's multisig")
+        out = PSBT.parse(psbt.serialize())
+        sig = child.key.sign(sighash(out, 0, multisig))
+        out.inputs[0].partial_sigs[pub] = sig.serialize() + bytes([SIGHASH.ALL])
+        return out

@@ -1,0 +1,216 @@
+"""The appliance's decision path: parse, policy, journal, sign, check, answer.
+
+Offline half: imports the checkpoint language, policy, journal and a signer, never
+the node or PoW RPC. The order matters: the journal row that allows a signature
+is durable before the signer is asked, and the signature is checked against the
+sighash before it leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from embit.psbt import PSBT
+
+from .checkpoint.descriptor import EpochMultisig
+from .checkpoint.epoch import EpochRecord
+from .checkpoint.errors import CheckpointError
+from .checkpoint.qc import QC
+from .checkpoint.template import verify_partial_sig
+from .deployment import Deployment
+from .journal import Journal, JournalRefusal
+from .policy import Limits, Verdict, evaluate, trusted_records
+from .signers.base import Signer, SignerError
+
+log = logging.getLogger("bft_anchor.appliance")
+
+# Tests set this to a named point to have the process SIGKILL itself there.
+CRASH_ENV = "BFT_ANCHOR_CRASH_AT"
+
+
+@dataclass
+class SignOutcome:
+    signed: bool
+    reasons: list[str] = field(default_factory=list)
+    psbt: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    from_journal: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signed": self.signed,
+            "reasons": self.reasons,
+            "psbt": self.psbt,
+            "summary": self.summary,
+            "from_journal": self.from_journal,
+        }
+
+
+def request_hash(psbt_b64: str, qc_json: Any, records_json: Any) -> str:
+    blob = json.dumps([psbt_b64, qc_json, records_json], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Appliance:
+    def __init__(
+        self,
+        deployment: Deployment,
+        journal: Journal,
+        signer: Signer,
+        limits: Limits,
+        approve: Callable[[Verdict], bool] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.journal = journal
+        self.signer = signer
+        self.limits = limits
+        self.approve = approve
+        journal.store_records([deployment.epoch0])
+
+    def held_records(self) -> dict[int, EpochRecord]:
+        return {r.epoch: r for r in self.journal.records()}
+
+    def install_record(self, record_json: Any) -> list[str]:
+        """Hold a next-epoch record if the current quorum certified it; return problems."""
+        try:
+            record = EpochRecord.from_json(record_json)
+        except CheckpointError as exc:
+            return [f"record does not parse: {exc}"]
+        records, problems = trusted_records(self.held_records(), [record])
+        if not problems:
+            self.journal.store_records([records[record.epoch]])
+            self.journal.log("install-record", {"epoch": record.epoch}, epoch=record.epoch)
+        return problems
+
+    def decide(self, psbt_b64: str, qc_json: Any, records_json: Any) -> tuple[Verdict, PSBT | None]:
+        """Run the policy without signing (the TUI shows this before approval)."""
+        try:
+            psbt = PSBT.from_string(psbt_b64) if isinstance(psbt_b64, str) else None
+            if psbt is None:
+                raise ValueError("PSBT must be a base64 string")
+        except Exception as exc:
+            return Verdict(False, [f"malformed PSBT: {exc or type(exc).__name__}"]), None
+        try:
+            qc = QC.from_json(qc_json)
+        except CheckpointError as exc:
+            return Verdict(False, [f"malformed QC: {type(exc).__name__}: {exc}"]), psbt
+        offered: list[EpochRecord] = []
+        problems: list[str] = []
+        if not isinstance(records_json, list):
+            records_json = []
+            problems.append("epoch records must be a list")
+        for r in records_json:
+            try:
+                offered.append(EpochRecord.from_json(r))
+            except CheckpointError as exc:
+                problems.append(f"an offered epoch record does not parse: {exc}")
+        records, rec_problems = trusted_records(self.held_records(), offered)
+        # A record that fails to certify matters only if the request needs it; the
+        # policy names the missing record then, so such problems are not fatal here.
+        del rec_problems
+        verdict = evaluate(
+            psbt,
+            qc,
+            records,
+            self.journal.state(),
+            self.limits,
+            self.deployment.magic,
+            problems,
+        )
+        verdict.summary["new_records"] = sorted(set(records) - set(self.held_records()))
+        self._records_for_verdict = records
+        return verdict, psbt
+
+    def handle_sign(self, psbt_b64: str, qc_json: Any, records_json: Any) -> SignOutcome:
+        verdict, psbt = self.decide(psbt_b64, qc_json, records_json)
+        summary = dict(verdict.summary)
+        if not verdict.ok or verdict.candidate is None or psbt is None:
+            self._refuse(verdict.reasons or ["refused"], summary)
+            return SignOutcome(False, verdict.reasons, summary=summary)
+        cand = verdict.candidate
+        existing = self.journal.state().by_txid(cand.txid)
+        if existing is not None and existing.signed_psbt is not None:
+            log.info("answered from journal: txid %s", cand.txid)
+            return SignOutcome(True, [], existing.signed_psbt, summary, from_journal=True)
+        if existing is None and self.approve is not None and not self.approve(verdict):
+            self._refuse(["refused by the operator"], summary)
+            return SignOutcome(False, ["refused by the operator"], summary=summary)
+        records = self._records_for_verdict
+        try:
+            self.journal.reserve(cand, request_hash(psbt_b64, qc_json, records_json))
+        except JournalRefusal as exc:
+            reasons = [f"journal: {r}" for r in exc.reasons]
+            self._refuse(reasons, summary)
+            return SignOutcome(False, reasons, summary=summary)
+        self.journal.store_records(records[e] for e in (cand.epoch, cand.dest_epoch))
+        _crash_point("after-journal")
+        source = EpochMultisig(records[cand.epoch])
+        try:
+            signed = self.signer.sign(psbt, source)
+            mine = [
+                (pub, sig)
+                for pub, sig in signed.inputs[0].partial_sigs.items()
+                if pub not in psbt.inputs[0].partial_sigs
+            ]
+            if not mine:
+                raise SignerError("the signer returned no signature for input 0")
+            for pub, sig in mine:
+                verify_partial_sig(psbt, 0, source, pub, sig)
+            if any(
+                signed.inputs[i].partial_sigs != psbt.inputs[i].partial_sigs
+                for i in range(1, len(psbt.inputs))
+            ):
+                raise SignerError("the signer signed an input other than the coin")
+        except (SignerError, CheckpointError) as exc:
+            # The journal keeps the reservation: the same tx may be retried, nothing
+            # conflicting may be signed, which is the safe side of a failed device.
+            reason = f"signer: {exc}"
+            self._refuse([reason], summary)
+            return SignOutcome(False, [reason], summary=summary)
+        out = signed.to_string()
+        self.journal.attach_signature(cand.txid, out)
+        _crash_point("after-sign")
+        self.journal.log("signed", summary, cand.txid, cand.epoch, cand.round)
+        log.info(
+            "signed epoch %d round %d txid %s fee %d%s",
+            cand.epoch,
+            cand.round,
+            cand.txid,
+            cand.fee,
+            " (handover)" if cand.handover else "",
+        )
+        return SignOutcome(True, [], out, summary)
+
+    def _refuse(self, reasons: list[str], summary: dict[str, Any]) -> None:
+        log.warning("refused: %s", "; ".join(reasons))
+        self.journal.log(
+            "refused",
+            {"reasons": reasons, **summary},
+            summary.get("txid"),
+            summary.get("epoch"),
+            summary.get("round"),
+        )
+
+    def status(self) -> dict[str, Any]:
+        state = self.journal.state()
+        return {
+            "fingerprint": self.signer.fingerprint.hex(),
+            "journal_head": self.journal.head(),
+            "expected_coins": [
+                {"outpoint": str(c.outpoint), "value": c.value, "epoch": c.epoch}
+                for c in state.spendable().values()
+            ],
+            "epochs": sorted(self.held_records()),
+        }
