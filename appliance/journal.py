@@ -198,7 +198,10 @@ class Journal:
     def __init__(self, path: Path | str, genesis: Coin) -> None:
         self.path = Path(path)
         self.genesis = genesis
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        except sqlite3.OperationalError as exc:
+            raise ValueError(f"cannot open journal {self.path}: {exc}") from exc
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")

@@ -94,18 +94,20 @@ class Appliance:
             self.journal.log("install-record", {"epoch": record.epoch}, epoch=record.epoch)
         return problems
 
-    def decide(self, psbt_b64: str, qc_json: Any, records_json: Any) -> tuple[Verdict, PSBT | None]:
+    def decide(
+        self, psbt_b64: str, qc_json: Any, records_json: Any
+    ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
         """Run the policy without signing (the TUI shows this before approval)."""
         try:
             psbt = PSBT.from_string(psbt_b64) if isinstance(psbt_b64, str) else None
             if psbt is None:
                 raise ValueError("PSBT must be a base64 string")
         except Exception as exc:
-            return Verdict(False, [f"malformed PSBT: {exc or type(exc).__name__}"]), None
+            return Verdict(False, [f"malformed PSBT: {exc or type(exc).__name__}"]), None, {}
         try:
             qc = QC.from_json(qc_json)
         except CheckpointError as exc:
-            return Verdict(False, [f"malformed QC: {type(exc).__name__}: {exc}"]), psbt
+            return Verdict(False, [f"malformed QC: {type(exc).__name__}: {exc}"]), psbt, {}
         offered: list[EpochRecord] = []
         problems: list[str] = []
         if not isinstance(records_json, list):
@@ -117,9 +119,6 @@ class Appliance:
             except CheckpointError as exc:
                 problems.append(f"an offered epoch record does not parse: {exc}")
         records, rec_problems = trusted_records(self.held_records(), offered)
-        # A record that fails to certify matters only if the request needs it; the
-        # policy names the missing record then, so such problems are not fatal here.
-        del rec_problems
         verdict = evaluate(
             psbt,
             qc,
@@ -129,12 +128,15 @@ class Appliance:
             self.deployment.magic,
             problems,
         )
+        # A record that fails to certify matters only if the request needs it: the
+        # policy then refuses, and the record's own problem explains why.
+        if not verdict.ok:
+            verdict.reasons.extend(rec_problems)
         verdict.summary["new_records"] = sorted(set(records) - set(self.held_records()))
-        self._records_for_verdict = records
-        return verdict, psbt
+        return verdict, psbt, records
 
     def handle_sign(self, psbt_b64: str, qc_json: Any, records_json: Any) -> SignOutcome:
-        verdict, psbt = self.decide(psbt_b64, qc_json, records_json)
+        verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json)
         summary = dict(verdict.summary)
         if not verdict.ok or verdict.candidate is None or psbt is None:
             self._refuse(verdict.reasons or ["refused"], summary)
@@ -147,7 +149,6 @@ class Appliance:
         if existing is None and self.approve is not None and not self.approve(verdict):
             self._refuse(["refused by the operator"], summary)
             return SignOutcome(False, ["refused by the operator"], summary=summary)
-        records = self._records_for_verdict
         try:
             self.journal.reserve(cand, request_hash(psbt_b64, qc_json, records_json))
         except JournalRefusal as exc:

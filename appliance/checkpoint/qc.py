@@ -111,6 +111,8 @@ class QC:
         if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data, object_pairs_hook=_reject_duplicate_keys)
+            except DuplicateSigner:
+                raise
             except ValueError as exc:
                 raise QCFormatError(f"QC is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
@@ -149,10 +151,6 @@ class QC:
             vote_info_hash=_hex(lci, "vote_info_hash", 32, "ledger_commit_info"),
             signatures=tuple(parsed),
         )
-
-
-class _DuplicateKey(QCFormatError):
-    pass
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> Any:

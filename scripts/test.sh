@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: set up (idempotent), lint, then the whole suite against real parts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+VENV="${BFT_ANCHOR_VENV:-.venv}"
+"$VENV/bin/ruff" check appliance tui tests bench
+exec "$VENV/bin/python" -m pytest -q "$@"

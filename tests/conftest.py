@@ -1,0 +1,37 @@
+"""Shared fixtures: the design's vectors and a real regtest PoW node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SHARED_VECTORS = HERE.parent.parent / "shared" / "vectors" / "formats.json"
+LOCAL_VECTORS = HERE / "vectors" / "formats.json"
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict:
+    path = SHARED_VECTORS if SHARED_VECTORS.exists() else LOCAL_VECTORS
+    return json.loads(path.read_text())
+
+
+def _have_pow_node() -> bool:
+    return bool(shutil.which("litecoind") or shutil.which("bitcoind"))
+
+
+@pytest.fixture(scope="session")
+def regtest():
+    """One regtest node for the session, with a funded wallet."""
+    if not _have_pow_node():
+        pytest.fail("no PoW node: install litecoind (apt-get install -y litecoind)")
+    from appliance.pow.regtest import RegtestNode
+
+    node = RegtestNode().start()
+    node.create_wallet("test")
+    node.mine(110)
+    yield node
+    node.stop()

@@ -1,0 +1,113 @@
+"""A small fleet of validators on a real regtest node, for the integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from embit.psbt import PSBT
+
+from appliance.checkpoint.descriptor import EpochMultisig
+from appliance.checkpoint.network import network
+from appliance.checkpoint.qc import QC
+from appliance.checkpoint.template import Coin, Outpoint
+from appliance.deployment import Deployment
+from appliance.journal import Journal
+from appliance.node.bftsim import SimulatedBFTChain
+from appliance.node.initiator import Proposal, assemble, collect, propose
+from appliance.policy import Limits
+from appliance.pow.rpc import to_coin, to_sat
+from appliance.signers.software import SoftwareSigner
+from appliance.signing import Appliance
+
+MAGIC = b"BFTA"
+
+
+def seed_for(name: str) -> bytes:
+    return hashlib.sha256(f"bft-anchor tests {name}".encode()).digest()
+
+
+class LocalPeer:
+    def __init__(self, vid: str, appliance: Appliance) -> None:
+        self.validator_id = vid
+        self.appliance = appliance
+
+    def request_signature(self, psbt_b64, qc_json, records_json) -> dict:
+        return self.appliance.handle_sign(psbt_b64, qc_json, records_json).to_json()
+
+
+class Fleet:
+    """n validators with software signers, epoch 0 and a certified epoch 1, a funded coin."""
+
+    def __init__(
+        self,
+        node,
+        tmp: Path,
+        n: int = 4,
+        rounds: int = 100,
+        limits: Limits | None = None,
+        value: int = 10_000_000,
+        tag: str = "",
+    ) -> None:
+        self.node = node
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.net = network(node.chain)
+        self.sim = SimulatedBFTChain.create(n, rounds, seed=len(tag))
+        self.signers = {
+            v.id: SoftwareSigner.from_seed(seed_for(f"{tag}/{v.id}")) for v in self.sim.validators
+        }
+        self.records = {
+            0: self.sim.make_record(0, self.pow_keys(0)),
+            1: self.sim.make_record(1, self.pow_keys(1)),
+        }
+        ms0 = EpochMultisig(self.records[0])
+        wallet = node.wallet_rpc
+        txid = wallet.sendtoaddress(ms0.address(self.net), float(to_coin(value)))
+        info = node.rpc.getrawtransaction(txid, True)
+        vout = next(
+            o["n"] for o in info["vout"] if o["scriptPubKey"]["hex"] == ms0.script_pubkey.data.hex()
+        )
+        node.mine(1)
+        self.genesis = Coin(Outpoint(txid, vout), to_sat(info["vout"][vout]["value"]), 0)
+        self.coin = self.genesis
+        self.deployment = Deployment(node.chain, MAGIC, self.genesis, self.records[0])
+        self.limits = limits or Limits()
+        self.appliances = {vid: self.open_appliance(vid) for vid in self.signers}
+
+    def pow_keys(self, epoch: int) -> dict[str, str]:
+        return {vid: s.pow_key(epoch) for vid, s in self.signers.items()}
+
+    def open_appliance(self, vid: str) -> Appliance:
+        journal = Journal(self.tmp / f"{vid}.sqlite", self.genesis)
+        return Appliance(self.deployment, journal, self.signers[vid], self.limits)
+
+    def qc(self, round: int, epoch: int = 0) -> QC:
+        return self.sim.qc(epoch, round)
+
+    def propose(self, qc: QC, handover: bool = False, fee_rate: float = 2.0) -> Proposal:
+        return propose(self.coin, qc, self.records, handover, fee_rate, MAGIC)
+
+    def request(self, psbt: PSBT | str, qc: QC, records=None) -> tuple[str, dict, list]:
+        b64 = psbt if isinstance(psbt, str) else psbt.to_string()
+        recs = records if records is not None else [r.to_json() for r in self.records.values()]
+        return b64, qc.to_json(), recs
+
+    def peers(self) -> list[LocalPeer]:
+        return [LocalPeer(vid, a) for vid, a in self.appliances.items()]
+
+    def checkpoint(self, qc: QC, handover: bool = False, mine: bool = True) -> str:
+        """A full round: every appliance asked, k signatures, finalize, send, confirm."""
+        proposal = self.propose(qc, handover)
+        psbt, signed_by, refusals = collect(proposal, self.peers())
+        assert len(signed_by) >= proposal.source.threshold, refusals
+        # Everyone signs, so every journal follows the coin.
+        for peer in self.peers():
+            if peer.validator_id not in signed_by:
+                peer.request_signature(*self.request(proposal.psbt, qc))
+        tx = assemble(proposal, psbt)
+        txid = self.node.rpc.sendrawtransaction(tx.serialize().hex())
+        if mine:
+            self.node.mine(1)
+        self.coin = Coin(Outpoint(txid, 1), tx.vout[1].value, proposal.dest.epoch)
+        return txid

@@ -1,0 +1,106 @@
+import sqlite3
+
+import pytest
+
+from appliance.checkpoint.template import Coin, Outpoint
+from appliance.journal import Candidate, Journal, JournalRefusal, signing_conflicts
+
+GENESIS = Coin(Outpoint("11" * 32, 0), 1_000_000, 0)
+
+
+def cand(txid, epoch, rnd, payload="aa", inp=GENESIS.outpoint, fee=500, dest_epoch=0):
+    return Candidate(
+        txid=txid,
+        epoch=epoch,
+        round=rnd,
+        payload=payload,
+        input=inp,
+        input_value=1_000_000,
+        coin_value=1_000_000 - fee,
+        dest_epoch=dest_epoch,
+        fee=fee,
+        handover=dest_epoch != epoch,
+    )
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "j.sqlite", GENESIS)
+    yield j
+    j.close()
+
+
+def test_first_spend_must_be_genesis(journal):
+    reasons = signing_conflicts(journal.state(), cand("t1", 0, 5, inp=Outpoint("22" * 32, 0)))
+    assert any("not the expected coin" in r for r in reasons)
+    assert signing_conflicts(journal.state(), cand("t1", 0, 5)) == []
+
+
+def test_chain_of_spends(journal):
+    journal.reserve(cand("a1" * 32, 0, 5), "h")
+    # The next checkpoint spends output 1 of the last one signed.
+    nxt = cand("b2" * 32, 0, 10, payload="bb", inp=Outpoint("a1" * 32, 1))
+    assert signing_conflicts(journal.state(), nxt) == []
+    journal.reserve(nxt, "h")
+    # The genesis is no longer spendable.
+    reasons = signing_conflicts(journal.state(), cand("c3" * 32, 0, 15, payload="cc"))
+    assert any("not the expected coin" in r for r in reasons)
+
+
+def test_equivocation_refused_and_lower_round(journal):
+    journal.reserve(cand("a1" * 32, 0, 5), "h")
+    with pytest.raises(JournalRefusal, match="equivocation"):
+        journal.reserve(cand("a2" * 32, 0, 5, payload="zz"), "h")
+    journal.reserve(cand("b1" * 32, 0, 9, payload="bb"), "h")  # replacement, same input
+    with pytest.raises(JournalRefusal, match="lower than the highest"):
+        journal.reserve(cand("c1" * 32, 0, 7, payload="cc"), "h")
+
+
+def test_fee_bump_same_payload_same_input(journal):
+    journal.reserve(cand("a1" * 32, 0, 5, fee=500), "h")
+    with pytest.raises(JournalRefusal, match="higher fee"):
+        journal.reserve(cand("a2" * 32, 0, 5, fee=400), "h")
+    journal.reserve(cand("a3" * 32, 0, 5, fee=900), "h")
+    state = journal.state()
+    # Either rung may confirm: both outputs are now spendable, and the input too.
+    assert {Outpoint("a1" * 32, 1), Outpoint("a3" * 32, 1), GENESIS.outpoint} == set(
+        state.spendable()
+    )
+
+
+def test_identical_request_is_idempotent(journal):
+    c = cand("a1" * 32, 0, 5)
+    first = journal.reserve(c, "h")
+    again = journal.reserve(c, "h")
+    assert first.seq == again.seq
+    assert journal.head()["signed"] == 1
+
+
+def test_trigger_refuses_equivocation_even_bypassing_python(journal):
+    journal.reserve(cand("a1" * 32, 0, 5), "h")
+    with pytest.raises(sqlite3.IntegrityError, match="equivocation"):
+        journal._db.execute(
+            "INSERT INTO signed (txid, epoch, round, payload, input, input_value, coin_value, "
+            "dest_epoch, fee, handover, request_hash, created_at) "
+            "VALUES ('x', 0, 5, 'other', 'i:0', 1, 1, 0, 1, 0, 'h', 0)"
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        journal._db.execute("DELETE FROM signed")
+
+
+def test_survives_reopen_and_rejects_other_genesis(tmp_path):
+    j = Journal(tmp_path / "j.sqlite", GENESIS)
+    j.reserve(cand("a1" * 32, 0, 5), "h")
+    j.close()
+    j2 = Journal(tmp_path / "j.sqlite", GENESIS)
+    assert j2.head()["signed"] == 1
+    with pytest.raises(JournalRefusal, match="equivocation"):
+        j2.reserve(cand("a2" * 32, 0, 5, payload="zz"), "h")
+    j2.close()
+    with pytest.raises(ValueError, match="belongs to genesis"):
+        Journal(tmp_path / "j.sqlite", Coin(Outpoint("33" * 32, 0), 1, 0))
+
+
+def test_durability_settings(journal):
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,0 +1,87 @@
+import pytest
+from embit.psbt import PSBT
+
+from appliance.checkpoint.descriptor import EpochMultisig
+from appliance.checkpoint.errors import TemplateError
+from appliance.checkpoint.payload import Payload
+from appliance.checkpoint.template import (
+    SEQUENCE,
+    Coin,
+    Outpoint,
+    build_checkpoint_psbt,
+    estimate_vsize,
+    finalize,
+)
+from appliance.node.bftsim import SimulatedBFTChain
+from appliance.signers.base import SignerError
+from appliance.signers.software import SoftwareSigner
+
+
+@pytest.fixture
+def setup():
+    sim = SimulatedBFTChain.create(4, 10)
+    signers = {
+        v.id: SoftwareSigner.from_seed(bytes([i + 7]) * 32) for i, v in enumerate(sim.validators)
+    }
+    rec = sim.make_record(0, {vid: s.pow_key(0) for vid, s in signers.items()})
+    ms = EpochMultisig(rec)
+    coin = Coin(Outpoint("ab" * 32, 1), 1_000_000, 0)
+    payload = Payload(0, 5, b"\x01" * 32)
+    psbt = build_checkpoint_psbt(coin, ms, payload, ms, 500)
+    return signers, ms, psbt
+
+
+def test_shape(setup):
+    _, ms, psbt = setup
+    tx = psbt.tx
+    assert tx.version == 2 and tx.locktime == 0
+    assert [i.sequence for i in tx.vin] == [SEQUENCE]
+    assert tx.vout[0].value == 0 and tx.vout[0].script_pubkey.data[:2] == b"\x6a\x35"
+    assert tx.vout[1].value == 1_000_000 - 500 and tx.vout[1].script_pubkey == ms.script_pubkey
+    inp = psbt.inputs[0]
+    assert inp.witness_script == ms.witness_script
+    assert set(inp.bip32_derivations) == {k.pubkey for k in ms.keys}
+    for k in ms.keys:
+        assert inp.bip32_derivations[k.pubkey].fingerprint == k.fingerprint
+    assert set(psbt.outputs[1].bip32_derivations) == {k.pubkey for k in ms.keys}
+
+
+def test_finalize_needs_k_valid(setup):
+    signers, ms, psbt = setup
+    signed = [signers[v].sign(psbt, ms) for v in ("v0", "v1")]
+    for s in signed:
+        psbt.inputs[0].partial_sigs.update(s.inputs[0].partial_sigs)
+    with pytest.raises(TemplateError, match="2 valid signature"):
+        finalize(psbt, ms)
+    psbt.inputs[0].partial_sigs.update(signers["v3"].sign(psbt, ms).inputs[0].partial_sigs)
+    tx = finalize(psbt, ms)
+    witness = tx.vin[0].witness.items
+    assert witness[0] == b"" and len(witness) == 3 + 2 and witness[-1] == ms.witness_script.data
+    # The estimate sizes for worst-case signatures: never below the real size, and close.
+    stripped = len(PSBT(tx).tx.serialize())
+    actual = -(-(stripped * 3 + len(tx.serialize())) // 4)
+    assert actual <= estimate_vsize(psbt.tx, ms) <= actual + 3
+
+
+def test_bad_partial_signature_is_caught(setup):
+    signers, ms, psbt = setup
+    s = signers["v0"].sign(psbt, ms)
+    ((pub, sig),) = s.inputs[0].partial_sigs.items()
+    bad = bytearray(sig)
+    bad[10] ^= 1
+    psbt.inputs[0].partial_sigs[pub] = bytes(bad)
+    with pytest.raises(TemplateError):
+        finalize(psbt, ms)
+
+
+def test_signer_refuses_foreign_derivation(setup):
+    signers, ms, psbt = setup
+    outsider = SoftwareSigner.from_seed(b"\x99" * 32)
+    with pytest.raises(SignerError, match="does not name this signer"):
+        outsider.sign(psbt, ms)
+    # A derivation for the right key but another epoch's path is refused too.
+    me = signers["v0"]
+    key = ms.key_for("v0")
+    psbt.inputs[0].bip32_derivations[key.pubkey].derivation[2] ^= 1
+    with pytest.raises(SignerError):
+        me.sign(psbt, ms)
