@@ -94,7 +94,9 @@ def cmd_appliance_sign(args: argparse.Namespace) -> int:
         req = json.loads(
             Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
         )
-        outcome = appliance.handle_sign(req.get("psbt"), req.get("qc"), req.get("records", []))
+        outcome = appliance.handle_sign(
+            req.get("psbt"), req.get("qc"), req.get("records", []), req.get("lineage")
+        )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"bft-anchor appliance sign: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -36,12 +36,16 @@ CREATE TABLE IF NOT EXISTS signed (
     handover     INTEGER NOT NULL,
     request_hash TEXT    NOT NULL,
     signed_psbt  TEXT,
-    created_at   REAL    NOT NULL
+    created_at   REAL    NOT NULL,
+    -- 'signed' by this appliance, or 'adopted': a checkpoint the quorum signed
+    -- without it (proven by k valid signatures), which moves the coin on.
+    kind         TEXT    NOT NULL DEFAULT 'signed' CHECK (kind IN ('signed', 'adopted'))
 );
 CREATE INDEX IF NOT EXISTS signed_er ON signed(epoch, round);
 CREATE TRIGGER IF NOT EXISTS no_equivocation BEFORE INSERT ON signed
-WHEN EXISTS (SELECT 1 FROM signed
-             WHERE epoch = NEW.epoch AND round = NEW.round AND payload != NEW.payload)
+WHEN NEW.kind = 'signed' AND EXISTS (
+    SELECT 1 FROM signed WHERE kind = 'signed'
+    AND epoch = NEW.epoch AND round = NEW.round AND payload != NEW.payload)
 BEGIN SELECT RAISE(ABORT, 'equivocation: another payload is signed for this epoch and round');
 END;
 CREATE TRIGGER IF NOT EXISTS signed_is_append_only BEFORE DELETE ON signed
@@ -105,6 +109,7 @@ class SignedEntry:
     handover: bool
     signed_psbt: str | None
     created_at: float
+    kind: str = "signed"
 
     @property
     def coin(self) -> Coin:
@@ -124,7 +129,12 @@ class JournalState:
         return self.entries[-1] if self.entries else None
 
     @property
+    def signed(self) -> tuple[SignedEntry, ...]:
+        return tuple(e for e in self.entries if e.kind == "signed")
+
+    @property
     def highest(self) -> tuple[int, int] | None:
+        """The highest (epoch, round) signed or adopted: nothing below it is signed again."""
         if not self.entries:
             return None
         return max((e.epoch, e.round) for e in self.entries)
@@ -165,7 +175,7 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
     if c.input not in coins:
         expected = ", ".join(str(o) for o in coins)
         reasons.append(f"input {c.input} is not the expected coin (expected one of: {expected})")
-    same_er = [e for e in state.entries if (e.epoch, e.round) == (c.epoch, c.round)]
+    same_er = [e for e in state.signed if (e.epoch, e.round) == (c.epoch, c.round)]
     for e in same_er:
         if e.payload != c.payload:
             reasons.append(
@@ -226,7 +236,7 @@ class Journal:
     def state(self) -> JournalState:
         rows = self._db.execute(
             "SELECT seq, txid, epoch, round, payload, input, input_value, coin_value, "
-            "dest_epoch, fee, handover, signed_psbt, created_at FROM signed ORDER BY seq"
+            "dest_epoch, fee, handover, signed_psbt, created_at, kind FROM signed ORDER BY seq"
         ).fetchall()
         return JournalState(self.genesis, tuple(_entry(r) for r in rows))
 
@@ -235,7 +245,7 @@ class Journal:
         row = self._db.execute(
             "SELECT seq, txid, epoch, round FROM signed ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        count = self._db.execute("SELECT COUNT(*) FROM signed").fetchone()[0]
+        count = self._db.execute("SELECT COUNT(*) FROM signed WHERE kind = 'signed'").fetchone()[0]
         if row is None:
             return {"signed": 0, "seq": 0, "txid": None, "epoch": None, "round": None}
         return {"signed": count, "seq": row[0], "txid": row[1], "epoch": row[2], "round": row[3]}
@@ -307,6 +317,40 @@ class Journal:
         assert entry is not None
         return entry
 
+    def adopt(self, entries: list[Candidate]) -> int:
+        """Record checkpoints the quorum made without this appliance (each proven by k
+        signatures), so its expected coin follows the chain. Returns how many were new."""
+        added = 0
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for c in entries:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO signed (txid, epoch, round, payload, input, "
+                    "input_value, coin_value, dest_epoch, fee, handover, request_hash, "
+                    "created_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'adopted')",
+                    (
+                        c.txid,
+                        c.epoch,
+                        c.round,
+                        c.payload,
+                        str(c.input),
+                        c.input_value,
+                        c.coin_value,
+                        c.dest_epoch,
+                        c.fee,
+                        int(c.handover),
+                        "",
+                        time.time(),
+                    ),
+                )
+                added += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return added
+
     def attach_signature(self, txid: str, signed_psbt: str) -> None:
         """Keep the signed PSBT so a repeated request is answered without the device."""
         self._db.execute(
@@ -361,4 +405,5 @@ def _entry(r: tuple) -> SignedEntry:
         handover=bool(r[10]),
         signed_psbt=r[11],
         created_at=r[12],
+        kind=r[13],
     )

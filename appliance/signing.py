@@ -26,6 +26,7 @@ from .checkpoint.qc import QC
 from .checkpoint.template import verify_partial_sig
 from .deployment import Deployment
 from .journal import Journal, JournalRefusal
+from .lineage import verify_lineage
 from .policy import Limits, Verdict, evaluate, trusted_records
 from .signers.base import Signer, SignerError
 
@@ -95,7 +96,7 @@ class Appliance:
         return problems
 
     def decide(
-        self, psbt_b64: str, qc_json: Any, records_json: Any
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None = None
     ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
         """Run the policy without signing (the TUI shows this before approval)."""
         try:
@@ -119,6 +120,16 @@ class Appliance:
             except CheckpointError as exc:
                 problems.append(f"an offered epoch record does not parse: {exc}")
         records, rec_problems = trusted_records(self.held_records(), offered)
+        if lineage:
+            adopted, lineage_problems = verify_lineage(
+                lineage, self.journal.state(), records, self.deployment.magic
+            )
+            if adopted:
+                self.journal.store_records(records[e] for e in {c.dest_epoch for c in adopted})
+                self.journal.adopt(adopted)
+                self.journal.log("adopted", {"txids": [c.txid for c in adopted]})
+                log.info("adopted %d checkpoint(s) signed by the quorum", len(adopted))
+            problems.extend(lineage_problems)
         verdict = evaluate(
             psbt,
             qc,
@@ -135,8 +146,10 @@ class Appliance:
         verdict.summary["new_records"] = sorted(set(records) - set(self.held_records()))
         return verdict, psbt, records
 
-    def handle_sign(self, psbt_b64: str, qc_json: Any, records_json: Any) -> SignOutcome:
-        verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json)
+    def handle_sign(
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None = None
+    ) -> SignOutcome:
+        verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json, lineage)
         summary = dict(verdict.summary)
         if not verdict.ok or verdict.candidate is None or psbt is None:
             self._refuse(verdict.reasons or ["refused"], summary)

@@ -96,13 +96,16 @@ class Fleet:
     def peers(self) -> list[LocalPeer]:
         return [LocalPeer(vid, a) for vid, a in self.appliances.items()]
 
-    def checkpoint(self, qc: QC, handover: bool = False, mine: bool = True) -> str:
-        """A full round: every appliance asked, k signatures, finalize, send, confirm."""
+    def checkpoint(
+        self, qc: QC, handover: bool = False, mine: bool = True, only: list[str] | None = None
+    ) -> str:
+        """A full round: k signatures, finalize, send, confirm. Every appliance is asked
+        (so every journal follows the coin) unless `only` names who takes part."""
         proposal = self.propose(qc, handover)
-        psbt, signed_by, refusals = collect(proposal, self.peers())
+        peers = [p for p in self.peers() if only is None or p.validator_id in only]
+        psbt, signed_by, refusals = collect(proposal, peers)
         assert len(signed_by) >= proposal.source.threshold, refusals
-        # Everyone signs, so every journal follows the coin.
-        for peer in self.peers():
+        for peer in peers:
             if peer.validator_id not in signed_by:
                 peer.request_signature(*self.request(proposal.psbt, qc))
         tx = assemble(proposal, psbt)

@@ -1,0 +1,228 @@
+"""A signer on a hardware wallet, driven through HWI's own client code.
+
+The device is found by master fingerprint (hwilib.commands.enumerate, emulators
+only when configured) or by explicit type and path. Before signing, the epoch's
+multisig is registered where the device needs it, so the coin's output shows as
+change and not as an external payment. Every signature the device returns is
+checked against the expected key and sighash before it is handed on: a device
+(or an emulator, or a cable) that returns garbage is caught here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from embit import bip32
+from embit.psbt import PSBT
+from embit.script import address_to_scriptpubkey
+
+from ..checkpoint.descriptor import EpochMultisig
+from ..checkpoint.errors import TemplateError
+from ..checkpoint.template import verify_partial_sig
+from .base import SignerError, epoch_path
+
+log = logging.getLogger("bft_anchor.signers.hwi")
+
+# How each HWI device family takes a multisig wallet before it signs for it.
+REGISTRATION = {
+    "jade": "register_multisig",  # HWI registers via display_multisig_address
+    "ledger": "bip388-wallet-policy",  # HWI registers the policy itself when signing
+    "coldcard": "multisig-file",  # imported on the device from a file, not over HWI
+}
+
+
+def _chain_for(coin_type: int) -> Any:
+    from hwilib.common import Chain
+
+    return Chain.MAIN if coin_type in (0, 2) else Chain.TEST
+
+
+def coldcard_multisig_file(multisig: EpochMultisig, name: str | None = None) -> str:
+    """The text a Coldcard imports (Settings > Multisig Wallets > Import from File)."""
+    rec = multisig.record
+    lines = [
+        f"Name: {name or f'bft-anchor-e{rec.epoch}'}"[:22],
+        f"Policy: {rec.threshold} of {rec.n}",
+        f"Derivation: m/48h/{rec.coin_type}h/{rec.epoch}h/2h",
+        "Format: P2WSH",
+        "",
+    ]
+    for v in rec.validators:
+        key = v.key
+        lines.append(f"{key.origin.fingerprint.hex().upper()}: {key.key.to_base58()}")
+    return "\n".join(lines) + "\n"
+
+
+class HWISigner:
+    def __init__(
+        self,
+        fingerprint: bytes | None = None,
+        device_type: str | None = None,
+        device_path: str | None = None,
+        coin_type: int = 1,
+        allow_emulators: bool = False,
+        password: str | None = None,
+    ) -> None:
+        if fingerprint is None and not (device_type and device_path):
+            raise SignerError("an HWI signer needs a fingerprint, or a device type and path")
+        self._fingerprint = fingerprint
+        self.device_type = device_type
+        self.device_path = device_path
+        self.coin_type = coin_type
+        self.allow_emulators = allow_emulators
+        self.password = password
+        self._registered: set[str] = set()
+        if self._fingerprint is None:
+            with self._client() as client:
+                self._fingerprint = bytes(client.get_master_fingerprint())
+
+    @classmethod
+    def from_config(cls, sc: Any, coin_type: int) -> HWISigner:
+        fp = bytes.fromhex(sc.fingerprint) if sc.fingerprint else None
+        return cls(fp, sc.device_type, sc.device_path, coin_type, sc.allow_emulators,
+                   sc.extra.get("password"))
+
+    @property
+    def label(self) -> str:
+        fp = self._fingerprint.hex() if self._fingerprint else "?"
+        where = f" at {self.device_path}" if self.device_path else ""
+        return f"{self.device_type or 'device'} {fp}{where}"
+
+    @property
+    def fingerprint(self) -> bytes:
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    @contextmanager
+    def _client(self) -> Iterator[Any]:
+        """A fresh client per operation: a device unplugged in between is found again."""
+        from hwilib import commands
+        from hwilib.errors import HWWError
+
+        chain = _chain_for(self.coin_type)
+        client = None
+        try:
+            if self.device_type and self.device_path:
+                client = commands.get_client(self.device_type, self.device_path,
+                                             self.password, chain=chain)
+            else:
+                client = commands.find_device(
+                    self.password, self.device_type, self.fingerprint.hex(), chain=chain,
+                    allow_emulators=self.allow_emulators,
+                )
+            if client is None:
+                raise SignerError(
+                    f"{self.label}: not found. Plug it in and unlock it"
+                    + ("" if self.allow_emulators else " (emulators are not allowed)")
+                )
+            if self.device_type is None:
+                self.device_type = type(client).__name__.removesuffix("Client").lower()
+            yield client
+        except HWWError as exc:
+            raise SignerError(self._explain(exc)) from exc
+        except (OSError, ConnectionError) as exc:
+            raise SignerError(f"{self.label}: cannot connect ({exc}); is it plugged in?") from exc
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a vanished device must not mask the cause
+                    pass
+
+    def _explain(self, exc: Exception) -> str:
+        from hwilib.errors import (
+            ActionCanceledError,
+            BadArgumentError,
+            DeviceConnectionError,
+            DeviceNotReadyError,
+            UnknownDeviceError,
+        )
+
+        msg = getattr(exc, "message", None) or str(exc)
+        if isinstance(exc, ActionCanceledError):
+            return f"refused on device {self.label}: {msg}"
+        if isinstance(exc, DeviceNotReadyError):
+            return f"{self.label} is not ready (locked or uninitialised): unlock it. ({msg})"
+        if isinstance(exc, DeviceConnectionError):
+            if "locked" in msg.lower():
+                return f"{self.label} is locked: unlock it with its PIN"
+            if "network" in msg.lower() or "chain" in msg.lower():
+                return f"{self.label} refused the network: check the device's network setting"
+            return f"{self.label}: connection error: {msg}"
+        if isinstance(exc, UnknownDeviceError):
+            return f"{self.label}: unknown device type {self.device_type!r}"
+        if isinstance(exc, BadArgumentError):
+            return f"{self.label} rejected the request: {msg}"
+        return f"{self.label}: {type(exc).__name__}: {msg}"
+
+    def pow_key(self, epoch: int) -> str:
+        from hwilib import commands
+
+        path = epoch_path(self.coin_type, epoch)
+        with self._client() as client:
+            xpub = commands.getxpub(client, path)["xpub"]
+        key = bip32.HDKey.from_string(xpub)
+        version = bip32.NETWORKS["main" if self.coin_type in (0, 2) else "test"]["xpub"]
+        return f"[{self.fingerprint.hex()}/{path[2:]}]{key.to_base58(version=version)}"
+
+    def register(self, multisig: EpochMultisig) -> str | None:
+        """Register the epoch's multisig where the device needs it; return the address shown."""
+        desc = multisig.descriptor()
+        if desc in self._registered:
+            return None
+        from hwilib import commands
+
+        with self._client() as client:
+            kind = REGISTRATION.get(self.device_type or "", "none")
+            if kind == "register_multisig":
+                address = commands.displayaddress(client, desc=desc)["address"]
+                if address_to_scriptpubkey(address) != multisig.script_pubkey:
+                    raise SignerError(
+                        f"{self.label} registered the multisig but shows address {address}, "
+                        "which is not the epoch's script: refusing to use this device"
+                    )
+                log.info("registered epoch %d multisig on %s", multisig.epoch, self.label)
+            elif kind == "multisig-file":
+                raise SignerError(
+                    f"{self.label} needs the epoch {multisig.epoch} multisig imported from a "
+                    "file first: write it with `bft-anchor device coldcard-file` and import it"
+                )
+            else:
+                address = None
+        self._registered.add(desc)
+        return address
+
+    def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
+        from hwilib import commands
+
+        mine = [k for k in multisig.keys if k.fingerprint == self.fingerprint]
+        expected = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch))) + [0, 0]
+        mine = [k for k in mine if list(k.path) == expected]
+        if not mine:
+            raise SignerError(
+                f"{self.label} holds no key of epoch {multisig.epoch}'s multisig"
+            )
+        self.register(multisig)
+        b64 = psbt.to_string()
+        with self._client() as client:
+            result = commands.signtx(client, b64)
+        try:
+            signed = PSBT.from_string(result["psbt"])
+        except Exception as exc:
+            raise SignerError(f"{self.label} returned a PSBT that does not parse: {exc}") from exc
+        if signed.tx.txid() != psbt.tx.txid():
+            raise SignerError(f"{self.label} returned a different transaction")
+        key = mine[0]
+        sig = signed.inputs[0].partial_sigs.get(key.pubkey)
+        if sig is None:
+            raise SignerError(f"{self.label} returned no signature for the coin input")
+        try:
+            verify_partial_sig(psbt, 0, multisig, key.pubkey, sig)
+        except TemplateError as exc:
+            raise SignerError(f"{self.label} returned a bad signature: {exc}") from exc
+        out = PSBT.parse(psbt.serialize())
+        out.inputs[0].partial_sigs[key.pubkey] = sig
+        return out
