@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from embit.transaction import Transaction
-
 from .checkpoint.descriptor import EpochMultisig
 from .checkpoint.epoch import EpochRecord
 from .checkpoint.errors import CheckpointError
 from .checkpoint.payload import Payload
 from .checkpoint.template import Outpoint
+from .pow.follow import CoinFollower
 from .pow.rpc import PowRpc, RpcError
 
 
@@ -78,91 +77,53 @@ def audit_chain(
         report.violations.append(
             f"genesis {genesis} is not locked by epoch {coin_epoch}'s multisig"
         )
-    coin = genesis
+    follower = CoinFollower(rpc, genesis, start)
     last: tuple[int, int] | None = None
     last_height = -1
-    tip = rpc.getblockcount()
-    height = start
-    broken = False
-    while height <= tip and not broken:
-        block = rpc.getblock(rpc.getblockhash(height), 2)
-        for tx in block["tx"]:
-            if not any(
-                vin.get("txid") == coin.txid and vin.get("vout") == coin.vout
-                for vin in tx.get("vin", [])
-            ):
-                continue
-            raw = tx["hex"]
-            where = f"tx {tx['txid']} (height {height})"
-            parsed = Transaction.from_string(raw)
-            if len(parsed.vout) < 2:
-                report.violations.append(f"{where} spends the coin without a coin output")
-                broken = True
-                break
-            try:
-                payload = Payload.from_script(parsed.vout[0].script_pubkey.data, magic)
-            except CheckpointError as exc:
-                report.violations.append(f"{where}: output 0 is not a checkpoint payload: {exc}")
-                payload = None
-            dest = parsed.vout[1].script_pubkey.data
-            handover = False
-            if dest == scripts.get(coin_epoch):
-                next_epoch = coin_epoch
-            elif dest == scripts.get(coin_epoch + 1):
-                next_epoch, handover = coin_epoch + 1, True
-            else:
-                report.violations.append(
-                    f"{where} pays the coin to a script that is not epoch {coin_epoch}'s "
-                    f"or epoch {coin_epoch + 1}'s multisig"
+    for spend in follower.poll():
+        tx, where = spend.tx, f"tx {spend.txid} (height {spend.height})"
+        if len(tx.vout) < 2:
+            report.violations.append(f"{where} spends the coin without a coin output")
+            break
+        try:
+            payload = Payload.from_script(tx.vout[0].script_pubkey.data, magic)
+        except CheckpointError as exc:
+            report.violations.append(f"{where}: output 0 is not a checkpoint payload: {exc}")
+            payload = None
+        dest = tx.vout[1].script_pubkey.data
+        handover = False
+        next_epoch = coin_epoch
+        if dest == scripts.get(coin_epoch + 1):
+            next_epoch, handover = coin_epoch + 1, True
+        elif dest != scripts.get(coin_epoch):
+            report.violations.append(
+                f"{where} pays the coin to a script that is not epoch {coin_epoch}'s "
+                f"or epoch {coin_epoch + 1}'s multisig"
+            )
+            break
+        if len(tx.vout) > 3:
+            report.violations.append(f"{where} has {len(tx.vout)} outputs (at most 3)")
+        if spend.height == last_height:
+            report.violations.append(f"{where}: a second checkpoint in block {spend.height}")
+        last_height = spend.height
+        if payload is not None:
+            last = _check_payload(
+                report, where, payload, by_epoch[coin_epoch], last, handover, handover_margin
+            )
+            report.checkpoints.append(
+                AuditedCheckpoint(
+                    epoch=payload.epoch,
+                    round=payload.round,
+                    commit_state_id=payload.commit_state_id.hex(),
+                    txid=spend.txid,
+                    raw_tx=spend.raw,
+                    block_hash=spend.block_hash,
+                    height=spend.height,
+                    handover=handover,
                 )
-                broken = True
-                next_epoch = coin_epoch
-            if len(parsed.vout) > 3:
-                report.violations.append(f"{where} has {len(parsed.vout)} outputs (at most 3)")
-            if height == last_height:
-                report.violations.append(f"{where}: a second checkpoint in block {height}")
-            if payload is not None:
-                rec = by_epoch[coin_epoch]
-                if payload.epoch != coin_epoch:
-                    report.violations.append(
-                        f"{where}: payload epoch {payload.epoch}, but the coin belongs to "
-                        f"epoch {coin_epoch}"
-                    )
-                if not rec.start_round <= payload.round <= rec.end_round:
-                    report.violations.append(
-                        f"{where}: round {payload.round} outside epoch {coin_epoch}'s "
-                        f"rounds {rec.start_round}..{rec.end_round}"
-                    )
-                key = (payload.epoch, payload.round)
-                if last is not None and key <= last:
-                    report.violations.append(
-                        f"{where}: epoch {key[0]} round {key[1]} does not increase on "
-                        f"epoch {last[0]} round {last[1]}"
-                    )
-                if handover and payload.round > rec.end_round - handover_margin:
-                    report.violations.append(
-                        f"{where}: handover at round {payload.round}, after epoch "
-                        f"{coin_epoch}'s deadline {rec.end_round - handover_margin}"
-                    )
-                last = key
-                report.checkpoints.append(
-                    AuditedCheckpoint(
-                        epoch=payload.epoch,
-                        round=payload.round,
-                        commit_state_id=payload.commit_state_id.hex(),
-                        txid=tx["txid"],
-                        raw_tx=raw,
-                        block_hash=block["hash"],
-                        height=height,
-                        handover=handover,
-                    )
-                )
-            last_height = height
-            coin = Outpoint(tx["txid"], 1)
-            coin_epoch = next_epoch
-            if broken:
-                break
-        height += 1
+            )
+        coin_epoch = next_epoch
+    coin = follower.outpoint
     reached = {c.epoch for c in report.checkpoints}
     for e in sorted(by_epoch):
         if e > coin_epoch:
@@ -171,6 +132,38 @@ def audit_chain(
             report.violations.append(f"epoch {e} has no checkpoint")
     report.coin, report.coin_epoch = str(coin), coin_epoch
     return report
+
+
+def _check_payload(
+    report: AuditReport,
+    where: str,
+    payload: Payload,
+    rec: EpochRecord,
+    last: tuple[int, int] | None,
+    handover: bool,
+    margin: int,
+) -> tuple[int, int]:
+    if payload.epoch != rec.epoch:
+        report.violations.append(
+            f"{where}: payload epoch {payload.epoch}, but the coin belongs to epoch {rec.epoch}"
+        )
+    if not rec.start_round <= payload.round <= rec.end_round:
+        report.violations.append(
+            f"{where}: round {payload.round} outside epoch {rec.epoch}'s rounds "
+            f"{rec.start_round}..{rec.end_round}"
+        )
+    key = (payload.epoch, payload.round)
+    if last is not None and key <= last:
+        report.violations.append(
+            f"{where}: epoch {key[0]} round {key[1]} does not increase on "
+            f"epoch {last[0]} round {last[1]}"
+        )
+    if handover and payload.round > rec.end_round - margin:
+        report.violations.append(
+            f"{where}: handover at round {payload.round}, after epoch {rec.epoch}'s "
+            f"deadline {rec.end_round - margin}"
+        )
+    return key
 
 
 def _confirmed_height(rpc: PowRpc, genesis: Outpoint, report: AuditReport) -> int | None:

@@ -1,0 +1,45 @@
+"""The audit against chains that break its rules, built for real on regtest."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import MAGIC, Fleet
+
+from appliance.audit import audit_chain
+
+
+@pytest.fixture
+def fleet(regtest, tmp_path, request):
+    return Fleet(regtest, tmp_path, tag=request.node.name)
+
+
+def audit(fleet, margin: int = 0):
+    return audit_chain(
+        fleet.node.rpc, fleet.genesis.outpoint, list(fleet.records.values()), MAGIC, margin
+    )
+
+
+def test_clean_chain_passes_and_lists_every_checkpoint(fleet):
+    txids = [fleet.checkpoint(fleet.qc(r)) for r in (5, 10)]
+    txids.append(fleet.checkpoint(fleet.qc(90), handover=True))
+    txids.append(fleet.checkpoint(fleet.qc(105, epoch=1)))
+    report = audit(fleet)
+    assert report.ok, report.violations
+    assert [c.txid for c in report.checkpoints] == txids
+    assert [c.handover for c in report.checkpoints] == [False, False, True, False]
+    assert report.coin == f"{txids[-1]}:1" and report.coin_epoch == 1
+
+
+def test_two_checkpoints_in_one_block(fleet):
+    fleet.checkpoint(fleet.qc(5), mine=False)
+    fleet.checkpoint(fleet.qc(10))
+    report = audit(fleet)
+    assert any("a second checkpoint in block" in v for v in report.violations)
+
+
+def test_epoch_without_checkpoint_and_late_handover(fleet):
+    fleet.checkpoint(fleet.qc(98), handover=True)
+    fleet.node.mine(1)
+    report = audit(fleet, margin=5)
+    assert "epoch 1 has no checkpoint" in report.violations
+    assert any("handover at round 98, after epoch 0's deadline 94" in v for v in report.violations)
