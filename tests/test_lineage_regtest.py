@@ -53,5 +53,16 @@ def test_lineage_that_skips_a_link_is_refused(fleet, regtest):
     qc = fleet.qc(15)
     out = v3.handle_sign(*fleet.request(fleet.propose(qc).psbt, qc), [raw(regtest, t2)])
     assert not out.signed
-    assert "not a coin this appliance knows" in " ".join(out.reasons)
+    assert "does not connect to any coin this appliance knows" in " ".join(out.reasons)
     assert v3.journal.state().entries == ()
+
+
+def test_older_history_before_the_known_coin_is_skipped(fleet, regtest):
+    t1 = fleet.checkpoint(fleet.qc(5))  # everyone signs
+    t2 = fleet.checkpoint(fleet.qc(10), only=QUORUM)
+    v3 = fleet.appliances["v3"]
+    qc = fleet.qc(15)
+    out = v3.handle_sign(
+        *fleet.request(fleet.propose(qc).psbt, qc), [raw(regtest, t1), raw(regtest, t2)]
+    )
+    assert out.signed, out.reasons
