@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .checkpoint.epoch import EpochRecord
 from .checkpoint.template import Coin, Outpoint
@@ -204,12 +205,28 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
     return reasons
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
 class Journal:
     def __init__(self, path: Path | str, genesis: Coin) -> None:
         self.path = Path(path)
         self.genesis = genesis
+        # One connection shared by the appliance's threads; this lock serialises it.
+        self.lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, timeout=30, check_same_thread=False
+            )
         except sqlite3.OperationalError as exc:
             raise ValueError(f"cannot open journal {self.path}: {exc}") from exc
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -228,11 +245,13 @@ class Journal:
                 f"not {genesis.outpoint}"
             )
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
     # --- reading -------------------------------------------------------------
 
+    @_locked
     def state(self) -> JournalState:
         rows = self._db.execute(
             "SELECT seq, txid, epoch, round, payload, input, input_value, coin_value, "
@@ -240,6 +259,7 @@ class Journal:
         ).fetchall()
         return JournalState(self.genesis, tuple(_entry(r) for r in rows))
 
+    @_locked
     def head(self) -> dict[str, Any]:
         """A short summary an operator or the node can compare across restarts."""
         row = self._db.execute(
@@ -250,6 +270,7 @@ class Journal:
             return {"signed": 0, "seq": 0, "txid": None, "epoch": None, "round": None}
         return {"signed": count, "seq": row[0], "txid": row[1], "epoch": row[2], "round": row[3]}
 
+    @_locked
     def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT seq, ts, decision, txid, epoch, round, detail FROM decisions "
@@ -271,6 +292,7 @@ class Journal:
 
     # --- writing -------------------------------------------------------------
 
+    @_locked
     def reserve(self, c: Candidate, request_hash: str) -> SignedEntry:
         """Commit the intent to sign c durably, or raise JournalRefusal.
 
@@ -317,6 +339,7 @@ class Journal:
         assert entry is not None
         return entry
 
+    @_locked
     def adopt(self, entries: list[Candidate]) -> int:
         """Record checkpoints the quorum made without this appliance (each proven by k
         signatures), so its expected coin follows the chain. Returns how many were new."""
@@ -351,6 +374,7 @@ class Journal:
             raise
         return added
 
+    @_locked
     def attach_signature(self, txid: str, signed_psbt: str) -> None:
         """Keep the signed PSBT so a repeated request is answered without the device."""
         self._db.execute(
@@ -358,6 +382,7 @@ class Journal:
             (signed_psbt, txid),
         )
 
+    @_locked
     def log(
         self,
         decision: str,
@@ -371,6 +396,7 @@ class Journal:
             (time.time(), decision, txid, epoch, round, json.dumps(detail, sort_keys=True)),
         )
 
+    @_locked
     def store_records(self, records: Iterable[EpochRecord]) -> None:
         for r in records:
             self._db.execute(
@@ -378,14 +404,17 @@ class Journal:
                 (r.epoch, json.dumps(r.to_json(), sort_keys=True)),
             )
 
+    @_locked
     def records(self) -> list[EpochRecord]:
         rows = self._db.execute("SELECT json FROM records ORDER BY epoch").fetchall()
         return [EpochRecord.from_json(r[0]) for r in rows]
 
+    @_locked
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_locked
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 

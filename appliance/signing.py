@@ -149,6 +149,13 @@ class Appliance:
     def handle_sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None = None
     ) -> SignOutcome:
+        # One decision at a time: the journal check and the signature must not interleave.
+        with self.journal.lock:
+            return self._handle_sign(psbt_b64, qc_json, records_json, lineage)
+
+    def _handle_sign(
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
+    ) -> SignOutcome:
         verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json, lineage)
         summary = dict(verdict.summary)
         if not verdict.ok or verdict.candidate is None or psbt is None:

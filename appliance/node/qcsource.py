@@ -28,7 +28,7 @@ class QCSourceError(Exception):
 
 
 class QCSource(Protocol):
-    def latest(self, epoch: int | None = None) -> QC | None: ...
+    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None: ...
 
     def records(self) -> list[EpochRecord]: ...
 
@@ -68,10 +68,12 @@ class DirectorySource:
         except FileNotFoundError:
             return []
 
-    def latest(self, epoch: int | None = None) -> QC | None:
+    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
         names = self._names("qc")
         if epoch is not None:
             names = [n for n in names if n.startswith(f"e{epoch:08d}-")]
+        if max_round is not None:
+            names = [n for n in names if int(n[11:23]) <= max_round]
         for name in reversed(names):  # newest first; skip a file that does not parse
             try:
                 path = self.root / "qc" / name
@@ -109,8 +111,11 @@ class HttpSource:
             raise QCSourceError(f"{self.url}{path}: answer larger than {MAX_FILE} bytes")
         return json.loads(body)
 
-    def latest(self, epoch: int | None = None) -> QC | None:
-        data = self._get("/qc/latest" + (f"?epoch={epoch}" if epoch is not None else ""))
+    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
+        query = "&".join(
+            f"{k}={v}" for k, v in (("epoch", epoch), ("max_round", max_round)) if v is not None
+        )
+        data = self._get("/qc/latest" + (f"?{query}" if query else ""))
         return None if data is None else QC.from_json(data)
 
     def records(self) -> list[EpochRecord]:
@@ -125,8 +130,12 @@ def serve_directory(root: Path, host: str = "127.0.0.1", port: int = 0) -> Threa
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             url = urlparse(self.path)
             if url.path == "/qc/latest":
-                epoch = parse_qs(url.query).get("epoch", [None])[0]
-                qc = source.latest(int(epoch) if epoch is not None else None)
+                q = parse_qs(url.query)
+                epoch, max_round = q.get("epoch", [None])[0], q.get("max_round", [None])[0]
+                qc = source.latest(
+                    int(epoch) if epoch is not None else None,
+                    int(max_round) if max_round is not None else None,
+                )
                 body: Any = None if qc is None else qc.to_json()
             elif url.path == "/epochs":
                 body = [r.to_json() for r in source.records()]

@@ -278,6 +278,10 @@ class NodeService:
         if initiator != self.me or (seq, attempt) in self.proposed:
             return
         self.proposed.add((seq, attempt))
+        if d.handover:
+            # The handover carries the newest QC at or before the deadline, not a later one.
+            deadline = record.end_round - self.cfg.schedule.handover_margin
+            qc = self.source.latest(epoch=coin.epoch, max_round=deadline) or qc
         log.info(
             "checkpoint %d due (%s); initiating attempt %d with epoch %d round %d",
             seq,
@@ -332,10 +336,10 @@ class NodeService:
 
     def shutdown(self) -> None:
         self.stop_event.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- the initiator -----------------------------------------------------------------
