@@ -117,14 +117,23 @@ def cmd_appliance_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _delegate(module: str, argv_key: str = "rest"):
+def _delegate(module: str, func: str = "main"):
     def run(args: argparse.Namespace) -> int:
         import importlib
 
         mod = importlib.import_module(module, __package__)
-        return int(mod.main(getattr(args, argv_key)) or 0)
+        return int(getattr(mod, func)(args.rest) or 0)
 
     return run
+
+
+DELEGATED = {
+    "node": (".node.cli", "main_node", "run one validator's online process"),
+    "status": (".node.cli", "main_status", "the checkpoint chain as an operator sees it"),
+    "emulator": (".emulator.cli", "main", "run a hardware-wallet emulator (Jade protocol)"),
+    "device": (".devices.cli", "main", "list signing devices and check what they can sign"),
+    "udev": (".devices.udev", "main", "install udev rules for devices and the serial link"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,18 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", required=True, type=Path)
     st.set_defaults(func=cmd_appliance_status)
 
-    for name, module, helptext in (
-        ("emulator", ".emulator.cli", "run a hardware-wallet emulator (Jade protocol)"),
-        ("udev", ".devices.udev", "install udev rules for devices and the serial link"),
-    ):
+    for name, (module, func, helptext) in DELEGATED.items():
         e = sub.add_parser(name, help=helptext, add_help=False)
         e.add_argument("rest", nargs=argparse.REMAINDER)
-        e.set_defaults(func=_delegate(module))
+        e.set_defaults(func=_delegate(module, func))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # Delegated commands parse their own arguments (their --help included).
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in DELEGATED:
+        module, func = DELEGATED[argv[first]][:2]
+        flags = argv[:first]
+        verbose = sum(a.count("v") for a in flags if a.startswith("-") and set(a[1:]) == {"v"})
+        verbose += flags.count("--verbose")
+        _setup_logging(0 if ("-q" in flags or "--quiet" in flags) else verbose)
+        ns = argparse.Namespace(rest=argv[first + 1 :])
+        return _delegate(module, func)(ns)
     args = parser.parse_args(argv)
     _setup_logging(0 if args.quiet else args.verbose)
     try:
