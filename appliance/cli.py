@@ -117,6 +117,87 @@ def cmd_appliance_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_appliance_serve(args: argparse.Namespace) -> int:
+    import signal as sig
+
+    from .config import ApplianceConfig, ConfigError
+    from .runtime import open_appliance
+    from .serve import ApplianceService
+
+    try:
+        cfg = ApplianceConfig.load(args.config)
+        appliance = open_appliance(cfg)
+        secret = args.secret_file.read_bytes().strip() if args.secret_file else None
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    service = ApplianceService(appliance, cfg.validator_id or "appliance",
+                               args.approval or cfg.approval)
+    control = args.control or cfg.path.parent / "control.sock"
+    service.serve_control(control)
+    for s in (sig.SIGTERM, sig.SIGINT):
+        sig.signal(s, lambda *_: service.stop_event.set())
+    logging.getLogger("bft_anchor.appliance").warning(
+        "appliance %s: link %s, control %s, approval %s", cfg.validator_id, args.link, control,
+        service.queue.mode)
+    try:
+        service.serve_link(args.link, secret)
+    except OSError as exc:
+        print(f"bft-anchor appliance serve: link {args.link}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_appliance_control(args: argparse.Namespace) -> int:
+    from .serve import control_call
+
+    req: dict = {"cmd": args.appliance_command}
+    if args.appliance_command in ("approve", "refuse"):
+        req["id"] = args.id
+    if args.appliance_command == "mode":
+        req["mode"] = args.mode
+    if args.appliance_command == "history":
+        req["limit"] = args.limit
+    try:
+        reply = control_call(args.control, req)
+    except OSError as exc:
+        print(f"bft-anchor appliance: control socket {args.control}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(reply, indent=1))
+    return EXIT_OK if reply.get("ok") else EXIT_FAIL
+
+
+def cmd_appliance_init(args: argparse.Namespace) -> int:
+    from embit import bip39
+
+    from .config import EXAMPLE
+
+    d = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "appliance.toml"
+    if cfg.exists() and not args.force:
+        print(f"bft-anchor appliance init: {cfg} exists (--force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{args.validator_id}"')
+    text = text.replace("max_fee_sat = 100000", f"max_fee_sat = {args.max_fee_sat}")
+    text = text.replace("max_fee_rate = 200.0", f"max_fee_rate = {args.max_fee_rate}")
+    if args.fingerprint:
+        text = text.replace('kind = "software"', 'kind = "hwi"')
+        text = text.replace('seed_file = "seed.txt"', "# seed_file = (none: the device holds it)")
+        text = text.replace('# fingerprint = "d8e50907"', f'fingerprint = "{args.fingerprint}"')
+    else:
+        import secrets
+
+        seed = d / "seed.txt"
+        if not seed.exists() or args.force:
+            seed.write_text(bip39.mnemonic_from_bytes(secrets.token_bytes(32)) + "\n")
+            seed.chmod(0o600)
+    cfg.write_text(text)
+    print(f"wrote {cfg}" + ("" if args.fingerprint else f" and a new seed in {d / 'seed.txt'}"))
+    print("next: put the deployment file beside it as deployment.json")
+    return EXIT_OK
+
+
 def _delegate(module: str, func: str = "main"):
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -212,6 +293,38 @@ def build_parser() -> argparse.ArgumentParser:
     st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
     st.add_argument("--config", required=True, type=Path)
     st.set_defaults(func=cmd_appliance_status)
+    sv = apsub.add_parser("serve", help="run the headless appliance on its serial link",
+                          description="Answer the node over the serial link and the operator "
+                          "over a local control socket. Manual approval holds every request "
+                          "the policy allows until an operator approves it.")
+    sv.add_argument("--config", required=True, type=Path)
+    sv.add_argument("--link", required=True, help="serial port (/dev/ttyUSB0, a pty, fd:N)")
+    sv.add_argument("--secret-file", type=Path, help="pairing secret: every frame is MACed")
+    sv.add_argument("--control", type=Path, help="control socket (default: beside the config)")
+    sv.add_argument("--approval", choices=["auto", "manual"], help="override the config")
+    sv.set_defaults(func=cmd_appliance_serve)
+    it = apsub.add_parser("init", help="write a fresh appliance directory")
+    it.add_argument("dir", type=Path)
+    it.add_argument("--validator-id", default="v0")
+    it.add_argument("--fingerprint", help="use a hardware wallet with this fingerprint")
+    it.add_argument("--max-fee-sat", type=int, default=100000)
+    it.add_argument("--max-fee-rate", type=float, default=200.0)
+    it.add_argument("--force", action="store_true")
+    it.set_defaults(func=cmd_appliance_init)
+    for name, helptext in (("pending", "requests held for approval"),
+                           ("approve", "approve a held request"),
+                           ("refuse", "refuse a held request"),
+                           ("mode", "switch approval mode (journaled)"),
+                           ("history", "the journal's decisions, newest first")):
+        c = apsub.add_parser(name, help=helptext)
+        c.add_argument("--control", required=True, type=Path, help="the appliance's socket")
+        if name in ("approve", "refuse"):
+            c.add_argument("id")
+        if name == "mode":
+            c.add_argument("mode", choices=["auto", "manual"])
+        if name == "history":
+            c.add_argument("--limit", type=int, default=50)
+        c.set_defaults(func=cmd_appliance_control)
 
     for name, (module, func, helptext) in DELEGATED.items():
         e = sub.add_parser(name, help=helptext, add_help=False)

@@ -1,0 +1,130 @@
+"""`bft-anchor device`: which signing devices are connected, and can they sign an epoch.
+
+Devices are found through HWI's own enumerate; what each can do comes from the
+firmware profiles, so an operator learns *before* a handover that a device cannot
+sign the next epoch's multisig, and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .profiles import check_capability, load_profiles, match_profile
+
+
+def _firmware_of(device: dict[str, Any], chain: Any) -> str | None:
+    """HWI's enumerate does not report firmware; ask the device where HWI can."""
+    from hwilib import commands
+
+    try:
+        client = commands.get_client(device["type"], device["path"], chain=chain)
+    except Exception:
+        return None
+    try:
+        version = getattr(client, "fw_version", None)
+        return str(version) if version is not None else None
+    finally:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
+def list_devices(allow_emulators: bool, testnet: bool = True) -> list[dict[str, Any]]:
+    from hwilib import commands
+    from hwilib.common import Chain
+
+    chain = Chain.TEST if testnet else Chain.MAIN
+    profiles = load_profiles()
+    out = []
+    for d in commands.enumerate(chain=chain, allow_emulators=allow_emulators):
+        firmware = d.get("firmware") or _firmware_of(d, chain)
+        profile = match_profile(d.get("type", ""), d.get("model"), firmware, profiles=profiles)
+        out.append(
+            {
+                "type": d.get("type"),
+                "model": d.get("model"),
+                "path": d.get("path"),
+                "fingerprint": d.get("fingerprint"),
+                "firmware": firmware,
+                "profile": profile.id if profile else None,
+                "error": d.get("error"),
+            }
+        )
+    return out
+
+
+def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
+    from ..checkpoint.descriptor import EpochMultisig
+    from ..checkpoint.epoch import EpochRecord
+    from ..checkpoint.errors import CheckpointError
+
+    try:
+        record = EpochRecord.from_json(Path(epoch_file).read_text())
+        EpochMultisig(record)
+    except (OSError, CheckpointError) as exc:
+        return [f"epoch file {epoch_file}: {exc}"]
+    reasons = []
+    if device.get("fingerprint") not in {v.fingerprint.hex() for v in record.validators}:
+        reasons.append(
+            f"device {device.get('fingerprint')} holds none of epoch {record.epoch}'s keys"
+        )
+    profile = None
+    if device.get("profile"):
+        profile = next(p for p in load_profiles() if p.id == device["profile"])
+    if profile is None:
+        reasons.append(
+            f"no firmware profile matches {device.get('type')} {device.get('model')} "
+            f"firmware {device.get('firmware')}"
+        )
+    else:
+        reasons += check_capability(
+            profile, "wsh-sortedmulti", record.n, device.get("firmware"), account=record.epoch
+        )
+    return reasons
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bft-anchor device", description=__doc__)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = sub.add_parser("list", help="connected devices with their matching profile")
+    ls.add_argument("--emulators", action="store_true", help="include emulators (HWI's probe)")
+    ls.add_argument("--json", action="store_true")
+    ck = sub.add_parser("check", help="can the device sign this epoch's multisig, and if not why")
+    ck.add_argument("--epoch", type=Path, required=True, metavar="FILE", help="epoch record JSON")
+    ck.add_argument("--fingerprint", help="which device (default: the only one)")
+    ck.add_argument("--emulators", action="store_true")
+    ck.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    devices = list_devices(args.emulators)
+    if args.action == "list":
+        if args.json:
+            print(json.dumps(devices, indent=1))
+        elif not devices:
+            print("no device found (plug one in and unlock it; --emulators to include them)")
+        for d in devices if not args.json else []:
+            print(
+                f"{d['type']:<10} {d['model'] or '-':<16} {d['fingerprint'] or '-':<9} "
+                f"fw {d['firmware'] or '?':<10} profile {d['profile'] or 'NONE':<24} {d['path']}"
+                f"{'  error: ' + d['error'] if d['error'] else ''}"
+            )
+        return 0
+    chosen = [d for d in devices if args.fingerprint in (None, d["fingerprint"])]
+    if len(chosen) != 1:
+        print(
+            f"bft-anchor device check: {len(chosen)} matching devices; name one with --fingerprint",
+            file=sys.stderr,
+        )
+        return 2
+    reasons = check_epoch(chosen[0], args.epoch)
+    if args.json:
+        print(
+            json.dumps({"device": chosen[0], "can_sign": not reasons, "reasons": reasons}, indent=1)
+        )
+    else:
+        print("can sign" if not reasons else "cannot sign:\n  - " + "\n  - ".join(reasons))
+    return 0 if not reasons else 1

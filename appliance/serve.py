@@ -1,0 +1,155 @@
+"""`bft-anchor appliance serve`: the headless appliance on its serial link.
+
+It answers the node's link requests (hello, sign, status, install record) and, for
+the operator, a local control socket (JSON lines): list and decide pending
+requests, switch the approval mode, read the journal. The control socket is a
+UNIX socket with mode 0600: it is reachable only from the appliance itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from .approvals import ApprovalQueue
+from .link.messages import MsgType
+from .link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
+from .signing import Appliance
+
+log = logging.getLogger("bft_anchor.appliance")
+
+
+class ApplianceService:
+    def __init__(self, appliance: Appliance, appliance_id: str, mode: str = "auto") -> None:
+        self.appliance = appliance
+        self.appliance_id = appliance_id
+        self.queue = ApprovalQueue(appliance, mode)
+        self.stop_event = threading.Event()
+        self.link_connected = False
+
+    # --- the link ----------------------------------------------------------------
+
+    def handle(self, msg_type: int, payload: dict[str, Any], request_id: int) -> tuple:
+        if msg_type == MsgType.HELLO:
+            return MsgType.HELLO_REPLY, {
+                "protocol_version": PROTOCOL_VERSION,
+                "appliance_id": self.appliance_id,
+                "device_fingerprint": self.appliance.signer.fingerprint.hex(),
+                "epochs": sorted(self.appliance.held_records()),
+            }
+        if msg_type == MsgType.SIGN_REQUEST:
+            out = self.queue.submit(
+                payload["psbt"], payload["qc"], payload["records"], payload.get("lineage")
+            )
+            if out.get("signed"):
+                return MsgType.SIGN_REPLY, {
+                    "psbt": out["psbt"],
+                    "from_journal": bool(out.get("from_journal")),
+                }
+            if out.get("pending"):
+                return MsgType.PENDING, {
+                    "request_id": request_id,
+                    "message": f"held for approval as {out['id']}",
+                }
+            return MsgType.REFUSAL, {"reasons": out.get("reasons") or ["refused"]}
+        if msg_type == MsgType.STATUS_REQUEST:
+            return MsgType.STATUS_REPLY, self.status()
+        if msg_type == MsgType.INSTALL_RECORD:
+            problems = self.appliance.install_record(payload["record"])
+            if problems:
+                return MsgType.REFUSAL, {"reasons": problems}
+            return MsgType.INSTALL_REPLY, {"epoch": int(payload["record"]["epoch"])}
+        raise ValueError(f"unexpected request type {msg_type}")
+
+    def status(self) -> dict[str, Any]:
+        s = self.appliance.status()
+        s["approval_mode"] = self.queue.mode
+        s["pending"] = [i.to_json() for i in self.queue.pending()]
+        return s
+
+    def serve_link(self, port: str, secret: bytes | None = None) -> None:
+        ser = open_serial(port)
+        endpoint = LinkEndpoint(ser, secret=secret)
+        server = LinkServer(endpoint, on_event=lambda e: log.warning("link: %s", e.message))
+        self.link_connected = True
+        log.info("appliance %s serving on %s", self.appliance_id, port)
+        try:
+            server.serve_forever(self.handle, self.stop_event)
+        finally:
+            self.link_connected = False
+            ser.close()
+
+    # --- the operator's control socket --------------------------------------------------
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        try:
+            if cmd == "status":
+                return {"ok": True, "status": self.status()}
+            if cmd == "pending":
+                return {"ok": True, "pending": [i.to_json() for i in self.queue.pending()]}
+            if cmd == "approve":
+                return {"ok": True, "outcome": self.queue.approve(str(request["id"]))}
+            if cmd == "refuse":
+                self.queue.refuse(str(request["id"]))
+                return {"ok": True}
+            if cmd == "mode":
+                self.queue.set_mode(str(request["mode"]))
+                return {"ok": True, "mode": self.queue.mode}
+            if cmd == "history":
+                return {
+                    "ok": True,
+                    "history": self.appliance.journal.decisions(int(request.get("limit", 100))),
+                }
+            if cmd == "install-record":
+                problems = self.appliance.install_record(request["record"])
+                return {"ok": not problems, "problems": problems}
+        except (KeyError, ValueError, TypeError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def serve_control(self, path: Path) -> socketserver.UnixStreamServer:
+        service = self
+        path = Path(path)
+        if path.exists():
+            path.unlink()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    try:
+                        reply = service.control(json.loads(line))
+                    except ValueError as exc:
+                        reply = {"ok": False, "error": f"not JSON: {exc}"}
+                    self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
+                    self.wfile.flush()
+
+        old = os.umask(0o177)
+        try:
+            server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        finally:
+            os.umask(old)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+def control_call(path: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """One request to a running appliance's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall((json.dumps(request) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
