@@ -42,6 +42,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         rounds_per_epoch=args.rounds_per_epoch,
         interval=args.interval,
         handover_margin=args.handover_margin,
+        appliances=args.appliances,
         fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
     )
     report = run_devnet(opts, stderr_progress if args.json else print_progress)
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rounds before an epoch's end at which the coin is handed over",
     )
     d.add_argument("--fee-rate", type=float, help="override the fee rate (sat/vB)")
+    d.add_argument("--appliances", choices=["process", "inprocess"], default="process",
+                   help="each appliance its own process on a pty serial link (default), or "
+                   "all in this process")
     d.set_defaults(func=cmd_devnet)
 
     a = sub.add_parser(

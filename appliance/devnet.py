@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +51,53 @@ class DevnetOptions:
     genesis_value: int = 100_000_000
     fee: FeePolicy = field(default_factory=FeePolicy)
     seed: int = 0
+    appliances: str = "process"  # "process": each over a pty link; "inprocess"
+
+
+class LinkPeer:
+    """A validator whose appliance is its own process, reached over a pty serial link."""
+
+    def __init__(self, validator_id: str, config: Path, log_dir: Path) -> None:
+        from .link.pty import open_pty_pair
+        from .node.link_client import LinkApplianceClient
+
+        self.validator_id = validator_id
+        self.master, slave = open_pty_pair()
+        self.log = open(log_dir / f"appliance-{validator_id}.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance.cli",
+                "-v",
+                "appliance",
+                "serve",
+                "--config",
+                str(config),
+                "--link",
+                slave,
+            ],
+            stdout=self.log,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+        )
+        self.client = LinkApplianceClient(self.master, timeout=30)
+
+    def request_signature(self, psbt_b64: str, qc_json: Any, records_json: Any) -> dict:
+        return self.client.sign(psbt_b64, qc_json, records_json, None)
+
+    def install_record(self, record_json: Any) -> list[str]:
+        return self.client.install_record(record_json)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.master.close()
+        self.log.close()
 
 
 class LocalPeer:
@@ -139,112 +187,121 @@ def _run(opts: DevnetOptions, root: Path, node: RegtestNode, say) -> dict[str, A
         addr,
     )
 
-    peers = [
-        LocalPeer(vid, open_appliance(ApplianceConfig.load(cfg))) for vid, cfg in configs.items()
-    ]
-    records = {0: rec0}
-    coin = genesis
-    checkpoints: list[dict[str, Any]] = []
-    seq = 0
-    n = opts.validators
-    for epoch in range(opts.epochs):
-        start, end = sim.epoch_rounds(epoch)
-        has_next = epoch + 1 < opts.epochs
-        if has_next:
-            nxt = sim.make_record(epoch + 1, pow_keys(epoch + 1))
-            records[epoch + 1] = nxt
-            for p in peers:
-                problems = p.install_record(nxt.to_json())
-                if problems:
+    if opts.appliances == "process":
+        peers: list[Any] = [LinkPeer(vid, cfg, root) for vid, cfg in configs.items()]
+    else:
+        peers = [
+            LocalPeer(vid, open_appliance(ApplianceConfig.load(cfg)))
+            for vid, cfg in configs.items()
+        ]
+    try:
+        records = {0: rec0}
+        coin = genesis
+        checkpoints: list[dict[str, Any]] = []
+        seq = 0
+        n = opts.validators
+        for epoch in range(opts.epochs):
+            start, end = sim.epoch_rounds(epoch)
+            has_next = epoch + 1 < opts.epochs
+            if has_next:
+                nxt = sim.make_record(epoch + 1, pow_keys(epoch + 1))
+                records[epoch + 1] = nxt
+                for p in peers:
+                    problems = p.install_record(nxt.to_json())
+                    if problems:
+                        raise CheckpointFailed(
+                            f"{p.validator_id} refused epoch {epoch + 1}: {problems}"
+                        )
+            handover_round = end - opts.handover_margin
+            due = list(range(start + opts.interval, handover_round, opts.interval))
+            if has_next:
+                due.append(handover_round)
+            elif not due:
+                due.append(start)
+            qc = None
+            for rnd in range(start, (due[-1] if due else start) + 1):
+                qc = sim.qc(epoch, rnd)  # the BFT chain commits a block every round
+                if rnd not in due:
+                    continue
+                handover = has_next and rnd == handover_round
+                initiator = peers[(seq + 0) % n]
+                rate = opts.fee.rate(node.rpc)
+                proposal = propose(coin, qc, records, handover, rate, opts.magic)
+                order = [initiator] + [p for p in peers if p is not initiator]
+                psbt, signed_by, refusals = collect(proposal, order)
+                # Ask the rest too, so every appliance's journal follows the coin.
+                for p in order:
+                    if p.validator_id not in signed_by and p.validator_id not in refusals:
+                        p.request_signature(
+                            proposal.psbt.to_string(),
+                            qc.to_json(),
+                            [r.to_json() for r in proposal.records],
+                        )
+                if len(signed_by) < proposal.source.threshold:
                     raise CheckpointFailed(
-                        f"{p.validator_id} refused epoch {epoch + 1}: {problems}"
+                        f"epoch {epoch} round {rnd}: only {signed_by} signed; refusals: {refusals}"
                     )
-        handover_round = end - opts.handover_margin
-        due = list(range(start + opts.interval, handover_round, opts.interval))
-        if has_next:
-            due.append(handover_round)
-        elif not due:
-            due.append(start)
-        qc = None
-        for rnd in range(start, (due[-1] if due else start) + 1):
-            qc = sim.qc(epoch, rnd)  # the BFT chain commits a block every round
-            if rnd not in due:
-                continue
-            handover = has_next and rnd == handover_round
-            initiator = peers[(seq + 0) % n]
-            rate = opts.fee.rate(node.rpc)
-            proposal = propose(coin, qc, records, handover, rate, opts.magic)
-            order = [initiator] + [p for p in peers if p is not initiator]
-            psbt, signed_by, refusals = collect(proposal, order)
-            # Ask the rest too, so every appliance's journal follows the coin.
-            for p in order:
-                if p.validator_id not in signed_by and p.validator_id not in refusals:
-                    p.request_signature(
-                        proposal.psbt.to_string(),
-                        qc.to_json(),
-                        [r.to_json() for r in proposal.records],
-                    )
-            if len(signed_by) < proposal.source.threshold:
-                raise CheckpointFailed(
-                    f"epoch {epoch} round {rnd}: only {signed_by} signed; refusals: {refusals}"
+                tx = assemble(proposal, psbt)
+                deliver(tx, [node.rpc])
+                block = node.mine(1)[0]
+                info = node.rpc.getrawtransaction(tx.txid().hex(), True)
+                if info.get("blockhash") != block:
+                    raise CheckpointFailed(f"checkpoint {tx.txid().hex()} not in block {block}")
+                height = node.rpc.getblockheader(block)["height"]
+                entry = {
+                    "epoch": epoch,
+                    "round": rnd,
+                    "commit_state_id": qc.commit_state_id.hex(),
+                    "txid": tx.txid().hex(),
+                    "raw_tx": tx.serialize().hex(),
+                    "block_hash": block,
+                    "height": height,
+                    "initiator": initiator.validator_id,
+                    "handover": handover,
+                }
+                checkpoints.append(entry)
+                say(
+                    f"epoch {epoch} round {rnd:>4} txid {entry['txid']} height {height} "
+                    f"initiator {initiator.validator_id} fee {proposal.fee}"
+                    f"{' HANDOVER -> epoch ' + str(epoch + 1) if handover else ''}"
                 )
-            tx = assemble(proposal, psbt)
-            deliver(tx, [node.rpc])
-            block = node.mine(1)[0]
-            info = node.rpc.getrawtransaction(tx.txid().hex(), True)
-            if info.get("blockhash") != block:
-                raise CheckpointFailed(f"checkpoint {tx.txid().hex()} not in block {block}")
-            height = node.rpc.getblockheader(block)["height"]
-            entry = {
-                "epoch": epoch,
-                "round": rnd,
-                "commit_state_id": qc.commit_state_id.hex(),
-                "txid": tx.txid().hex(),
-                "raw_tx": tx.serialize().hex(),
-                "block_hash": block,
-                "height": height,
-                "initiator": initiator.validator_id,
-                "handover": handover,
-            }
-            checkpoints.append(entry)
-            say(
-                f"epoch {epoch} round {rnd:>4} txid {entry['txid']} height {height} "
-                f"initiator {initiator.validator_id} fee {proposal.fee}"
-                f"{' HANDOVER -> epoch ' + str(epoch + 1) if handover else ''}"
-            )
-            coin = Coin(Outpoint(entry["txid"], 1), tx.vout[1].value, proposal.dest.epoch)
-            seq += 1
-    (root / "epochs.json").write_text(
-        json.dumps([records[e].to_json() for e in sorted(records)], indent=1) + "\n"
-    )
-    report = audit_chain(
-        node.rpc,
-        genesis.outpoint,
-        [records[e] for e in sorted(records)],
-        opts.magic,
-        handover_margin=opts.handover_margin,
-    )
-    # The report lists the chain as the audit found it; the run's own view must agree.
-    if [c.txid for c in report.checkpoints] != [c["txid"] for c in checkpoints]:
-        report.violations.append("the chain's checkpoints differ from those the devnet made")
-    log.info(
-        "devnet done in %.1f s: %d checkpoints, audit %s",
-        time.monotonic() - t0,
-        len(checkpoints),
-        "OK" if report.ok else "FAILED",
-    )
-    by_txid = {c["txid"]: c for c in checkpoints}
-    return {
-        "chain": chain_name,
-        "magic": opts.magic.hex(),
-        "genesis": {"txid": genesis.outpoint.txid, "vout": genesis.outpoint.vout},
-        "epochs": [records[e].to_json() for e in sorted(records)],
-        "checkpoints": [
-            dict(c.to_json(), initiator=by_txid.get(c.txid, {}).get("initiator"))
-            for c in report.checkpoints
-        ],
-        "audit": {"ok": report.ok, "violations": report.violations},
-    }
+                coin = Coin(Outpoint(entry["txid"], 1), tx.vout[1].value, proposal.dest.epoch)
+                seq += 1
+        (root / "epochs.json").write_text(
+            json.dumps([records[e].to_json() for e in sorted(records)], indent=1) + "\n"
+        )
+        report = audit_chain(
+            node.rpc,
+            genesis.outpoint,
+            [records[e] for e in sorted(records)],
+            opts.magic,
+            handover_margin=opts.handover_margin,
+        )
+        # The report lists the chain as the audit found it; the run's own view must agree.
+        if [c.txid for c in report.checkpoints] != [c["txid"] for c in checkpoints]:
+            report.violations.append("the chain's checkpoints differ from those the devnet made")
+        log.info(
+            "devnet done in %.1f s: %d checkpoints, audit %s",
+            time.monotonic() - t0,
+            len(checkpoints),
+            "OK" if report.ok else "FAILED",
+        )
+        by_txid = {c["txid"]: c for c in checkpoints}
+        return {
+            "chain": chain_name,
+            "magic": opts.magic.hex(),
+            "genesis": {"txid": genesis.outpoint.txid, "vout": genesis.outpoint.vout},
+            "epochs": [records[e].to_json() for e in sorted(records)],
+            "checkpoints": [
+                dict(c.to_json(), initiator=by_txid.get(c.txid, {}).get("initiator"))
+                for c in report.checkpoints
+            ],
+            "audit": {"ok": report.ok, "violations": report.violations},
+        }
+    finally:
+        for p in peers:
+            if isinstance(p, LinkPeer):
+                p.close()
 
 
 def print_progress(line: str) -> None:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..link.messages import MsgType
-from ..link.transport import LinkClient, LinkEndpoint, LinkError, open_serial
+from ..link.transport import LinkClient, LinkEndpoint, LinkError, LinkTimeout, open_serial
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -39,7 +39,17 @@ class LinkApplianceClient:
             port = (open_serial(self.port_name) if isinstance(self.port_name, str)
                     else self.port_name)  # an already open port (a pty master in tests)
             client = LinkClient(LinkEndpoint(port, secret=self.secret), timeout=self.timeout)
-            reply = client.request(MsgType.HELLO, {"protocol_version": 1})
+            # The appliance may still be starting (or restarting): say hello briefly and
+            # often rather than once with the long timeout of a signing request.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    reply = client.request(MsgType.HELLO, {"protocol_version": 1},
+                                           timeout=0.5, retries=0)
+                    break
+                except LinkTimeout:
+                    if time.monotonic() >= deadline:
+                        raise
             self.hello = reply.payload
             log.info(
                 "appliance %s (device %s) on %s holds epochs %s",
