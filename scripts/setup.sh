@@ -10,7 +10,11 @@ if ! command -v litecoind >/dev/null && ! command -v bitcoind >/dev/null; then
     echo "setup: installing litecoind" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq litecoind >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq litecoind libusb-1.0-0 >/dev/null
+fi
+# HWI's enumerate probes USB through libusb; without it `hwi enumerate` crashes.
+if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
 fi
 if ! command -v tmux >/dev/null && [ "${BFT_ANCHOR_NO_TMUX:-}" = "" ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -1,0 +1,10 @@
+"""A Blockstream Jade emulator that HWI's own Jade client drives over TCP.
+
+Start one in-process with JadeEmulator(...).start() (see jade.py), or from the
+command line with `bft-anchor emulator jade` (cli.py).
+"""
+
+from .confirm import ApproveAll, Prompt, RefuseAll, WaitForButtons
+from .jade import DEFAULT_PORT, JadeEmulator
+
+__all__ = ["ApproveAll", "DEFAULT_PORT", "JadeEmulator", "Prompt", "RefuseAll", "WaitForButtons"]
