@@ -32,6 +32,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     if args.validators < 1 or args.validators > 20:
         print("bft-anchor devnet: --validators must be 1..20 (wsh sortedmulti)", file=sys.stderr)
         return EXIT_USAGE
+    if args.signer == "hwi" and args.validators > 15:
+        print("bft-anchor devnet: a Jade signs multisigs of at most 15 keys (its 520-byte "
+              "script buffer); use --signer software for more", file=sys.stderr)
+        return EXIT_USAGE
     if args.epochs < 1:
         print("bft-anchor devnet: --epochs must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -43,6 +47,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         interval=args.interval,
         handover_margin=args.handover_margin,
         appliances=args.appliances,
+        signer=args.signer,
         fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
     )
     report = run_devnet(opts, stderr_progress if args.json else print_progress)
@@ -258,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rounds before an epoch's end at which the coin is handed over",
     )
     d.add_argument("--fee-rate", type=float, help="override the fee rate (sat/vB)")
+    d.add_argument("--signer", choices=["hwi", "software"], default="hwi",
+                   help="sign through HWI on one Jade emulator per validator (default), or "
+                   "with software keys")
     d.add_argument("--appliances", choices=["process", "inprocess"], default="process",
                    help="each appliance its own process on a pty serial link (default), or "
                    "all in this process")

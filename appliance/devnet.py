@@ -52,6 +52,7 @@ class DevnetOptions:
     fee: FeePolicy = field(default_factory=FeePolicy)
     seed: int = 0
     appliances: str = "process"  # "process": each over a pty link; "inprocess"
+    signer: str = "hwi"  # "hwi": a Jade emulator per validator, driven through HWI
 
 
 class LinkPeer:
@@ -114,7 +115,7 @@ class LocalPeer:
         return self.appliance.install_record(record_json)
 
 
-def _write_validator(vdir: Path, vid: str, mnemonic: str) -> Path:
+def _write_validator(vdir: Path, vid: str, mnemonic: str, device_path: str | None) -> Path:
     vdir.mkdir(parents=True, exist_ok=True)
     seed = vdir / "seed.txt"
     seed.write_text(mnemonic + "\n")
@@ -122,6 +123,11 @@ def _write_validator(vdir: Path, vid: str, mnemonic: str) -> Path:
     cfg = vdir / "appliance.toml"
     text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{vid}"')
     text = text.replace('deployment = "deployment.json"', 'deployment = "../../deployment.json"')
+    if device_path is not None:
+        text = text.replace('kind = "software"', 'kind = "hwi"')
+        text = text.replace(
+            'seed_file = "seed.txt"', f'device_type = "jade"\ndevice_path = "{device_path}"'
+        )
     cfg.write_text(text)
     return cfg
 
@@ -137,16 +143,21 @@ def run_devnet(opts: DevnetOptions, progress=None) -> dict[str, Any]:
         root = Path(opts.datadir)
         root.mkdir(parents=True, exist_ok=True)
     node = RegtestNode(datadir=root / "pow")
+    emulators: list[Any] = []
     try:
         node.start()
-        return _run(opts, root, node, say)
+        return _run(opts, root, node, say, emulators)
     finally:
+        for emu in emulators:
+            emu.stop()
         node.stop()
         if tmp is not None:
             tmp.cleanup()
 
 
-def _run(opts: DevnetOptions, root: Path, node: RegtestNode, say) -> dict[str, Any]:
+def _run(
+    opts: DevnetOptions, root: Path, node: RegtestNode, say, emulators: list[Any]
+) -> dict[str, Any]:
     t0 = time.monotonic()
     chain_name = node.chain
     net = network(chain_name)
@@ -154,13 +165,31 @@ def _run(opts: DevnetOptions, root: Path, node: RegtestNode, say) -> dict[str, A
     node.mine(101)
     sim = SimulatedBFTChain.create(opts.validators, opts.rounds_per_epoch, opts.seed)
 
-    # Validators: a fresh BIP39 seed each, written where its appliance config points.
+    # Validators: a fresh BIP39 seed each, held by a Jade emulator that HWI drives
+    # (or, with signer="software", by the appliance itself).
     configs: dict[str, Path] = {}
-    signers: dict[str, SoftwareSigner] = {}
+    signers: dict[str, Any] = {}
     for v in sim.validators:
         mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
-        configs[v.id] = _write_validator(root / "validators" / v.id, v.id, mnemonic)
-        signers[v.id] = SoftwareSigner.from_mnemonic(mnemonic)
+        device_path = None
+        if opts.signer == "hwi":
+            from .emulator.jade import JadeEmulator
+            from .signers.hwi import HWISigner
+
+            emu = JadeEmulator(
+                port=0,
+                mnemonic=mnemonic,
+                network="testnet",
+                state_path=root / "validators" / v.id / "jade-state.json",
+            )
+            (root / "validators" / v.id).mkdir(parents=True, exist_ok=True)
+            emulators.append(emu)
+            emu.start()
+            device_path = emu.path
+            signers[v.id] = HWISigner(device_type="jade", device_path=device_path)
+        else:
+            signers[v.id] = SoftwareSigner.from_mnemonic(mnemonic)
+        configs[v.id] = _write_validator(root / "validators" / v.id, v.id, mnemonic, device_path)
 
     def pow_keys(epoch: int) -> dict[str, str]:
         return {vid: s.pow_key(epoch) for vid, s in signers.items()}

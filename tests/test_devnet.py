@@ -69,6 +69,18 @@ def test_report_format_and_audit(devnet):
         assert c["round"] < end
 
 
+def test_every_signature_came_through_hwi_from_an_emulator(devnet):
+    report, datadir = devnet
+    for v in report["epochs"][0]["validators"]:
+        vdir = datadir / "validators" / v["id"]
+        assert 'kind = "hwi"' in (vdir / "appliance.toml").read_text()
+        # The emulator registered each epoch's multisig (HWI's displayaddress) before signing.
+        state = json.loads((vdir / "jade-state.json").read_text())
+        assert len(state["multisigs"]) == len(report["epochs"])
+        log = (datadir / f"appliance-{v['id']}.log").read_text()
+        assert log.count("registered epoch") == len(report["epochs"])
+
+
 def test_standalone_audit_on_the_kept_datadir(devnet):
     report, datadir = devnet
     assert (datadir / "deployment.json").exists() and (datadir / "epochs.json").exists()

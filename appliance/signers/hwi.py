@@ -125,6 +125,10 @@ class HWISigner:
             raise SignerError(self._explain(exc)) from exc
         except (OSError, ConnectionError) as exc:
             raise SignerError(f"{self.label}: cannot connect ({exc}); is it plugged in?") from exc
+        except SignerError:
+            raise
+        except Exception as exc:  # a device library's own error, raised outside HWI's wrapper
+            raise SignerError(self._explain(exc)) from exc
         finally:
             if client is not None:
                 try:
@@ -142,6 +146,8 @@ class HWISigner:
         )
 
         msg = getattr(exc, "message", None) or str(exc)
+        if "network" in msg.lower() and not isinstance(exc, ActionCanceledError):
+            return f"{self.label} refused the network: check the device's network setting ({msg})"
         if isinstance(exc, ActionCanceledError):
             return f"refused on device {self.label}: {msg}"
         if isinstance(exc, DeviceNotReadyError):
