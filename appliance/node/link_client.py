@@ -33,6 +33,10 @@ class LinkApplianceClient:
         self._lock = threading.Lock()
         self._client: LinkClient | None = None
         self.hello: dict[str, Any] | None = None
+        # A port handed in already open (a pty master in tests and the devnet) belongs to
+        # the caller: a failed exchange must not close it, or the link is gone for good
+        # (and, for a pty master, the pair is torn down under the appliance).
+        self._owns_port = isinstance(port, str)
 
     def _connect(self) -> LinkClient:
         if self._client is None:
@@ -62,7 +66,9 @@ class LinkApplianceClient:
         return self._client
 
     def _drop(self) -> None:
-        if self._client is not None:
+        """Forget the session (the next request says hello again); close only a port we
+        opened ourselves."""
+        if self._client is not None and self._owns_port:
             try:
                 self._client.endpoint.close()
             except Exception:

@@ -27,6 +27,7 @@ class ChainState:
     last_checkpoint_height: int | None  # None: no checkpoint yet (genesis coin)
     last_checkpoint_time: float | None
     epoch_has_checkpoint: bool  # a checkpoint with payload epoch == coin_epoch exists
+    last_round: tuple[int, int] | None = None  # (epoch, round) of the last checkpoint
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def due(
         return None  # one per block: never spend an unconfirmed coin
     if qc_epoch != chain.coin_epoch:
         return None  # the coin has moved on, or the QC belongs to another epoch
+    if chain.last_round is not None and (qc_epoch, qc_round) <= chain.last_round:
+        return None  # nothing newer to anchor
     if next_record_held and qc_round >= end_round - cfg.handover_margin:
         return Due(
             True,

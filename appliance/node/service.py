@@ -14,7 +14,7 @@ import math
 import socketserver
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,7 @@ class NodeService:
         self.coin = deployment.genesis
         self.epochs_with_checkpoint: set[int] = set()
         self.last_checkpoint: tuple[int, float] | None = None
+        self.last_round: tuple[int, int] | None = None
         self.due_since: dict[int, float] = {}
         self.last_attempt: dict[int, int] = {}
         self.proposed: set[tuple[int, int]] = set()
@@ -182,6 +183,7 @@ class NodeService:
                 spend.tx.vout[0].script_pubkey.data, self.deployment.magic
             )
             self.epochs_with_checkpoint.add(payload.epoch)
+            self.last_round = (payload.epoch, payload.round)
             what = f"epoch {payload.epoch} round {payload.round}"
         except CheckpointError:
             what = "unreadable payload"
@@ -401,16 +403,25 @@ class NodeService:
 
         take(self.me, self._sign_locally(body))
         deadline = t0 + self.cfg.schedule.initiator_timeout * 0.8
-        futures = {self._pool.submit(self._ask_peer, p, body, deadline): p for p in self.cfg.peers}
-        for fut, peer in futures.items():
-            try:
-                reply = fut.result(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as exc:
-                log.warning("peer %s: no answer: %s", peer.id, exc)
-                continue
-            if reply is not None:
-                take(peer.id, reply)
         k = source.threshold
+        pending = {self._pool.submit(self._ask_peer, p, body, deadline): p for p in self.cfg.peers}
+        # Stop as soon as k have signed: a slow or silent peer must not delay the round
+        # (it catches up later from the lineage the next proposal carries).
+        while pending and len(signed_by) < k:
+            done, _ = wait(
+                pending, timeout=max(0.05, deadline - time.monotonic()), return_when=FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for fut in done:
+                peer = pending.pop(fut)
+                try:
+                    reply = fut.result()
+                except Exception as exc:
+                    log.warning("peer %s: no answer: %s", peer.id, exc)
+                    continue
+                if reply is not None:
+                    take(peer.id, reply)
         if len(signed_by) < k:
             raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")
         rungs, fees = [], []

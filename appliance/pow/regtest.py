@@ -92,8 +92,12 @@ class RegtestNode:
             "-upnp=0",
             "-rpcthreads=8",
             "-rpcworkqueue=64",
-            *self.extra_args,
         ]
+        if Path(self.binary).name == "litecoind":
+            # Litecoin Core relays no BIP125 replacement unless told to (default 0), and a
+            # stuck checkpoint is replaced; a real Litecoin deployment must set it too.
+            args.append("-mempoolreplacement=1")
+        args += self.extra_args
         log.info(
             "starting %s on rpc port %d (datadir %s)",
             Path(self.binary).name,
