@@ -20,6 +20,7 @@ from .checkpoint.payload import Payload
 from .checkpoint.qc import QC, verify_qc
 from .checkpoint.template import (
     LOCKTIME,
+    P2WPKH_WITNESS,
     SEQUENCE,
     TX_VERSION,
     Coin,
@@ -28,8 +29,6 @@ from .checkpoint.template import (
     estimate_vsize,
 )
 from .journal import Candidate, JournalState, signing_conflicts
-
-P2WPKH_INPUT_WITNESS = 108  # sizing a fee-wallet top-up input
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,7 @@ def evaluate(
     total_in = coin.value + topups_in
     total_out = sum(o.value for o in tx.vout)
     fee = total_in - total_out
-    vsize = estimate_vsize(tx, source, P2WPKH_INPUT_WITNESS * (len(tx.vin) - 1))
+    vsize = estimate_vsize(tx, source, P2WPKH_WITNESS * (len(tx.vin) - 1))
     rate = fee / vsize
     v.summary.update(
         fee=fee,
@@ -216,6 +215,11 @@ def evaluate(
     )
     if fee <= 0:
         v.refuse(f"outputs exceed inputs (fee {fee} sat)")
+    change = sum(o.value for o in tx.vout[2:])
+    if change > topups_in:
+        # Change may only return what the top-ups brought: the coin itself never
+        # leaves through "change" to an address the appliance cannot judge.
+        v.refuse(f"output 2 returns {change} sat, more than the top-ups' {topups_in} sat")
     if fee > limits.max_fee_sat:
         v.refuse(f"fee {fee} sat exceeds the limit of {limits.max_fee_sat} sat")
     if rate > limits.max_fee_rate:

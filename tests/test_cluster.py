@@ -212,3 +212,18 @@ def test_too_low_fee_is_replaced_and_the_replacement_confirms(tmp_path):
         assert "replaced with fee level" in logs
         first = re.search(r"broadcast: epoch 0 round \d+ txid (\w+) fee (\d+)", logs)
         assert first and first.group(1) != cp.txid and int(first.group(2)) < fee
+
+
+def test_low_coin_is_topped_up_from_the_fee_wallet(tmp_path):
+    opts = ClusterOptions(validators=4, epochs=1, rounds_per_epoch=400, round_interval=0.25,
+                          block_interval=0.7, pow_nodes=1, genesis_value=30_000,
+                          topup_below=100_000, topup_amount=200_000)
+    with Cluster(tmp_path, opts) as c:
+        c.wait_for(lambda: count(c) >= 2, 120, "two checkpoints")
+        first, second = c.checkpoints()[:2]
+        tx1 = c.rpc().getrawtransaction(first.txid, True)
+        tx2 = c.rpc().getrawtransaction(second.txid, True)
+        assert len(tx1["vin"]) >= 2  # the coin and the fee wallet's coin(s)
+        assert round(float(tx1["vout"][1]["value"]) * 1e8) == 30_000 + 200_000
+        assert len(tx2["vin"]) == 1  # no longer low: no top-up
+        assert c.audit().ok

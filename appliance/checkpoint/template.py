@@ -54,7 +54,33 @@ class Coin:
     epoch: int
 
 
-def build_checkpoint_tx(coin: Coin, payload: Payload, dest: EpochMultisig, fee: int) -> Transaction:
+P2WPKH_WITNESS = 108  # the witness of a fee-wallet top-up input, worst case
+DUST = 546  # below this, top-up change is left to the fee rather than made an output
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """Fee-wallet coins added to pay the fee when the checkpoint coin runs low.
+
+    The coin's output grows by `amount`; whatever else the inputs bring, less the fee,
+    returns to the fee wallet as `change_script` (output 2). The appliance never
+    signs these inputs; the fee wallet does.
+    """
+
+    inputs: tuple[tuple[Outpoint, TransactionOutput], ...]
+    amount: int
+    change_script: Script
+
+    @property
+    def value(self) -> int:
+        return sum(u.value for _, u in self.inputs)
+
+
+def build_checkpoint_tx(
+    coin: Coin, payload: Payload, dest: EpochMultisig, fee: int, topup: TopUp | None = None
+) -> Transaction:
+    if topup is not None:
+        return _build_topped_up(coin, payload, dest, fee, topup)
     if fee < 0 or fee >= coin.value:
         raise TemplateError(f"fee {fee} is not below the coin's value {coin.value}")
     vin = [
@@ -67,6 +93,27 @@ def build_checkpoint_tx(coin: Coin, payload: Payload, dest: EpochMultisig, fee: 
     return Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
 
 
+def _build_topped_up(
+    coin: Coin, payload: Payload, dest: EpochMultisig, fee: int, topup: TopUp
+) -> Transaction:
+    change = topup.value - topup.amount - fee
+    if topup.amount < 0 or change < 0:
+        raise TemplateError(
+            f"top-up of {topup.value} sat cannot add {topup.amount} to the coin and pay {fee}"
+        )
+    vin = [TransactionInput(bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout,
+                            sequence=SEQUENCE)]
+    vin += [TransactionInput(bytes.fromhex(op.txid), op.vout, sequence=SEQUENCE)
+            for op, _ in topup.inputs]
+    vout = [
+        TransactionOutput(0, Script(payload.script())),
+        TransactionOutput(coin.value + topup.amount, dest.script_pubkey),
+    ]
+    if change > DUST:
+        vout.append(TransactionOutput(change, topup.change_script))
+    return Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
+
+
 def build_checkpoint_psbt(
     coin: Coin,
     source: EpochMultisig,
@@ -74,12 +121,15 @@ def build_checkpoint_psbt(
     dest: EpochMultisig,
     fee: int,
     prev_tx: Transaction | None = None,
+    topup: TopUp | None = None,
 ) -> PSBT:
     """PSBT with every key's derivation and the witness scripts, so devices find their key
     and recognise output 1 as the (registered) multisig."""
     if source.epoch != coin.epoch:
         raise TemplateError(f"coin belongs to epoch {coin.epoch}, not {source.epoch}")
-    psbt = PSBT(build_checkpoint_tx(coin, payload, dest, fee))
+    psbt = PSBT(build_checkpoint_tx(coin, payload, dest, fee, topup))
+    for i, (_, utxo) in enumerate(topup.inputs if topup else (), start=1):
+        psbt.inputs[i].witness_utxo = utxo
     inp = psbt.inputs[0]
     inp.witness_utxo = TransactionOutput(coin.value, source.script_pubkey)
     if prev_tx is not None:

@@ -56,6 +56,9 @@ class ClusterOptions:
     pow_nodes: int = 2
     pow_args: list[str] = field(default_factory=list)
     max_fee_sat: int = 100_000
+    genesis_value: int = 100_000_000
+    topup_below: int = 0  # > 0: a fee wallet "fees" on the first PoW node tops the coin up
+    topup_amount: int = 200_000
 
 
 @dataclass
@@ -131,7 +134,13 @@ class Cluster:
         rec0 = self.sim.make_record(0, self.pow_keys(0))
         self.records[0] = rec0
         ms0 = EpochMultisig(rec0)
-        txid = wallet.sendtoaddress(ms0.address(network(miner.chain)), float(to_coin(10**8)))
+        txid = wallet.sendtoaddress(
+            ms0.address(network(miner.chain)), float(to_coin(o.genesis_value))
+        )
+        if o.topup_below:
+            fees = miner.client("/wallet/fees")
+            miner.rpc.createwallet("fees")
+            wallet.sendtoaddress(fees.getnewaddress("", "bech32"), 1.0)
         info = miner.rpc.getrawtransaction(txid, True)
         vout = next(
             o["n"] for o in info["vout"] if o["scriptPubKey"]["hex"] == ms0.script_pubkey.data.hex()
@@ -183,6 +192,12 @@ class Cluster:
             f"initiator_timeout = {o.initiator_timeout}\npoll_interval = 0.25\n"
             f"[fees]\nmin_rate = {o.fee_min_rate}\nladder = {o.ladder}\n"
             f"ladder_factor = {o.ladder_factor}\n"
+            + (
+                f'topup_wallet = "fees"\ntopup_below = {o.topup_below}\n'
+                f"topup_amount = {o.topup_amount}\n"
+                if o.topup_below
+                else ""
+            )
         )
 
     # --- processes ------------------------------------------------------------------

@@ -48,6 +48,11 @@ max_rate = 50.0
 # override = 5.0
 ladder = 3            # fee levels signed in one round, for replacement without re-signing
 ladder_factor = 1.5
+# Top the coin up from a single-signature fee wallet (a wallet on the first PoW node)
+# when it holds less than topup_below sat; the appliances sign only the coin's input.
+# topup_wallet = "fees"
+# topup_below = 100000
+# topup_amount = 1000000
 """
 
 
@@ -88,6 +93,9 @@ class NodeConfig:
     ladder: int = 3
     ladder_factor: float = 1.5
     poll_interval: float = 0.5
+    topup_wallet: str | None = None
+    topup_below: int = 0
+    topup_amount: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -176,6 +184,9 @@ class NodeConfig:
                 ladder=max(1, int(f.get("ladder", 3))),
                 ladder_factor=float(f.get("ladder_factor", 1.5)),
                 poll_interval=float(s.get("poll_interval", 0.5)),
+                topup_wallet=f.get("topup_wallet"),
+                topup_below=int(f.get("topup_below", 0)),
+                topup_amount=int(f.get("topup_amount", 0)),
                 raw=data,
             )
         except KeyError as exc:

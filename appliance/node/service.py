@@ -27,6 +27,7 @@ from ..checkpoint.errors import CheckpointError
 from ..checkpoint.payload import Payload
 from ..checkpoint.qc import QC, verify_qc
 from ..checkpoint.template import (
+    P2WPKH_WITNESS,
     Coin,
     Outpoint,
     build_checkpoint_psbt,
@@ -41,6 +42,7 @@ from ..pow.follow import CoinFollower, confirmed_height
 from ..pow.rpc import PowRpc, RpcError
 from .appliance_client import ApplianceClient
 from .config import NodeConfig
+from .feewallet import FeeWalletError, select_topup, sign_topups
 from .initiator import CheckpointFailed, deliver
 from .metrics import Metrics
 from .peer_protocol import (
@@ -346,16 +348,36 @@ class NodeService:
 
     # --- the initiator -----------------------------------------------------------------
 
+    def fee_wallet(self) -> PowRpc | None:
+        if not self.cfg.topup_wallet or not self.rpcs:
+            return None
+        return self.rpcs[0].wallet(self.cfg.topup_wallet)
+
     def build_ladder(self, coin: Coin, qc: QC, handover: bool, floor: int = 0) -> list[PSBT]:
         source = EpochMultisig(self.records[coin.epoch])
         dest = EpochMultisig(self.records[coin.epoch + 1]) if handover else source
         payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=self.deployment.magic)
-        vsize = estimate_vsize(build_checkpoint_tx(coin, payload, dest, 1), source)
         rate = self.cfg.fees.rate(self.rpcs[0] if self.rpcs else None)
+        topup = None
+        wallet = self.fee_wallet()
+        if wallet is not None and coin.value < self.cfg.topup_below:
+            worst = math.ceil(
+                self.cfg.fees.max_rate * 1000 * self.cfg.ladder_factor**self.cfg.ladder
+            )
+            topup = select_topup(wallet, self.cfg.topup_amount, worst)
+            log.info(
+                "coin holds %d sat, below %d: topping up %d sat from fee wallet %s",
+                coin.value,
+                self.cfg.topup_below,
+                self.cfg.topup_amount,
+                self.cfg.topup_wallet,
+            )
+        extra = P2WPKH_WITNESS * (len(topup.inputs) if topup else 0)
+        vsize = estimate_vsize(build_checkpoint_tx(coin, payload, dest, 1, topup), source, extra)
         fees = fee_ladder(
             math.ceil(rate * vsize), vsize, self.cfg.ladder, self.cfg.ladder_factor, floor
         )
-        return [build_checkpoint_psbt(coin, source, payload, dest, f) for f in fees]
+        return [build_checkpoint_psbt(coin, source, payload, dest, f, topup=topup) for f in fees]
 
     def run_round(self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool) -> str:
         t0 = time.monotonic()
@@ -425,13 +447,19 @@ class NodeService:
         if len(signed_by) < k:
             raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")
         rungs, fees = [], []
+        wallet = self.fee_wallet() if len(collected[0].inputs) > 1 else None
         for p in collected:
             try:
-                tx = finalize(p, source)
-            except CheckpointError:
+                tx = finalize(sign_topups(wallet, p) if wallet else p, source)
+            except (CheckpointError, FeeWalletError) as exc:
+                if not rungs:
+                    raise CheckpointFailed(f"cannot finalize: {exc}") from exc
                 break
             rungs.append(tx.serialize().hex())
-            fees.append(coin.value - tx.vout[1].value)
+            fees.append(
+                sum(u.value for u in (i.witness_utxo for i in p.inputs))
+                - sum(o.value for o in tx.vout)
+            )
         self.metrics.latency(time.monotonic() - t0)
         tx = Transaction.from_string(rungs[0])
         reached = deliver(tx, self.rpcs)

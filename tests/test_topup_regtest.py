@@ -1,0 +1,88 @@
+"""Fee top-ups from a single-signature fee wallet, on a real regtest node."""
+
+from __future__ import annotations
+
+import pytest
+from embit.psbt import PSBT
+from embit.script import Script
+from embit.transaction import TransactionOutput
+from helpers import MAGIC, Fleet
+
+from appliance.checkpoint.descriptor import EpochMultisig
+from appliance.checkpoint.payload import Payload
+from appliance.checkpoint.template import (
+    P2WPKH_WITNESS,
+    TopUp,
+    build_checkpoint_psbt,
+    build_checkpoint_tx,
+    estimate_vsize,
+    finalize,
+)
+from appliance.node.feewallet import select_topup, sign_topups
+from appliance.node.initiator import collect
+
+
+@pytest.fixture
+def fleet(regtest, tmp_path, request):
+    return Fleet(regtest, tmp_path, tag=request.node.name, value=20_000)  # a coin running low
+
+
+def topped_up_psbt(fleet, topup: TopUp, qc, fee: int | None = None):
+    ms = EpochMultisig(fleet.records[0])
+    payload = Payload(0, qc.round, qc.commit_state_id, magic=MAGIC)
+    if fee is None:
+        sizing = build_checkpoint_tx(fleet.coin, payload, ms, 1, topup)
+        fee = 2 * estimate_vsize(sizing, ms, P2WPKH_WITNESS * len(topup.inputs))
+    return build_checkpoint_psbt(fleet.coin, ms, payload, ms, fee, topup=topup), ms
+
+
+def test_topup_signed_by_appliances_and_fee_wallet_accepted_by_node(fleet, regtest):
+    wallet = regtest.wallet_rpc
+    topup = select_topup(wallet, 50_000, 5_000)
+    qc = fleet.qc(5)
+    psbt, ms = topped_up_psbt(fleet, topup, qc)
+    from appliance.node.initiator import Proposal
+
+    proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
+    signed, signed_by, refusals = collect(proposal, fleet.peers())
+    assert len(signed_by) == 3, refusals
+    # The appliances signed only the coin's input.
+    assert all(not signed.inputs[i].partial_sigs for i in range(1, len(signed.inputs)))
+    tx = finalize(sign_topups(wallet, signed), ms)
+    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
+    assert accept["allowed"], accept
+    assert tx.vout[1].value == fleet.coin.value + 50_000
+
+
+def test_change_larger_than_topups_is_refused(fleet, regtest):
+    """An initiator must not drain the coin through 'change' to an address of its own."""
+    wallet = regtest.wallet_rpc
+    real = select_topup(wallet, 0, 1_000)
+    qc = fleet.qc(5)
+    psbt, ms = topped_up_psbt(fleet, real, qc, fee=1_000)
+    tx = psbt.tx
+    steal = 15_000
+    # Move part of the coin's value into output 2.
+    tx.vout[1].value -= steal
+    tx.vout[2].value += steal
+    bad = PSBT(tx)
+    for mine, theirs in zip(bad.inputs, psbt.inputs, strict=True):
+        mine.witness_utxo = theirs.witness_utxo
+        mine.witness_script = theirs.witness_script
+        mine.bip32_derivations = theirs.bip32_derivations
+    out = fleet.appliances["v0"].handle_sign(*fleet.request(bad, qc))
+    assert not out.signed
+    assert any("more than the top-ups" in r for r in out.reasons), out.reasons
+
+
+def test_topup_input_locked_by_the_multisig_is_refused(fleet, regtest):
+    qc = fleet.qc(5)
+    ms = EpochMultisig(fleet.records[0])
+    from appliance.checkpoint.template import Outpoint
+
+    fake = TopUp(((Outpoint("ee" * 32, 0), TransactionOutput(30_000, ms.script_pubkey)),),
+                 10_000, Script(b"\x00\x14" + b"\x01" * 20))
+    psbt, _ = topped_up_psbt(fleet, fake, qc, fee=1_000)
+    out = fleet.appliances["v0"].handle_sign(*fleet.request(psbt, qc))
+    assert not out.signed
+    assert any("locked by a checkpoint multisig" in r for r in out.reasons), out.reasons
