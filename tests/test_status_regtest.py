@@ -1,0 +1,24 @@
+import pytest
+from helpers import Fleet
+
+from appliance.node.status import chain_status, format_status
+
+
+@pytest.fixture
+def fleet(regtest, tmp_path, request):
+    return Fleet(regtest, tmp_path, tag=request.node.name)
+
+
+def test_signers_missed_and_epoch_alert(fleet, regtest):
+    t1 = fleet.checkpoint(fleet.qc(5), only=["v0", "v1", "v2"])
+    fleet.checkpoint(fleet.qc(90), handover=True)
+    regtest.mine(4)
+    st = chain_status(regtest.rpc, fleet.deployment, fleet.records, alert_blocks=3)
+    row = next(r for r in st.checkpoints if r["txid"] == t1)
+    assert row["signed_by"] == ["v0", "v1", "v2"] and row["missed"] == ["v3"]
+    assert st.coin_epoch == 1 and st.checkpoints[-1]["handover"]
+    assert any("epoch 1 has no checkpoint" in a for a in st.alerts)
+    text = format_status(st)
+    assert "HANDOVER" in text and "ALERT" in text
+    quiet = chain_status(regtest.rpc, fleet.deployment, fleet.records, alert_blocks=50)
+    assert quiet.alerts == []
