@@ -5,12 +5,12 @@ Paths are relative to the config file, so an appliance directory can be moved wh
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .policy import Limits
+from .tomlfile import path_resolver, read_toml
 
 EXAMPLE = """\
 # bft-anchor appliance configuration.
@@ -70,19 +70,8 @@ class ApplianceConfig:
     @classmethod
     def load(cls, path: Path) -> ApplianceConfig:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-        base = path.parent
-
-        def rel(value: Any, key: str) -> Path:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"config {path}: {key} must be a path string")
-            p = Path(value)
-            return p if p.is_absolute() else base / p
+        data = read_toml(path, ConfigError)
+        rel = path_resolver(path, ConfigError)
 
         try:
             s = data.get("signer", {})

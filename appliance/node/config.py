@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..tomlfile import path_resolver, read_toml
 from .fees import FeePolicy
 from .schedule import ScheduleConfig
 
@@ -101,19 +101,8 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise NodeConfigError(f"cannot read node config {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise NodeConfigError(f"node config {path} is not valid TOML: {exc}") from exc
-        base = path.parent
-
-        def rel(value: Any, key: str) -> Path:
-            if not isinstance(value, str) or not value:
-                raise NodeConfigError(f"node config {path}: {key} must be a path string")
-            p = Path(value)
-            return p if p.is_absolute() else base / p
+        data = read_toml(path, NodeConfigError, "node config")
+        rel = path_resolver(path, NodeConfigError, "node config")
 
         def addr(value: Any, key: str) -> tuple[str, int]:
             try:
