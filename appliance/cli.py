@@ -220,6 +220,7 @@ DELEGATED = {
     "emulator": (".emulator.cli", "main", "run a hardware-wallet emulator (Jade protocol)"),
     "device": (".devices.cli", "main", "list signing devices and check what they can sign"),
     "udev": (".devices.udev", "main", "install udev rules for devices and the serial link"),
+    "tui": ("tui.cli", "main", "the operator's console"),
 }
 
 

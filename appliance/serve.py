@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .approvals import ApprovalQueue
+from .approvals import ApprovalQueue, PendingRequest
 from .link.messages import MsgType
 from .link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
 from .signing import Appliance
@@ -73,6 +73,19 @@ class ApplianceService:
         s["pending"] = [i.to_json() for i in self.queue.pending()]
         return s
 
+    def pending_detail(self, item: PendingRequest) -> dict[str, Any]:
+        """A held request in full with the policy's verdict as of now: what the operator's
+        console decodes, and why approval may no longer be possible."""
+        verdict, _, _ = self.appliance.decide(item.psbt, item.qc, item.records)
+        return {
+            **item.to_json(),
+            "psbt": item.psbt,
+            "qc": item.qc,
+            "records": item.records,
+            "lineage": item.lineage,
+            "verdict": {"ok": verdict.ok, "reasons": verdict.reasons, "summary": verdict.summary},
+        }
+
     def serve_link(self, port: str, secret: bytes | None = None) -> None:
         ser = open_serial(port)
         endpoint = LinkEndpoint(ser, secret=secret)
@@ -91,9 +104,15 @@ class ApplianceService:
         cmd = request.get("cmd")
         try:
             if cmd == "status":
-                return {"ok": True, "status": self.status()}
+                return {"ok": True, "status": self.status(), "link_connected": self.link_connected}
             if cmd == "pending":
+                if request.get("full"):  # the operator's console decodes each request
+                    return {"ok": True, "pending": [self.pending_detail(i)
+                                                    for i in self.queue.pending()]}
                 return {"ok": True, "pending": [i.to_json() for i in self.queue.pending()]}
+            if cmd == "records":
+                held = self.appliance.held_records()
+                return {"ok": True, "records": [held[e].to_json() for e in sorted(held)]}
             if cmd == "approve":
                 return {"ok": True, "outcome": self.queue.approve(str(request["id"]))}
             if cmd == "refuse":

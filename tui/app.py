@@ -1,0 +1,294 @@
+"""The operator's console: one Textual app over one appliance backend.
+
+The app owns the data (refreshed by polling in worker threads, never on the event
+loop) and the operations (approve, refuse, mode, install, register), each run as a
+worker that turns every failure into a notification: an unplugged device, a dropped
+link or a bad record must never take the console down. Screens only render the data
+and ask the app to act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from textual.app import App
+from textual.binding import Binding
+
+from appliance.checkpoint.descriptor import EpochMultisig
+from appliance.checkpoint.epoch import EpochRecord
+
+from .backend import Backend, DeviceView, StatusView
+from .decode import RequestView, decode_request
+from .screens.device import DeviceScreen
+from .screens.epochs import EpochsScreen
+from .screens.history import HistoryScreen
+from .screens.requests import RequestsScreen
+from .widgets import ConfirmDialog
+
+log = logging.getLogger("bft_anchor.tui")
+T = TypeVar("T")
+
+
+@dataclass
+class ConsoleData:
+    """Everything the screens show, as of the last refresh."""
+
+    status: StatusView | None = None
+    pending: list[RequestView] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    records: dict[int, EpochRecord] = field(default_factory=dict)
+    device: DeviceView | None = None
+    error: str | None = None
+
+
+class View(Protocol):
+    def show_data(self, data: ConsoleData) -> None: ...
+
+
+class OperatorConsole(App[int]):
+    """bft-anchor's operator console."""
+
+    TITLE = "bft-anchor operator console"
+    MODES = {
+        "requests": RequestsScreen,
+        "history": HistoryScreen,
+        "device": DeviceScreen,
+        "epochs": EpochsScreen,
+    }
+    DEFAULT_MODE = "requests"
+    ENABLE_COMMAND_PALETTE = False
+    # Notifications at the top right: the status bar and the key footer stay visible.
+    CSS = """
+    ToastRack {
+        dock: top;
+        align: right top;
+        margin-top: 1;
+        margin-bottom: 0;
+    }
+    """
+    BINDINGS = [
+        Binding("1,f1", "switch_mode('requests')", "Requests"),
+        Binding("2,f2", "switch_mode('history')", "History"),
+        Binding("3,f3", "switch_mode('device')", "Device"),
+        Binding("4,f4", "switch_mode('epochs')", "Epochs"),
+        Binding("ctrl+r", "refresh", "Refresh", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll: float = 1.0,
+        device_poll: float = 3.0,
+        history_limit: int = 500,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self.poll = poll
+        self.device_poll = device_poll
+        self.history_limit = history_limit
+        self.data = ConsoleData()
+        self.views: list[View] = []
+        self._refreshing = False
+        self._probing = False
+        self._said: dict[str, str | None] = {}
+
+    # --- life cycle -----------------------------------------------------------------
+
+    async def on_mount(self) -> None:
+        await self.refresh_data()
+        await self.refresh_device()
+        if self.poll > 0:
+            self.set_interval(self.poll, self._poll_data)
+        if self.device_poll > 0:
+            self.set_interval(self.device_poll, self._poll_device)
+
+    def _poll_data(self) -> None:
+        if not self._refreshing:
+            self.run_worker(self.refresh_data(), group="poll")
+
+    def _poll_device(self) -> None:
+        if not self._probing:
+            self.run_worker(self.refresh_device(), group="device")
+
+    def action_refresh(self) -> None:
+        self.run_worker(self._refresh_all(), group="poll")
+
+    async def _refresh_all(self) -> None:
+        await self.refresh_data()
+        await self.refresh_device()
+
+    def register_view(self, view: View) -> None:
+        self.views.append(view)
+        view.show_data(self.data)
+
+    def unregister_view(self, view: View) -> None:
+        if view in self.views:
+            self.views.remove(view)
+
+    def _broadcast(self) -> None:
+        for view in list(self.views):
+            try:
+                view.show_data(self.data)
+            except Exception:  # a rendering bug must not stop the console
+                log.exception("rendering failed")
+
+    def say_once(self, key: str, message: str | None, severity: str = "warning") -> None:
+        """Notify when a condition starts or changes, not on every poll."""
+        if self._said.get(key) == message:
+            return
+        self._said[key] = message
+        if message:
+            self.notify(message, severity=severity, timeout=8)  # type: ignore[arg-type]
+
+    # --- reading --------------------------------------------------------------------
+
+    def _fetch(self) -> ConsoleData:
+        b = self.backend
+        status = b.status()
+        records = b.records()
+        pending = [decode_request(p, records, b.chain, b.magic) for p in b.pending()]
+        history = b.history(self.history_limit)
+        return ConsoleData(status, pending, history, records, self.data.device)
+
+    async def refresh_data(self) -> None:
+        """Reload status, queue, records and history; a failure is shown, not raised."""
+        self._refreshing = True
+        try:
+            data = await asyncio.to_thread(self._fetch)
+        except Exception as exc:
+            msg = f"appliance: {exc}"
+            self.data.error = msg
+            self.say_once("appliance", msg, "error")
+            self._broadcast()
+            return
+        finally:
+            self._refreshing = False
+        if self._said.get("appliance"):
+            self.say_once("appliance", None)
+            self.notify("appliance reachable again")
+        old = self.data.status
+        new = data.status
+        if new is not None:
+            if new.link_error:
+                self.say_once("link-error", new.link_error, "error")
+            elif old is not None and old.link and new.link is False:
+                self.notify("the serial link dropped", severity="error", timeout=8)
+        data.device = self.data.device
+        self.data = data
+        self._broadcast()
+
+    async def refresh_device(self) -> None:
+        """Read the device through HWI; unplugging it is a notification, never a crash."""
+        self._probing = True
+        try:
+            records = self.data.records
+            epochs = self.capability_epochs()
+            view = await asyncio.to_thread(self.backend.device, records, epochs)
+        except Exception as exc:
+            view = DeviceView(connected=False, kind="?", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._probing = False
+        was = self.data.device
+        if not view.connected:
+            self.say_once("device", f"device disconnected: {view.error}", "error")
+        elif was is not None and not was.connected:
+            self.say_once("device", None)
+            self.notify(f"device {view.fingerprint} connected again")
+        self.data.device = view
+        self._broadcast()
+
+    def capability_epochs(self) -> list[int]:
+        """The current epoch and the next, which the device must be able to sign."""
+        status = self.data.status
+        cur = status.current_epoch if status is not None else 0
+        return [cur, cur + 1]
+
+    # --- acting ---------------------------------------------------------------------
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run a blocking backend call in a thread; on failure notify and return None."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            log.warning("%s failed: %s", what, exc)
+            self.notify(f"{what} failed: {exc}", severity="error", timeout=10)
+            return None
+
+    def confirm(self, title: str, body: Any, then: Callable[[], Any]) -> None:
+        """Ask first; `then` (a coroutine function) runs as a worker on yes."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(then(), group="op")
+
+        self.push_screen(ConfirmDialog(title, body), answered)
+
+    async def approve(self, rid: str) -> dict[str, Any] | None:
+        # A device that is gone would make the queue drop the request as refused.
+        fp = await self.call("the device check before signing", self.backend.probe_device)
+        if fp is None:
+            await self.refresh_device()
+            return None
+        outcome = await self.call(f"approving {rid}", self.backend.approve, rid)
+        if outcome is not None:
+            if outcome.get("signed"):
+                txid = (outcome.get("summary") or {}).get("txid", "")
+                self.notify(f"signed {txid}", title="approved", timeout=8)
+                await self.refresh_device()  # signing registers the wallet on the device
+            else:
+                reasons = "; ".join(outcome.get("reasons") or ["refused"])
+                self.notify(f"not signed: {reasons}", severity="error", timeout=12)
+        await self.refresh_data()
+        return outcome
+
+    async def refuse(self, rid: str) -> None:
+        done = await self.call(f"refusing {rid}", self._refuse, rid)
+        if done:
+            self.notify(f"refused {rid}; the refusal is in the journal", title="refused")
+        await self.refresh_data()
+
+    def _refuse(self, rid: str) -> bool:
+        self.backend.refuse(rid)
+        return True
+
+    async def set_mode(self, mode: str) -> None:
+        done = await self.call(f"switching to {mode}", self._set_mode, mode)
+        if done:
+            self.notify(f"approval mode is now {mode} (journaled)", title="mode")
+        await self.refresh_data()
+
+    def _set_mode(self, mode: str) -> bool:
+        self.backend.set_mode(mode)
+        return True
+
+    async def register(self, multisig: EpochMultisig) -> tuple[bool, str | None]:
+        try:
+            address = await asyncio.to_thread(self.backend.register, multisig)
+        except Exception as exc:
+            self.notify(f"registration failed: {exc}", severity="error", timeout=12)
+            return False, None
+        await self.refresh_device()
+        return True, address
+
+    async def install_record(self, record: EpochRecord) -> bool:
+        problems = await self.call("installing the record", self.backend.install_record,
+                                   record.to_json())
+        if problems is None:
+            return False
+        if problems:
+            self.notify("record refused: " + "; ".join(problems), severity="error", timeout=12)
+            return False
+        await self.refresh_data()
+        return True
+
+    async def on_unmount(self) -> None:
+        self.views.clear()
