@@ -50,7 +50,13 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         signer=args.signer,
         fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
     )
-    report = run_devnet(opts, stderr_progress if args.json else print_progress)
+    progress = stderr_progress if args.json else print_progress
+    if args.nodes:
+        from .node.network_devnet import run_network_devnet
+
+        report = run_network_devnet(args.validators, args.epochs, args.datadir, progress)
+    else:
+        report = run_devnet(opts, progress)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -267,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--signer", choices=["hwi", "software"], default="hwi",
                    help="sign through HWI on one Jade emulator per validator (default), or "
                    "with software keys")
+    d.add_argument("--nodes", action="store_true",
+                   help="run every validator's node as its own process too (peer protocol, "
+                   "schedule, failover, two PoW nodes; software signers)")
     d.add_argument("--appliances", choices=["process", "inprocess"], default="process",
                    help="each appliance its own process on a pty serial link (default), or "
                    "all in this process")

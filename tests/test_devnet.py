@@ -125,3 +125,16 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
         assert out.returncode != 0
     finally:
         node.stop()
+
+
+def test_devnet_with_node_processes(tmp_path):
+    out = run("devnet", "--nodes", "--epochs", "2", "--json", "--datadir", str(tmp_path),
+              timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["audit"]["ok"], report["audit"]
+    cps = report["checkpoints"]
+    assert {c["epoch"] for c in cps} == {0, 1} and sum(c["handover"] for c in cps) == 1
+    # The node processes made them: each was broadcast by one of the validators.
+    assert all(c["initiator"] in {"v0", "v1", "v2", "v3"} for c in cps)
+    assert len({c["initiator"] for c in cps}) > 1
