@@ -32,6 +32,7 @@ from .node.fees import FeePolicy
 from .node.initiator import CheckpointFailed, assemble, collect, deliver, propose
 from .pow.regtest import RegtestNode
 from .pow.rpc import to_coin, to_sat
+from .procutil import die_with_parent
 from .runtime import open_appliance
 from .signers.software import SoftwareSigner
 from .signing import Appliance
@@ -81,6 +82,7 @@ class LinkPeer:
             stdout=self.log,
             stderr=self.log,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         self.client = LinkApplianceClient(self.master, timeout=30)
 

@@ -211,3 +211,14 @@ def test_limits_are_the_appliances_own(regtest, tmp_path):
         *fleet.request(fleet.propose(qc, fee_rate=2).psbt, qc),
         "exceeds the limit of 300 sat",
     )
+
+
+def test_twenty_validators_checkpoint_accepted_by_node(regtest, tmp_path):
+    fleet = Fleet(regtest, tmp_path, n=20, tag="twenty")
+    qc = fleet.qc(5)
+    proposal = fleet.propose(qc)
+    psbt, signed_by, refusals = collect(proposal, fleet.peers())
+    assert len(signed_by) == 14 and not refusals
+    tx = assemble(proposal, psbt)
+    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
+    assert accept["allowed"], accept

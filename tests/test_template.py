@@ -85,3 +85,25 @@ def test_signer_refuses_foreign_derivation(setup):
     psbt.inputs[0].bip32_derivations[key.pubkey].derivation[2] ^= 1
     with pytest.raises(SignerError):
         me.sign(psbt, ms)
+
+
+@pytest.mark.parametrize("n", [16, 17, 20])
+def test_large_multisig_scripts_sign_and_finalize(n):
+    from appliance.checkpoint.epoch import threshold_for
+
+    sim = SimulatedBFTChain.create(n, 10)
+    signers = {v.id: SoftwareSigner.from_seed(bytes([i + 40]) * 32)
+               for i, v in enumerate(sim.validators)}
+    rec = sim.make_record(0, {vid: s.pow_key(0) for vid, s in signers.items()})
+    ms = EpochMultisig(rec)
+    ws = ms.witness_script.data
+    k = threshold_for(n)
+    head = bytes([0x50 + k]) if k <= 16 else bytes([1, k])
+    tail = (bytes([0x50 + n]) if n <= 16 else bytes([1, n])) + b"\xae"
+    assert ws.startswith(head) and ws.endswith(tail) and len(ws) == len(head) + 34 * n + len(tail)
+    psbt = build_checkpoint_psbt(Coin(Outpoint("ab" * 32, 0), 10**6, 0), ms,
+                                 Payload(0, 1, b"\x02" * 32), ms, 800)
+    for vid in list(signers)[:k]:
+        psbt.inputs[0].partial_sigs.update(signers[vid].sign(psbt, ms).inputs[0].partial_sigs)
+    tx = finalize(psbt, ms)
+    assert len(tx.vin[0].witness.items) == k + 2

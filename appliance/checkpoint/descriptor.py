@@ -17,6 +17,16 @@ from .errors import DescriptorError
 
 # Consensus caps CHECKMULTISIG at 20 keys; a larger script is unspendable forever.
 MAX_CHECKMULTISIG_KEYS = 20
+OP_CHECKMULTISIG = 0xAE
+
+
+def _script_number(n: int) -> bytes:
+    """A small number as a script push: OP_1..OP_16, else a one-byte minimal push."""
+    if 1 <= n <= 16:
+        return bytes([0x50 + n])
+    if 17 <= n <= 0x7F:
+        return bytes([1, n])
+    raise ValueError(f"{n} is out of range for a multisig count")
 KEY_TAIL = (0, 0)
 
 
@@ -74,7 +84,19 @@ class EpochMultisig:
 
     @cached_property
     def witness_script(self) -> Script:
-        return multisig(self.threshold, [k.pubkey for k in self.keys])
+        """<k> <K1>..<Kn> <n> OP_CHECKMULTISIG, numbers encoded as Bitcoin Core does.
+
+        embit's multisig() stops at 16 keys (OP_16); above that k and n are minimal
+        script-number pushes (0x01 0x11 for 17), which CHECKMULTISIG reads the same way.
+        """
+        keys = [k.pubkey for k in self.keys]
+        if self.record.n <= 16:
+            return multisig(self.threshold, keys)
+        data = _script_number(self.threshold)
+        for key in keys:
+            sec = key.sec()
+            data += bytes([len(sec)]) + sec
+        return Script(data + _script_number(len(keys)) + bytes([OP_CHECKMULTISIG]))
 
     @cached_property
     def script_pubkey(self) -> Script:

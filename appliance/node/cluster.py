@@ -32,6 +32,7 @@ from ..deployment import Deployment
 from ..link.pty import PtyMasterSerial, open_pty_pair
 from ..pow.regtest import RegtestNode, free_port
 from ..pow.rpc import PowRpc, RpcError, to_coin, to_sat
+from ..procutil import die_with_parent
 from ..signers.software import SoftwareSigner
 from .bftsim import SimulatedBFTChain
 from .qcsource import DirectoryWriter
@@ -220,6 +221,7 @@ class Cluster:
             stdout=logf,
             stderr=logf,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         logf.close()
 
@@ -236,6 +238,7 @@ class Cluster:
             stdout=logf,
             stderr=logf,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
             pass_fds=(fd,),
         )
         logf.close()

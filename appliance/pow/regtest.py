@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..procutil import die_with_parent
 from .rpc import PowRpc, RpcError, url_with_auth
 
 log = logging.getLogger("bft_anchor.pow")
@@ -104,7 +105,9 @@ class RegtestNode:
             self.rpc_port,
             self.datadir,
         )
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+        )
         cookie = self.datadir / "regtest" / ".cookie"
         deadline = time.monotonic() + timeout
         while True:

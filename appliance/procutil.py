@@ -1,0 +1,25 @@
+"""Child processes that do not outlive the process that started them.
+
+Tests, the devnet and the cluster start PoW nodes, appliances and nodes. If the
+parent is killed (a timeout, Ctrl-C, a crash), Linux's parent-death signal stops
+the children too, so nothing keeps a port or a datadir afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn for subprocess.Popen: SIGTERM this child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass

@@ -1,0 +1,179 @@
+"""The appliance's whole decision (Appliance.handle_sign: parse, QC, policy, journal with
+fsync, sign, check) against the PoW node's own wallet signing the same PSBT.
+
+Each sample is a new round spending the previous round's coin, so the journal
+allows it and never answers from its cache. The node wallet (a legacy litecoind
+wallet holding the same validator key, m/48h/1h/0h/2h/0/0, and the multisig) signs
+the same PSBT with walletprocesspsbt over RPC in the same round: the baseline is
+"just produce the signature". Through HWI, the same appliance drives the project's
+Jade emulator over TCP, when appliance/signers/hwi.py exists.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from embit.psbt import PSBT
+
+from appliance.checkpoint.template import verify_partial_sig
+from appliance.signers.base import Signer
+from appliance.signing import Appliance
+
+from .context import BenchContext
+from .fleet import BenchFleet
+from .table import Row
+from .timing import keep_going, median, p95
+
+NAME = "appliance_decision"
+SIZES = (4, 15)
+HWI_MODULE = Path(__file__).resolve().parent.parent / "appliance" / "signers" / "hwi.py"
+VID = "v0"
+# The decision re-reads the whole journal, so it slows as the journal grows (the
+# memory benchmark shows by how much over 1,000 requests); the figures here are for
+# a journal of at most this many rows.
+MAX_ROUNDS = 100
+
+
+def sequence(
+    fleet: BenchFleet, appliance: Appliance, wallet: Any, budget_s: float, min_n: int, max_n: int
+) -> tuple[list[float], list[float]]:
+    """Alternate appliance and node wallet on successive rounds; return both timings."""
+    pub = fleet.multisig.key_for(VID).pubkey
+    app_t: list[float] = []
+    node_t: list[float] = []
+    start = time.perf_counter()
+    while keep_going(start, budget_s, len(app_t), min_n, max_n):
+        p, request = fleet.next_request()
+        t0 = time.perf_counter()
+        out = appliance.handle_sign(*request)
+        t1 = time.perf_counter()
+        got = wallet.walletprocesspsbt(request[0], True, "ALL", False)
+        t2 = time.perf_counter()
+        if not out.signed or out.from_journal:
+            raise RuntimeError(f"the appliance did not sign afresh: {out.reasons}")
+        node_sig = PSBT.from_string(got["psbt"]).inputs[0].partial_sigs.get(pub)
+        if node_sig is None:
+            raise RuntimeError("the node wallet did not sign with the validator's key")
+        verify_partial_sig(p.psbt, 0, fleet.multisig, pub, node_sig)
+        app_t.append(t1 - t0)
+        node_t.append(t2 - t1)
+        fleet.advance(p)
+    return app_t, node_t
+
+
+def rows_for(case: str, signer: str, app_t: list[float], node_t: list[float]) -> list[Row]:
+    label = "node walletprocesspsbt"
+    note = f"{len(app_t)} rounds, journal 0..{len(app_t)} rows"
+    return [
+        Row(
+            NAME,
+            case,
+            f"handle_sign median ({signer})",
+            median(app_t) * 1e3,
+            "ms",
+            median(node_t) * 1e3,
+            label,
+            note,
+        ),
+        Row(
+            NAME,
+            case,
+            f"handle_sign p95 ({signer})",
+            p95(app_t) * 1e3,
+            "ms",
+            p95(node_t) * 1e3,
+            label,
+            note,
+        ),
+    ]
+
+
+def hwi_signer_for(fleet: BenchFleet) -> tuple[Signer, Any]:
+    """An HWISigner on a Jade emulator holding v0's mnemonic; returns (signer, emulator)."""
+    from appliance.emulator import JadeEmulator
+    from appliance.signers.hwi import HWISigner
+
+    emu = JadeEmulator(port=0, mnemonic=fleet.mnemonics[VID])
+    emu.start()
+    try:
+        signer = HWISigner(None, "jade", emu.path, coin_type=1)
+        if signer.fingerprint != fleet.signers[VID].fingerprint:
+            raise RuntimeError("the emulator's fingerprint is not v0's")
+    except BaseException:
+        emu.stop()
+        raise
+    return signer, emu
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    node = ctx.node()
+    wallet = node.wallet_rpc
+    rows: list[Row] = []
+    hwi_rows: list[Row] = []
+    for n in SIZES:
+        fleet = BenchFleet(n, tag=f"decision-{n}")
+        fleet.fake_genesis()
+        fleet.teach_wallet(wallet, VID)
+        case = f"n={n} k={fleet.k} wsh-sortedmulti"
+        app = fleet.appliance(VID, ctx.scratch(f"decision-{n}") / "software.sqlite")
+        ctx.say(f"appliance_decision: n={n}, software signer vs node wallet")
+        app_t, node_t = sequence(
+            fleet, app, wallet, ctx.pick(12.0, 1.0), ctx.pick(40, 5), MAX_ROUNDS
+        )
+        app.journal.close()
+        rows += rows_for(case, "software signer", app_t, node_t)
+
+        if not HWI_MODULE.exists():
+            hwi_rows.append(
+                Row(
+                    NAME,
+                    case,
+                    "handle_sign (HWI, Jade emulator)",
+                    None,
+                    "",
+                    note="not measured: HWI signer not present",
+                )
+            )
+            continue
+        ctx.say(f"appliance_decision: n={n}, HWI signer on the Jade emulator vs node wallet")
+        try:
+            signer, emu = hwi_signer_for(fleet)
+        except Exception as exc:
+            hwi_rows.append(
+                Row(
+                    NAME,
+                    case,
+                    "handle_sign (HWI, Jade emulator)",
+                    None,
+                    "",
+                    note=f"not measured: {type(exc).__name__}: {exc}",
+                )
+            )
+            continue
+        try:
+            # A fresh journal on the coin's current position; the first request registers
+            # the multisig on the device and is left out of the timing.
+            fleet.genesis = fleet.coin
+            hwi_app = fleet.appliance(VID, ctx.scratch(f"decision-{n}") / "hwi.sqlite", signer)
+            sequence(fleet, hwi_app, wallet, 0.0, 1, 1)
+            app_t, node_t = sequence(
+                fleet, hwi_app, wallet, ctx.pick(20.0, 1.0), ctx.pick(10, 2), MAX_ROUNDS
+            )
+            hwi_app.journal.close()
+            hwi_rows += rows_for(case, "HWI, Jade emulator", app_t, node_t)
+        except Exception as exc:
+            hwi_rows.append(
+                Row(
+                    NAME,
+                    case,
+                    "handle_sign (HWI, Jade emulator)",
+                    None,
+                    "",
+                    note=f"not measured: {type(exc).__name__}: {exc}",
+                )
+            )
+        finally:
+            emu.stop()
+    return rows + hwi_rows

@@ -1,0 +1,84 @@
+"""Size and fee of a real checkpoint transaction, as the PoW node measures it.
+
+For each n the coin is funded on the regtest node, the checkpoint is built, signed by
+k validators, finalized with template.finalize and handed to testmempoolaccept,
+whose vsize is the figure. The baseline is our own estimate_vsize (the worst case
+of 73-byte signatures that the fee is computed from), so the ratio shows how much
+the estimate overpays.
+"""
+
+from __future__ import annotations
+
+import math
+
+from appliance.checkpoint.payload import Payload
+from appliance.checkpoint.template import (
+    build_checkpoint_psbt,
+    build_checkpoint_tx,
+    estimate_vsize,
+    fee_for,
+    finalize,
+)
+
+from .context import BenchContext
+from .fleet import FEE_RATE, MAGIC, BenchFleet
+from .table import Row
+
+NAME = "tx_size"
+SIZES = (4, 7, 10, 15, 20)
+RATES = (1, 10, 100)  # sat/vB
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    node = ctx.node()
+    sizes = SIZES if not ctx.quick else (4, 20)
+    fleets = {n: BenchFleet(n, tag=f"size-{n}") for n in sizes}
+    for fleet in fleets.values():
+        fleet.fund(node)
+    node.mine(1)
+    rows: list[Row] = []
+    for n, fleet in fleets.items():
+        ctx.say(f"tx_size: n={n}, signing with k={fleet.k} and testmempoolaccept")
+        ms, coin, qc = fleet.multisig, fleet.coin, fleet.qc()
+        assert coin is not None
+        # What initiator.propose does, with this multisig object.
+        payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=MAGIC)
+        fee = fee_for(FEE_RATE, build_checkpoint_tx(coin, payload, ms, 1), ms)
+        psbt = build_checkpoint_psbt(coin, ms, payload, ms, fee)
+        for vid in list(fleet.signers)[: fleet.k]:
+            signed = fleet.signers[vid].sign(psbt, ms)
+            psbt.inputs[0].partial_sigs.update(signed.inputs[0].partial_sigs)
+        tx = finalize(psbt, ms)
+        accept = node.rpc.testmempoolaccept([tx.serialize().hex()])[0]
+        if not accept.get("allowed"):
+            raise RuntimeError(f"n={n}: the node refused the checkpoint: {accept}")
+        vsize = int(accept["vsize"])
+        estimate = estimate_vsize(tx, ms)
+        weight = len(tx.serialize())  # total bytes, for the note
+        case = f"n={n} k={fleet.k} wsh-sortedmulti"
+        note = f"{weight} bytes serialized"
+        rows.append(
+            Row(
+                NAME,
+                case,
+                "vsize (testmempoolaccept)",
+                vsize,
+                "vB",
+                estimate,
+                "estimate_vsize",
+                note,
+            )
+        )
+        for rate in RATES:
+            rows.append(
+                Row(
+                    NAME,
+                    case,
+                    f"fee at {rate} sat/vB",
+                    rate * vsize,
+                    "sat",
+                    math.ceil(rate * estimate),
+                    "fee from estimate",
+                )
+            )
+    return rows
