@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint.descriptor import EpochMultisig
+from .checkpoint.descriptor import multisig_for
 from .checkpoint.epoch import EpochRecord
 from .checkpoint.errors import CheckpointError
 from .checkpoint.payload import Payload
@@ -67,7 +67,7 @@ def audit_chain(
     if not by_epoch:
         report.violations.append("no epoch records given")
         return report
-    scripts = {e: EpochMultisig(r).script_pubkey.data for e, r in by_epoch.items()}
+    scripts = {e: multisig_for(r).script_pubkey.data for e, r in by_epoch.items()}
     coin_epoch = min(by_epoch)
     start = from_height if from_height is not None else _confirmed_height(rpc, genesis, report)
     if start is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from embit.ec import PublicKey, Signature
 from embit.transaction import SIGHASH, Transaction
 
-from .checkpoint.descriptor import EpochMultisig
+from .checkpoint.descriptor import EpochMultisig, multisig_for
 from .checkpoint.epoch import EpochRecord
 from .checkpoint.errors import CheckpointError
 from .checkpoint.payload import Payload
@@ -78,7 +78,7 @@ def verify_lineage(
         record = records.get(coin.epoch)
         if record is None:
             return adopted, [f"{where}: no certified record for epoch {coin.epoch}"]
-        ms = EpochMultisig(record)
+        ms = multisig_for(record)
         signers = quorum_signers(tx, coin, ms)
         if len(signers) < ms.threshold:
             return adopted, [
@@ -102,7 +102,7 @@ def verify_lineage(
         if dest_spk == ms.script_pubkey:
             dest_epoch = coin.epoch
         elif coin.epoch + 1 in records and (
-            EpochMultisig(records[coin.epoch + 1]).script_pubkey == dest_spk
+            multisig_for(records[coin.epoch + 1]).script_pubkey == dest_spk
         ):
             dest_epoch = coin.epoch + 1
         else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from .checkpoint.descriptor import EpochMultisig
+from .checkpoint.descriptor import EpochMultisig, multisig_for
 from .checkpoint.epoch import EpochRecord, verify_certificate
 from .checkpoint.errors import CheckpointError
 from .checkpoint.payload import Payload
@@ -130,7 +130,7 @@ def evaluate(
     if coin.epoch != qc.epoch:
         v.refuse(f"the coin belongs to epoch {coin.epoch} but the QC is for epoch {qc.epoch}")
         return v
-    source = EpochMultisig(record)
+    source = multisig_for(record)
     utxo = psbt.inputs[0].witness_utxo
     if utxo is None:
         v.refuse("input 0 carries no witness_utxo")
@@ -165,8 +165,8 @@ def evaluate(
         dest = source
     else:
         nxt = records.get(qc.epoch + 1)
-        if nxt is not None and EpochMultisig(nxt).script_pubkey == dest_spk:
-            dest, handover = EpochMultisig(nxt), True
+        if nxt is not None and multisig_for(nxt).script_pubkey == dest_spk:
+            dest, handover = multisig_for(nxt), True
         else:
             v.refuse(
                 "output 1 pays the coin to a script that is neither epoch "

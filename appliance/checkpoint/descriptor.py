@@ -118,3 +118,23 @@ class EpochMultisig:
             if k.validator_id == validator_id:
                 return k
         raise KeyError(validator_id)
+
+
+_CACHE: dict[int, tuple[EpochRecord, EpochMultisig]] = {}
+_CACHE_MAX = 64
+
+
+def multisig_for(record: EpochRecord) -> EpochMultisig:
+    """The record's multisig, derived once per record object (keys cost pure-Python EC math).
+
+    Keyed by the object's id and holding the object itself, so an id is never reused
+    while its entry lives.
+    """
+    hit = _CACHE.get(id(record))
+    if hit is not None and hit[0] is record:
+        return hit[1]
+    ms = EpochMultisig(record)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[id(record)] = (record, ms)
+    return ms

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any
 
 from embit.descriptor.arguments import Key
@@ -34,8 +35,9 @@ class Validator:
     bft_pubkey: bytes
     pow_key: str
 
-    @property
+    @cached_property
     def key(self) -> Key:
+        # Parsing an xpub is pure Python and the policy asks for it many times a request.
         return Key.from_string(self.pow_key)
 
     @property
@@ -103,6 +105,13 @@ class EpochRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> EpochRecord:
+        if isinstance(data, str):
+            # The journal hands the same stored text over and over: parse it once.
+            return _from_text(data)
+        return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: Any) -> EpochRecord:
         if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data)
@@ -175,6 +184,12 @@ class EpochRecord:
             raise EpochRecordError(f"epoch {self.epoch}: validators disagree on the coin type")
         if len({bytes(v.key.key.sec()) for v in self.validators}) != self.n:
             raise EpochRecordError(f"epoch {self.epoch}: two validators share a pow_key")
+
+
+@lru_cache(maxsize=256)
+def _from_text(text: str) -> EpochRecord:
+    """Records are immutable, so one parsed object can serve every caller of the text."""
+    return EpochRecord._from_json(text)
 
 
 def _uint(data: dict[str, Any], key: str) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from ..checkpoint.descriptor import EpochMultisig
+from ..checkpoint.descriptor import EpochMultisig, multisig_for
 from ..checkpoint.epoch import EpochRecord
 from ..checkpoint.payload import Payload
 from ..checkpoint.qc import QC
@@ -60,8 +60,8 @@ def propose(
     fee_rate: float,
     magic: bytes,
 ) -> Proposal:
-    source = EpochMultisig(records[coin.epoch])
-    dest = EpochMultisig(records[coin.epoch + 1]) if handover else source
+    source = multisig_for(records[coin.epoch])
+    dest = multisig_for(records[coin.epoch + 1]) if handover else source
     payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic)
     sizing = build_checkpoint_tx(coin, payload, dest, 1)
     fee = fee_for(fee_rate, sizing, source)

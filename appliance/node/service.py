@@ -21,7 +21,7 @@ from typing import Any
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from ..checkpoint.descriptor import EpochMultisig
+from ..checkpoint.descriptor import multisig_for
 from ..checkpoint.epoch import EpochRecord, verify_certificate
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.payload import Payload
@@ -175,10 +175,10 @@ class NodeService:
 
     def _on_confirmed(self, spend: Any) -> None:
         coin = self.coin
-        ms = EpochMultisig(self.records[coin.epoch])
+        ms = multisig_for(self.records[coin.epoch])
         dest_epoch = coin.epoch
         nxt = self.records.get(coin.epoch + 1)
-        if nxt is not None and EpochMultisig(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
+        if nxt is not None and multisig_for(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
             dest_epoch = coin.epoch + 1
         try:
             payload = Payload.from_script(
@@ -354,8 +354,8 @@ class NodeService:
         return self.rpcs[0].wallet(self.cfg.topup_wallet)
 
     def build_ladder(self, coin: Coin, qc: QC, handover: bool, floor: int = 0) -> list[PSBT]:
-        source = EpochMultisig(self.records[coin.epoch])
-        dest = EpochMultisig(self.records[coin.epoch + 1]) if handover else source
+        source = multisig_for(self.records[coin.epoch])
+        dest = multisig_for(self.records[coin.epoch + 1]) if handover else source
         payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=self.deployment.magic)
         rate = self.cfg.fees.rate(self.rpcs[0] if self.rpcs else None)
         topup = None
@@ -382,7 +382,7 @@ class NodeService:
     def run_round(self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool) -> str:
         t0 = time.monotonic()
         psbts = self.build_ladder(coin, qc, handover)
-        source = EpochMultisig(self.records[coin.epoch])
+        source = multisig_for(self.records[coin.epoch])
         recs = [
             self.records[e].to_json()
             for e in sorted({coin.epoch, coin.epoch + 1})
@@ -578,9 +578,9 @@ class NodeService:
                 except CheckpointError as exc:
                     reasons.append(f"QC does not verify: {type(exc).__name__}: {exc}")
             payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=self.deployment.magic)
-            allowed = {EpochMultisig(record).script_pubkey}
+            allowed = {multisig_for(record).script_pubkey}
             if coin.epoch + 1 in self.records:
-                allowed.add(EpochMultisig(self.records[coin.epoch + 1]).script_pubkey)
+                allowed.add(multisig_for(self.records[coin.epoch + 1]).script_pubkey)
             parsed = []
             for b64 in psbts:
                 try:
@@ -639,7 +639,7 @@ class NodeService:
             op = self.coin.outpoint
             if not txs or any(Outpoint(t.vin[0].txid.hex(), t.vin[0].vout) != op for t in txs):
                 return "error", {"reasons": ["announced transactions do not spend the coin"]}
-            ms = EpochMultisig(self.records[self.coin.epoch])
+            ms = multisig_for(self.records[self.coin.epoch])
             if any(len(quorum_signers(t, self.coin, ms)) < ms.threshold for t in txs):
                 return "error", {"reasons": ["announced transactions are not fully signed"]}
             tip = int(self._read("getblockcount"))

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checkpoint.descriptor import EpochMultisig
+from ..checkpoint.descriptor import multisig_for
 from ..checkpoint.epoch import EpochRecord
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.payload import Payload
@@ -58,12 +58,12 @@ def chain_status(
         if rec is None:
             status.alerts.append(f"no record for epoch {coin.epoch}: cannot follow further")
             break
-        ms = EpochMultisig(rec)
+        ms = multisig_for(rec)
         ids = {k.pubkey: k.validator_id for k in ms.keys}
         signed = sorted(ids[p] for p in quorum_signers(spend.tx, coin, ms))
         dest_epoch = coin.epoch
         nxt = records.get(coin.epoch + 1)
-        if nxt is not None and EpochMultisig(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
+        if nxt is not None and multisig_for(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
             dest_epoch = coin.epoch + 1
         try:
             p = Payload.from_script(spend.tx.vout[0].script_pubkey.data, deployment.magic)
