@@ -45,9 +45,13 @@ class ApprovalQueue:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
+        # The operator's last switch is journaled and survives a restart, but it never
+        # loosens what the appliance was started with: `--approval manual` (or a manual
+        # config) must not come up signing unattended because someone once switched a
+        # previous run to auto. Of the two, the stricter mode wins.
         stored = self.appliance.journal.get_meta("approval_mode")
         if stored in ("auto", "manual"):
-            self.mode = stored
+            self.mode = "manual" if "manual" in (stored, self.mode) else "auto"
 
     def set_mode(self, mode: str, who: str = "operator") -> None:
         if mode not in ("auto", "manual"):
@@ -65,7 +69,12 @@ class ApprovalQueue:
             rid = request_hash(psbt, qc, records)[:16]
             item = self.items.get(rid)
             if item is not None and item.state != "pending":
-                if item.state == "approved" and item.outcome is not None:
+                if item.state == "approved":
+                    # Signed when approved: the journal answers, with the bytes that left.
+                    return self.appliance.handle_sign(psbt, qc, records, lineage).to_json()
+                if item.outcome is not None:
+                    # Approved, but the policy or the journal refused it by then: say why,
+                    # not that the operator refused.
                     return item.outcome
                 return {"signed": False, "reasons": ["refused by the operator"], "psbt": None}
             if item is None:

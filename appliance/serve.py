@@ -29,6 +29,10 @@ class ApplianceService:
     def __init__(self, appliance: Appliance, appliance_id: str, mode: str = "auto") -> None:
         self.appliance = appliance
         self.appliance_id = appliance_id
+        # Fold the last run's WAL into the journal now, before any request: while serving,
+        # the journal never checkpoints (see Journal's wal_autocheckpoint), so a copy of
+        # its files taken at any moment is consistent.
+        appliance.journal.checkpoint()
         self.queue = ApprovalQueue(appliance, mode)
         self.stop_event = threading.Event()
         self.link_connected = False

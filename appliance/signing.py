@@ -25,7 +25,7 @@ from .checkpoint.errors import CheckpointError
 from .checkpoint.qc import QC
 from .checkpoint.template import verify_partial_sig
 from .deployment import Deployment
-from .journal import Journal, JournalRefusal
+from .journal import Journal, JournalRefusal, SignedEntry
 from .lineage import verify_lineage
 from .policy import Limits, Verdict, evaluate, trusted_records
 from .signers.base import Signer, SignerError
@@ -158,6 +158,16 @@ class Appliance:
     ) -> SignOutcome:
         verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json, lineage)
         summary = dict(verdict.summary)
+        # A transaction this appliance signed before is answered from the journal with the
+        # very bytes that left then, even when the policy would now refuse it because the
+        # chain moved on (its input is no longer the expected coin): the node's reply may
+        # have been lost, and repeating a signature commits the appliance to nothing new.
+        # Only an identical transaction (same txid) qualifies; anything else is decided below.
+        done = self._signed_before(psbt)
+        if done is not None:
+            log.info("answered from journal: txid %s", done.txid)
+            summary.update(txid=done.txid, epoch=done.epoch, round=done.round)
+            return SignOutcome(True, [], done.signed_psbt, summary, from_journal=True)
         if not verdict.ok or verdict.candidate is None or psbt is None:
             self._refuse(verdict.reasons or ["refused"], summary)
             return SignOutcome(False, verdict.reasons, summary=summary)
@@ -213,6 +223,19 @@ class Appliance:
             " (handover)" if cand.handover else "",
         )
         return SignOutcome(True, [], out, summary)
+
+    def _signed_before(self, psbt: PSBT | None) -> SignedEntry | None:
+        """The journal's entry for this PSBT's transaction if this appliance signed it."""
+        if psbt is None:
+            return None
+        try:
+            txid = psbt.tx.txid().hex()
+        except Exception:
+            return None
+        entry = self.journal.state().by_txid(txid)
+        if entry is None or entry.kind != "signed" or entry.signed_psbt is None:
+            return None
+        return entry
 
     def _refuse(self, reasons: list[str], summary: dict[str, Any]) -> None:
         log.warning("refused: %s", "; ".join(reasons))
