@@ -15,7 +15,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,11 +130,15 @@ class JournalState:
     def last(self) -> SignedEntry | None:
         return self.entries[-1] if self.entries else None
 
-    @property
+    @cached_property
     def signed(self) -> tuple[SignedEntry, ...]:
         return tuple(e for e in self.entries if e.kind == "signed")
 
-    @property
+    @cached_property
+    def _by_txid(self) -> dict[str, SignedEntry]:
+        return {e.txid: e for e in self.entries}
+
+    @cached_property
     def highest(self) -> tuple[int, int] | None:
         """The highest (epoch, round) signed or adopted: nothing below it is signed again."""
         if not self.entries:
@@ -158,10 +163,7 @@ class JournalState:
         return entry.epoch
 
     def by_txid(self, txid: str) -> SignedEntry | None:
-        for e in self.entries:
-            if e.txid == txid:
-                return e
-        return None
+        return self._by_txid.get(txid)
 
 
 def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
@@ -223,6 +225,8 @@ class Journal:
         self.genesis = genesis
         # One connection shared by the appliance's threads; this lock serialises it.
         self.lock = threading.RLock()
+        self._snapshot: JournalState | None = None
+        self._version = -1
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, timeout=30, check_same_thread=False
@@ -282,11 +286,27 @@ class Journal:
 
     @_locked
     def state(self) -> JournalState:
+        """Everything signed. Read in full only when another connection has committed
+        since (SQLite's data_version says so); this connection's own writes update the
+        snapshot as they commit, so a decision does not re-read the whole journal."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._snapshot is None or version != self._version:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM signed ORDER BY seq").fetchall()
+            self._snapshot = JournalState(self.genesis, tuple(_entry(r) for r in rows))
+            self._version = version
+        return self._snapshot
+
+    def _take_new_rows(self) -> None:
+        """After this connection's own commit: add the rows it wrote to the snapshot."""
+        if self._snapshot is None:
+            return
+        entries = self._snapshot.entries
+        last = entries[-1].seq if entries else 0
         rows = self._db.execute(
-            "SELECT seq, txid, epoch, round, payload, input, input_value, coin_value, "
-            "dest_epoch, fee, handover, signed_psbt, created_at, kind FROM signed ORDER BY seq"
+            f"SELECT {_COLUMNS} FROM signed WHERE seq > ? ORDER BY seq", (last,)
         ).fetchall()
-        return JournalState(self.genesis, tuple(_entry(r) for r in rows))
+        if rows:
+            self._snapshot = JournalState(self.genesis, entries + tuple(_entry(r) for r in rows))
 
     @_locked
     def head(self) -> dict[str, Any]:
@@ -364,6 +384,7 @@ class Journal:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._take_new_rows()
         entry = self.state().by_txid(c.txid)
         assert entry is not None
         return entry
@@ -401,15 +422,25 @@ class Journal:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._take_new_rows()
         return added
 
     @_locked
     def attach_signature(self, txid: str, signed_psbt: str) -> None:
         """Keep the signed PSBT so a repeated request is answered without the device."""
-        self._db.execute(
+        cur = self._db.execute(
             "UPDATE signed SET signed_psbt = ? WHERE txid = ? AND signed_psbt IS NULL",
             (signed_psbt, txid),
         )
+        snap = self._snapshot
+        if cur.rowcount and snap is not None:
+            self._snapshot = JournalState(
+                self.genesis,
+                tuple(
+                    replace(e, signed_psbt=signed_psbt) if e.txid == txid else e
+                    for e in snap.entries
+                ),
+            )
 
     @_locked
     def log(
@@ -446,6 +477,12 @@ class Journal:
     @_locked
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+_COLUMNS = (
+    "seq, txid, epoch, round, payload, input, input_value, coin_value, "
+    "dest_epoch, fee, handover, signed_psbt, created_at, kind"
+)
 
 
 def _entry(r: tuple) -> SignedEntry:

@@ -104,3 +104,21 @@ def test_survives_reopen_and_rejects_other_genesis(tmp_path):
 def test_durability_settings(journal):
     assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_snapshot_follows_writes_by_this_and_other_connections(tmp_path):
+    a = Journal(tmp_path / "j.sqlite", GENESIS)
+    b = Journal(tmp_path / "j.sqlite", GENESIS)
+    assert a.state().entries == () and b.state().entries == ()
+    a.reserve(cand("a1" * 32, 0, 5), "h")
+    a.attach_signature("a1" * 32, "psbt-bytes")
+    # b holds an older snapshot; another connection's commit must invalidate it.
+    seen = b.state()
+    assert [e.txid for e in seen.entries] == ["a1" * 32]
+    assert seen.entries[0].signed_psbt == "psbt-bytes"
+    with pytest.raises(JournalRefusal, match="equivocation"):
+        b.reserve(cand("a2" * 32, 0, 5, payload="zz"), "h")
+    b.adopt([cand("b1" * 32, 0, 9, payload="bb", inp=Outpoint("a1" * 32, 1))])
+    assert [e.kind for e in a.state().entries] == ["signed", "adopted"]
+    a.close()
+    b.close()
