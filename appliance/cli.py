@@ -137,9 +137,12 @@ def cmd_appliance_serve(args: argparse.Namespace) -> int:
     from .serve import ApplianceService
 
     try:
+        secret = args.secret_file.read_bytes().strip() if args.secret_file else None
+        if secret is not None and len(secret) < 16:
+            raise ValueError(f"pairing secret in {args.secret_file} is {len(secret)} bytes; "
+                             "use at least 16 (e.g. 32 random bytes, hex-encoded)")
         cfg = ApplianceConfig.load(args.config)
         appliance = open_appliance(cfg)
-        secret = args.secret_file.read_bytes().strip() if args.secret_file else None
     except (ConfigError, ValueError, OSError) as exc:
         print(f"bft-anchor appliance serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

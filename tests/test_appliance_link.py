@@ -641,3 +641,20 @@ def test_appliance_init_writes_a_working_directory(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert (d / "seed.txt").read_text() != seed_text  # --force writes a new seed
     assert ApplianceConfig.load(d / "appliance.toml").validator_id == "v3"
+
+
+def test_short_pairing_secret_is_a_clear_usage_error(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "secret").write_text("short")
+    (tmp_path / "a.toml").write_text(
+        'deployment = "d.json"\njournal = "j.sqlite"\n[signer]\nkind = "software"\n'
+        'seed_file = "s"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "appliance", "serve", "--config",
+         str(tmp_path / "a.toml"), "--link", "loop://", "--secret-file",
+         str(tmp_path / "secret")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "use at least 16" in out.stderr and "Traceback" not in out.stderr

@@ -39,6 +39,9 @@ def _appliance_client(cfg: NodeConfig) -> Any:
     from .link_client import LinkApplianceClient
 
     secret = cfg.appliance_secret.read_bytes().strip() if cfg.appliance_secret else None
+    if secret is not None and len(secret) < 16:
+        raise ValueError(f"pairing secret in {cfg.appliance_secret} is {len(secret)} bytes; "
+                         "use at least 16")
     return LinkApplianceClient(link, secret=secret)
 
 
