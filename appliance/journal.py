@@ -358,25 +358,7 @@ class Journal:
             reasons = signing_conflicts(state, c)
             if reasons:
                 raise JournalRefusal(reasons)
-            db.execute(
-                "INSERT INTO signed (txid, epoch, round, payload, input, input_value, "
-                "coin_value, dest_epoch, fee, handover, request_hash, created_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    c.txid,
-                    c.epoch,
-                    c.round,
-                    c.payload,
-                    str(c.input),
-                    c.input_value,
-                    c.coin_value,
-                    c.dest_epoch,
-                    c.fee,
-                    int(c.handover),
-                    request_hash,
-                    time.time(),
-                ),
-            )
+            self._insert(c, request_hash, "signed")
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
@@ -389,6 +371,18 @@ class Journal:
         assert entry is not None
         return entry
 
+    def _insert(self, c: Candidate, request_hash: str, kind: str) -> int:
+        """One row; an adopted checkpoint already held is skipped (returns 0)."""
+        verb = "INSERT OR IGNORE" if kind == "adopted" else "INSERT"
+        cur = self._db.execute(
+            f"{verb} INTO signed (txid, epoch, round, payload, input, input_value, "
+            "coin_value, dest_epoch, fee, handover, request_hash, created_at, kind) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (c.txid, c.epoch, c.round, c.payload, str(c.input), c.input_value, c.coin_value,
+             c.dest_epoch, c.fee, int(c.handover), request_hash, time.time(), kind),
+        )
+        return cur.rowcount
+
     @_locked
     def adopt(self, entries: list[Candidate]) -> int:
         """Record checkpoints the quorum made without this appliance (each proven by k
@@ -398,26 +392,7 @@ class Journal:
         db.execute("BEGIN IMMEDIATE")
         try:
             for c in entries:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO signed (txid, epoch, round, payload, input, "
-                    "input_value, coin_value, dest_epoch, fee, handover, request_hash, "
-                    "created_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'adopted')",
-                    (
-                        c.txid,
-                        c.epoch,
-                        c.round,
-                        c.payload,
-                        str(c.input),
-                        c.input_value,
-                        c.coin_value,
-                        c.dest_epoch,
-                        c.fee,
-                        int(c.handover),
-                        "",
-                        time.time(),
-                    ),
-                )
-                added += cur.rowcount
+                added += self._insert(c, "", "adopted")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
