@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import secrets
 from pathlib import Path
 
 from embit.psbt import PSBT
 
+from appliance.checkpoint.bftsig import sign_compact
 from appliance.checkpoint.descriptor import EpochMultisig
 from appliance.checkpoint.network import network
 from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import Coin, Outpoint
+from appliance.checkpoint.template import Coin, Outpoint, verify_partial_sig
 from appliance.deployment import Deployment
 from appliance.journal import Journal
 from appliance.node.bftsim import SimulatedBFTChain
@@ -114,3 +117,26 @@ class Fleet:
             self.node.mine(1)
         self.coin = Coin(Outpoint(txid, 1), tx.vout[1].value, proposal.dest.epoch)
         return txid
+
+
+def twin_qc(fleet: Fleet, qc: QC, commit_state_id: str | None = None) -> QC:
+    """Another commit for the same (epoch, round), signed by the whole validator set: what
+    an equivocating BFT chain (or a forger holding the keys) would present."""
+    data = copy.deepcopy(qc.to_json())
+    data["ledger_commit_info"]["commit_state_id"] = commit_state_id or secrets.token_hex(32)
+    digest = QC.from_json(data).signed_digest()
+    data["signatures"] = {
+        v.id: sign_compact(v.bft_secret, digest).hex() for v in fleet.sim.validators
+    }
+    return QC.from_json(data)
+
+
+def v0_signature(fleet: Fleet, psbt_b64: str) -> bytes:
+    """v0's signature in a signed PSBT (the only one), after checking it against the sighash."""
+    psbt = PSBT.from_string(psbt_b64)
+    source = EpochMultisig(fleet.records[0])
+    pub = source.key_for("v0").pubkey
+    assert set(psbt.inputs[0].partial_sigs) == {pub}
+    sig = psbt.inputs[0].partial_sigs[pub]
+    verify_partial_sig(psbt, 0, source, pub, sig)
+    return sig

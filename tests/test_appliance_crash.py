@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import random
@@ -29,13 +28,12 @@ from pathlib import Path
 
 import pytest
 from embit.psbt import PSBT
-from helpers import MAGIC, Fleet, seed_for
+from helpers import MAGIC, Fleet, seed_for, twin_qc, v0_signature
 
-from appliance.checkpoint.bftsig import sign_compact
 from appliance.checkpoint.descriptor import EpochMultisig
 from appliance.checkpoint.payload import Payload
 from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt, verify_partial_sig
+from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt
 from appliance.journal import Candidate, Journal, JournalRefusal, signing_conflicts
 from appliance.link import LinkEndpoint, Message, MsgType, open_pty_pair
 from appliance.node.link_client import LinkApplianceClient
@@ -77,24 +75,6 @@ def make_req(fleet: Fleet, kind: str, coin: Coin, qc: QC, fee: int) -> Req:
                Coin(Outpoint(txid, 1), psbt.tx.vout[1].value, coin.epoch))
 
 
-def twin_qc(fleet: Fleet, qc: QC) -> QC:
-    """A different commit for the same (epoch, round), signed by all the BFT keys."""
-    data = copy.deepcopy(qc.to_json())
-    data["ledger_commit_info"]["commit_state_id"] = secrets.token_hex(32)
-    digest = QC.from_json(data).signed_digest()
-    data["signatures"] = {v.id: sign_compact(v.bft_secret, digest).hex()
-                          for v in fleet.sim.validators}
-    return QC.from_json(data)
-
-
-def the_sig(fleet: Fleet, psbt_b64: str) -> bytes:
-    psbt = PSBT.from_string(psbt_b64)
-    source = EpochMultisig(fleet.records[0])
-    pub = source.key_for("v0").pubkey
-    assert set(psbt.inputs[0].partial_sigs) == {pub}
-    sig = psbt.inputs[0].partial_sigs[pub]
-    verify_partial_sig(psbt, 0, source, pub, sig)
-    return sig
 
 
 def appliance_dir(fleet: Fleet, root: Path, tag: str) -> Path:
@@ -161,7 +141,7 @@ class Witness:
                 assert psbt == self.emitted[req.txid]
                 self.repeats_signed += 1
             else:
-                self.sig[req.txid] = self.the_sig(psbt)
+                self.sig[req.txid] = self.v0_signature(psbt)
                 self.emitted[req.txid] = psbt
             # Never two payloads for one (epoch, round) out of this appliance.
             assert self.er_payload.setdefault((req.epoch, req.round), req.payload) == req.payload
@@ -174,8 +154,8 @@ class Witness:
         else:
             raise AssertionError(f"unexpected reply {item.type.name}")
 
-    def the_sig(self, psbt: str) -> bytes:
-        return the_sig(self.fleet, psbt)
+    def v0_signature(self, psbt: str) -> bytes:
+        return v0_signature(self.fleet, psbt)
 
     def check_journal(self, path: Path) -> None:
         """After a restart: the journal is intact, holds no equivocation, and keeps every
@@ -497,7 +477,7 @@ def test_copies_taken_while_signing_keep_every_signature_that_left(regtest, tmp_
                 made[req.txid] = req
                 out = client.sign(req.psbt, req.qc, req.records, None)
                 assert out["signed"], out
-                the_sig(fleet, out["psbt"])
+                v0_signature(fleet, out["psbt"])
                 left.append(req)
                 tip = req
         finally:

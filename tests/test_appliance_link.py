@@ -8,7 +8,6 @@ bytes). The journal is read back through the link's STATUS, the control socket, 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -30,9 +29,8 @@ from typing import Any
 import pytest
 from embit import bip39
 from embit.psbt import PSBT
-from helpers import MAGIC, Fleet, seed_for
+from helpers import MAGIC, Fleet, seed_for, twin_qc, v0_signature
 
-from appliance.checkpoint.bftsig import sign_compact
 from appliance.checkpoint.descriptor import EpochMultisig
 from appliance.checkpoint.epoch import HARDENED
 from appliance.checkpoint.errors import CheckpointError
@@ -205,29 +203,6 @@ def make_req(fleet: Fleet, coin: Coin, qc: QC, fee: int = 600) -> Req:
                Coin(Outpoint(txid, 1), psbt.tx.vout[1].value, coin.epoch))
 
 
-def twin_qc(fleet: Fleet, qc: QC) -> QC:
-    """Another commit for the same (epoch, round), signed by the whole validator set."""
-    data = copy.deepcopy(qc.to_json())
-    data["ledger_commit_info"]["commit_state_id"] = secrets.token_hex(32)
-    digest = QC.from_json(data).signed_digest()
-    data["signatures"] = {
-        v.id: sign_compact(v.bft_secret, digest).hex() for v in fleet.sim.validators
-    }
-    return QC.from_json(data)
-
-
-def my_sig(fleet: Fleet, psbt_b64: str) -> bytes:
-    """v0's signature in a signed PSBT, after checking it against the sighash."""
-    psbt = PSBT.from_string(psbt_b64)
-    source = EpochMultisig(fleet.records[0])
-    pub = source.key_for("v0").pubkey
-    assert set(psbt.inputs[0].partial_sigs) == {pub}
-    sig = psbt.inputs[0].partial_sigs[pub]
-    verify_partial_sig(psbt, 0, source, pub, sig)
-    return sig
-
-
-# --- a sign round trip -------------------------------------------------------------------
 
 
 def test_sign_round_trip_over_the_pty(served):
@@ -244,14 +219,14 @@ def test_sign_round_trip_over_the_pty(served):
     assert out["signed"], out
     signed = PSBT.from_string(out["psbt"])
     assert signed.tx.txid().hex() == req.txid  # the very transaction asked for
-    sig = my_sig(fleet, out["psbt"])  # verifies against the sighash
+    sig = v0_signature(fleet, out["psbt"])  # verifies against the sighash
     other = make_req(fleet, fleet.genesis, qc, fee=700)  # same payload, another tx
     with pytest.raises(CheckpointError):
         verify_partial_sig(PSBT.from_string(other.psbt), 0, EpochMultisig(fleet.records[0]),
                            EpochMultisig(fleet.records[0]).key_for("v0").pubkey, sig)
     # The same key in this process makes the same (RFC 6979) signature.
     ref = fleet.appliances["v0"].handle_sign(*req.args)
-    assert my_sig(fleet, ref.psbt) == sig
+    assert v0_signature(fleet, ref.psbt) == sig
 
     # The journal head moved to this checkpoint, seen through the link...
     status = client.status()
@@ -336,7 +311,7 @@ def test_garbage_never_crashes_never_signs_and_the_link_recovers(served, seed):
     for _cycle in range(3):
         reply = exchange(ep, frame, rid)  # a valid request, sent whole
         assert reply.type == MsgType.SIGN_REPLY and reply.payload["from_journal"] is False
-        my_sig(fleet, reply.payload["psbt"])
+        v0_signature(fleet, reply.payload["psbt"])
         valid += 1
         last_frame = frame
         coin, rnd = req.coin, rnd + rng.randrange(1, 4)
@@ -412,7 +387,7 @@ def test_a_replayed_sign_request_is_answered_from_the_cache_byte_for_byte(served
     master.write(frame)
     first_raw, first = read_reply(rid)
     assert first.type == MsgType.SIGN_REPLY and first.payload["from_journal"] is False
-    sig = my_sig(fleet, first.payload["psbt"])
+    sig = v0_signature(fleet, first.payload["psbt"])
 
     journal_before = (served.signed_rows(), served.decisions())
     for _ in range(3):
@@ -427,7 +402,7 @@ def test_a_replayed_sign_request_is_answered_from_the_cache_byte_for_byte(served
                               encode_payload(MsgType.SIGN_REQUEST, req.payload)))
     raw2, fresh = read_reply(rid2)
     assert raw2 != first_raw and fresh.payload["from_journal"] is True
-    assert my_sig(fleet, fresh.payload["psbt"]) == sig
+    assert v0_signature(fleet, fresh.payload["psbt"]) == sig
     assert served.signed_rows() == journal_before[0]
     assert served.alive()
 
@@ -445,7 +420,7 @@ def test_pairing_secret_decides_who_may_ask(served):
     first = make_req(fleet, fleet.genesis, fleet.qc(4))
     out = paired.sign(*first.args)
     assert out["signed"], out
-    my_sig(fleet, out["psbt"])
+    v0_signature(fleet, out["psbt"])
 
     second = make_req(fleet, first.coin, fleet.qc(9))
     wrong = LinkApplianceClient(served.master, secret=b"w" * 32, timeout=5)
@@ -504,7 +479,8 @@ def test_manual_approval(served):
     reply = client.request(MsgType.SIGN_REQUEST, a.payload)
     assert reply.type == MsgType.SIGN_REPLY and reply.payload["from_journal"] is True
     ((txid, _, _, _, stored),) = served.signed_rows()
-    assert txid == a.txid and my_sig(fleet, reply.payload["psbt"]) == my_sig(fleet, stored)
+    assert txid == a.txid
+    assert v0_signature(fleet, reply.payload["psbt"]) == v0_signature(fleet, stored)
 
     # B: the node waits (polling) while the operator approves.
     b = make_req(fleet, a.coin, fleet.qc(8))
@@ -521,7 +497,7 @@ def test_manual_approval(served):
     out = waiting.sign(*b.args)
     t.join()
     assert out["signed"], out
-    my_sig(fleet, out["psbt"])
+    v0_signature(fleet, out["psbt"])
 
     # C: refused by the operator: a logged refusal and no signature for it, ever.
     c = make_req(fleet, b.coin, fleet.qc(11))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from embit.psbt import PSBT
-from helpers import Fleet, seed_for
+from helpers import Fleet, seed_for, twin_qc
 
 from appliance.signing import CRASH_ENV
 
@@ -86,18 +86,9 @@ def test_killed_before_reply_then_same_answer_and_no_conflict(setup, crash_at):
     assert my_sig(reference.psbt) == my_sig(reply["psbt"])
 
     # A conflicting payload for the same (epoch, round) is refused after the restart.
-    import copy
-
-    from appliance.checkpoint.bftsig import sign_compact
     from appliance.checkpoint.qc import QC
 
-    twin = copy.deepcopy(req["qc"])
-    twin["ledger_commit_info"]["commit_state_id"] = "66" * 32
-    tq = QC.from_json(twin)
-    twin["signatures"] = {
-        v.id: sign_compact(v.bft_secret, tq.signed_digest()).hex() for v in fleet.sim.validators
-    }
-    tq = QC.from_json(twin)
+    tq = twin_qc(fleet, QC.from_json(req["qc"]), "66" * 32)
     conflict = sign(tmp, as_request(fleet, fleet.propose(tq), tq))
     assert conflict.returncode == 1
     assert "equivocation" in " ".join(json.loads(conflict.stdout)["reasons"])

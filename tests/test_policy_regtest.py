@@ -9,7 +9,7 @@ import pytest
 from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import TransactionOutput
-from helpers import MAGIC, Fleet
+from helpers import MAGIC, Fleet, twin_qc
 
 from appliance.checkpoint.bftsig import sign_compact
 from appliance.checkpoint.descriptor import EpochMultisig
@@ -151,15 +151,7 @@ def test_equivocation_same_round_refused(fleet):
     a = fleet.appliances["v0"]
     assert a.handle_sign(*fleet.request(p.psbt, qc)).signed
     # Same (epoch, round), another commit_state_id: a forged twin QC signed by the quorum.
-    twin = copy.deepcopy(qc.to_json())
-    twin["ledger_commit_info"]["commit_state_id"] = "77" * 32
-    from appliance.checkpoint.qc import QC
-
-    tq = QC.from_json(twin)
-    twin["signatures"] = {
-        v.id: sign_compact(v.bft_secret, tq.signed_digest()).hex() for v in fleet.sim.validators
-    }
-    tq = QC.from_json(twin)
+    tq = twin_qc(fleet, qc, "77" * 32)
     p2 = fleet.propose(tq)
     assert_refused(fleet, *fleet.request(p2.psbt, tq), "equivocation")
 
