@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import subprocess
 import sys
@@ -371,4 +370,3 @@ class Cluster:
 
 
 __all__ = ["Cluster", "ClusterOptions", "Member"]
-_ = os
