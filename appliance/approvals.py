@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .signing import Appliance, request_hash
+from appliance.signing import Appliance, request_hash
 
 
 @dataclass

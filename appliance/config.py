@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policy import Limits
-from .tomlfile import path_resolver, read_toml
+from appliance.policy import Limits
+from bftanchor.tomlfile import path_resolver, read_toml
 
 EXAMPLE = """\
 # bft-anchor appliance configuration.

@@ -20,8 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .checkpoint.epoch import EpochRecord
-from .checkpoint.template import Coin, Outpoint
+from bftanchor.epoch import EpochRecord
+from bftanchor.template import Coin, Outpoint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS signed (

@@ -12,12 +12,12 @@ from __future__ import annotations
 from embit.ec import PublicKey, Signature
 from embit.transaction import SIGHASH, Transaction
 
-from .checkpoint.descriptor import EpochMultisig, multisig_for
-from .checkpoint.epoch import EpochRecord
-from .checkpoint.errors import CheckpointError
-from .checkpoint.payload import Payload
-from .checkpoint.template import Coin, Outpoint
-from .journal import Candidate, JournalState
+from appliance.journal import Candidate, JournalState
+from bftanchor.descriptor import EpochMultisig, multisig_for
+from bftanchor.epoch import EpochRecord
+from bftanchor.errors import CheckpointError
+from bftanchor.payload import Payload
+from bftanchor.template import Coin, Outpoint
 
 MAX_LINEAGE = 1000
 

@@ -13,12 +13,13 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from .checkpoint.descriptor import EpochMultisig, multisig_for
-from .checkpoint.epoch import EpochRecord, verify_certificate
-from .checkpoint.errors import CheckpointError
-from .checkpoint.payload import Payload
-from .checkpoint.qc import QC, verify_qc
-from .checkpoint.template import (
+from appliance.journal import Candidate, JournalState, signing_conflicts
+from bftanchor.descriptor import EpochMultisig, multisig_for
+from bftanchor.epoch import EpochRecord, verify_certificate
+from bftanchor.errors import CheckpointError
+from bftanchor.payload import Payload
+from bftanchor.qc import QC, verify_qc
+from bftanchor.template import (
     LOCKTIME,
     P2WPKH_WITNESS,
     SEQUENCE,
@@ -28,7 +29,6 @@ from .checkpoint.template import (
     build_checkpoint_tx,
     estimate_vsize,
 )
-from .journal import Candidate, JournalState, signing_conflicts
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .checkpoint.epoch import HARDENED
-from .config import ApplianceConfig, ConfigError
-from .deployment import Deployment
-from .journal import Journal
-from .signers.base import Signer
-from .signers.software import SoftwareSigner
-from .signing import Appliance
+from appliance.config import ApplianceConfig, ConfigError
+from appliance.journal import Journal
+from appliance.signers.base import Signer
+from appliance.signers.software import SoftwareSigner
+from appliance.signing import Appliance
+from bftanchor.deployment import Deployment
+from bftanchor.epoch import HARDENED
 
 
 def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
@@ -17,7 +17,7 @@ def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
         assert sc.seed_file is not None
         return SoftwareSigner.from_file(sc.seed_file, coin_type=coin_type)
     if sc.kind == "hwi":
-        from .signers.hwi import HWISigner  # needs hwilib; only loaded when configured
+        from appliance.signers.hwi import HWISigner  # needs hwilib; only loaded when configured
 
         return HWISigner.from_config(sc, coin_type=coin_type)
     raise ConfigError(f"unknown signer kind {sc.kind!r}")

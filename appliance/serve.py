@@ -17,10 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .approvals import ApprovalQueue, PendingRequest
-from .link.messages import MsgType
-from .link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
-from .signing import Appliance
+from appliance.approvals import ApprovalQueue, PendingRequest
+from appliance.signing import Appliance
+from bftanchor.link.messages import MsgType
+from bftanchor.link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
 
 log = logging.getLogger("bft_anchor.appliance")
 

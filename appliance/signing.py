@@ -19,16 +19,16 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from .checkpoint.descriptor import EpochMultisig
-from .checkpoint.epoch import EpochRecord
-from .checkpoint.errors import CheckpointError
-from .checkpoint.qc import QC
-from .checkpoint.template import verify_partial_sig
-from .deployment import Deployment
-from .journal import Journal, JournalRefusal, SignedEntry
-from .lineage import verify_lineage
-from .policy import Limits, Verdict, evaluate, trusted_records
-from .signers.base import Signer, SignerError
+from appliance.journal import Journal, JournalRefusal, SignedEntry
+from appliance.lineage import verify_lineage
+from appliance.policy import Limits, Verdict, evaluate, trusted_records
+from appliance.signers.base import Signer, SignerError
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
+from bftanchor.errors import CheckpointError
+from bftanchor.qc import QC
+from bftanchor.template import verify_partial_sig
 
 log = logging.getLogger("bft_anchor.appliance")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .context import BenchContext
-from .table import Row, render
+from bench.context import BenchContext
+from bench.table import Row, render
 
 # Run order: cheap in-process benchmarks first, then those that need the node.
 BENCHMARKS = (

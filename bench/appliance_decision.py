@@ -17,14 +17,13 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from appliance.checkpoint.template import verify_partial_sig
 from appliance.signers.base import Signer
 from appliance.signing import Appliance
-
-from .context import BenchContext
-from .fleet import BenchFleet
-from .table import Row
-from .timing import keep_going, median, p95
+from bench.context import BenchContext
+from bench.fleet import BenchFleet
+from bench.table import Row
+from bench.timing import keep_going, median, p95
+from bftanchor.template import verify_partial_sig
 
 NAME = "appliance_decision"
 SIZES = (4, 15)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.pow.regtest import RegtestNode
+from anchornode.pow.regtest import RegtestNode
 
 
 @dataclass

@@ -16,22 +16,22 @@ from typing import Any
 
 from embit import bip39
 
-from appliance.checkpoint.bftsig import sign_compact
-from appliance.checkpoint.descriptor import KEY_TAIL, EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord
-from appliance.checkpoint.network import network
-from appliance.checkpoint.qc import QC, VoteInfo, signed_digest
-from appliance.checkpoint.template import Coin, Outpoint
-from appliance.deployment import Deployment
+from anchornode.bftsim import SimulatedBFTChain
+from anchornode.initiator import Proposal, propose
+from anchornode.pow.regtest import RegtestNode
+from anchornode.pow.rpc import to_coin, to_sat
 from appliance.journal import Journal
-from appliance.node.bftsim import SimulatedBFTChain
-from appliance.node.initiator import Proposal, propose
 from appliance.policy import Limits
-from appliance.pow.regtest import RegtestNode
-from appliance.pow.rpc import to_coin, to_sat
 from appliance.signers.base import Signer
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
+from bftanchor.bftsig import sign_compact
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import KEY_TAIL, EpochMultisig
+from bftanchor.epoch import EpochRecord
+from bftanchor.network import network
+from bftanchor.qc import QC, VoteInfo, signed_digest
+from bftanchor.template import Coin, Outpoint
 
 MAGIC = b"BFTA"
 CHAIN = "litecoin-regtest"

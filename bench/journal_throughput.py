@@ -15,12 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.checkpoint.template import Coin, Outpoint
 from appliance.journal import Candidate, Journal
-
-from .context import BenchContext
-from .table import Row
-from .timing import median
+from bench.context import BenchContext
+from bench.table import Row
+from bench.timing import median
+from bftanchor.template import Coin, Outpoint
 
 NAME = "journal_throughput"
 REPO = Path(__file__).resolve().parent.parent

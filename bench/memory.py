@@ -6,7 +6,7 @@ own peak is not inherited), and nothing of the benchmark runner is counted:
   the same child with 0 requests (set-up only), so the ratio is what signing adds.
   It also times its requests: the first and last 100 show how the decision slows
   as the journal grows;
-- the devnet: `python -m appliance.cli devnet --epochs 3`. os.wait4's ru_maxrss is
+- the devnet: `python -m anchorcli devnet --epochs 3`. os.wait4's ru_maxrss is
   the maximum over the child and the descendants it waited for, which includes the
   litecoind it starts, so the devnet's own Python process is also followed through
   /proc/<pid>/status VmHWM (its peak RSS, polled until it exits). Baseline: a Python
@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .context import BenchContext
-from .table import Row
-from .timing import median
+from bench.context import BenchContext
+from bench.table import Row
+from bench.timing import median
 
 NAME = "memory"
 POLL_S = 0.01
@@ -155,7 +155,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
     ctx.say("memory: importing the devnet's modules (baseline)")
     imp = run_child(
-        [sys.executable, "-c", "import appliance.cli, appliance.devnet"], ctx.scratch("import")
+        [sys.executable, "-c", "import anchorcli.main, anchornode.devnet"], ctx.scratch("import")
     )
     if imp.rc != 0:
         raise RuntimeError(f"import failed: {imp.stderr[-2000:]}")
@@ -163,7 +163,7 @@ def run(ctx: BenchContext) -> list[Row]:
     ctx.say(f"memory: a {epochs}-epoch devnet as a child process")
     d = ctx.scratch("devnet")
     dn = run_child(
-        [sys.executable, "-m", "appliance.cli", "devnet", "--epochs", str(epochs), "--json"],
+        [sys.executable, "-m", "anchorcli", "devnet", "--epochs", str(epochs), "--json"],
         d,
         stdout=d / "report.json",
         timeout=300,

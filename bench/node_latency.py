@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from appliance.node.initiator import assemble, collect
-
-from .context import BenchContext
-from .fleet import BenchFleet, LocalPeer
-from .table import Row
-from .timing import keep_going, median, p95
+from anchornode.initiator import assemble, collect
+from bench.context import BenchContext
+from bench.fleet import BenchFleet, LocalPeer
+from bench.table import Row
+from bench.timing import keep_going, median, p95
 
 NAME = "node_latency"
 SIZES = (4, 7, 15)

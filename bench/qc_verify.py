@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from appliance.checkpoint import bftsig
-from appliance.checkpoint.bftsig import pubkey_from_secret, sign_compact
-from appliance.checkpoint.epoch import EpochRecord, Validator, threshold_for
-from appliance.checkpoint.qc import QC, VoteInfo, signed_digest, verify_qc
-
-from .context import BenchContext
-from .table import Row
-from .timing import interleaved, median, p95
+from bench.context import BenchContext
+from bench.table import Row
+from bench.timing import interleaved, median, p95
+from bftanchor import bftsig
+from bftanchor.bftsig import pubkey_from_secret, sign_compact
+from bftanchor.epoch import EpochRecord, Validator, threshold_for
+from bftanchor.qc import QC, VoteInfo, signed_digest, verify_qc
 
 NAME = "qc_verify"
 SIZES = (4, 21, 100)

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import math
 
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import (
+from bench.context import BenchContext
+from bench.fleet import FEE_RATE, MAGIC, BenchFleet
+from bench.table import Row
+from bftanchor.payload import Payload
+from bftanchor.template import (
     build_checkpoint_psbt,
     build_checkpoint_tx,
     estimate_vsize,
     fee_for,
     finalize,
 )
-
-from .context import BenchContext
-from .fleet import FEE_RATE, MAGIC, BenchFleet
-from .table import Row
 
 NAME = "tx_size"
 SIZES = (4, 7, 10, 15, 20)

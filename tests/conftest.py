@@ -28,7 +28,7 @@ def regtest():
     """One regtest node for the session, with a funded wallet."""
     if not _have_pow_node():
         pytest.fail("no PoW node: install litecoind (apt-get install -y litecoind)")
-    from appliance.pow.regtest import RegtestNode
+    from anchornode.pow.regtest import RegtestNode
 
     node = RegtestNode().start()
     node.create_wallet("test")

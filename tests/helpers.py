@@ -9,19 +9,19 @@ from pathlib import Path
 
 from embit.psbt import PSBT
 
-from appliance.checkpoint.bftsig import sign_compact
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.network import network
-from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import Coin, Outpoint, verify_partial_sig
-from appliance.deployment import Deployment
+from anchornode.bftsim import SimulatedBFTChain
+from anchornode.initiator import Proposal, assemble, collect, propose
+from anchornode.pow.rpc import to_coin, to_sat
 from appliance.journal import Journal
-from appliance.node.bftsim import SimulatedBFTChain
-from appliance.node.initiator import Proposal, assemble, collect, propose
 from appliance.policy import Limits
-from appliance.pow.rpc import to_coin, to_sat
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
+from bftanchor.bftsig import sign_compact
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.network import network
+from bftanchor.qc import QC
+from bftanchor.template import Coin, Outpoint, verify_partial_sig
 
 MAGIC = b"BFTA"
 

@@ -30,15 +30,15 @@ import pytest
 from embit.psbt import PSBT
 from helpers import MAGIC, Fleet, seed_for, twin_qc, v0_signature
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt
+from anchornode.link_client import LinkApplianceClient
 from appliance.journal import Candidate, Journal, JournalRefusal, signing_conflicts
-from appliance.link import LinkEndpoint, Message, MsgType, open_pty_pair
-from appliance.node.link_client import LinkApplianceClient
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import CRASH_ENV, Appliance
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.link import LinkEndpoint, Message, MsgType, open_pty_pair
+from bftanchor.payload import Payload
+from bftanchor.qc import QC
+from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
 
 KILLS = 200
 
@@ -94,7 +94,7 @@ def spawn(root: Path, slave: str, control: Path, log, crash_at: str | None = Non
     if crash_at:
         env[CRASH_ENV] = crash_at
     return subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "appliance", "serve",
+        [sys.executable, "-m", "anchorcli", "appliance", "serve",
          "--config", str(root / "appliance.toml"), "--link", slave, "--control", str(control)],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
     )

@@ -31,15 +31,17 @@ from embit import bip39
 from embit.psbt import PSBT
 from helpers import MAGIC, Fleet, seed_for, twin_qc, v0_signature
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import HARDENED
-from appliance.checkpoint.errors import CheckpointError
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt, verify_partial_sig
+from anchornode.bftsim import SimulatedBFTChain
+from anchornode.link_client import LinkApplianceClient
 from appliance.config import ApplianceConfig
-from appliance.deployment import Deployment
-from appliance.link import (
+from appliance.serve import control_call
+from appliance.signers.software import SoftwareSigner
+from appliance.signing import CRASH_ENV, request_hash
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import HARDENED
+from bftanchor.errors import CheckpointError
+from bftanchor.link import (
     FrameDecoder,
     LinkAuthError,
     LinkClient,
@@ -49,15 +51,13 @@ from appliance.link import (
     encode_frame,
     open_pty_pair,
 )
-from appliance.link.frame import MAGIC as SYNC
-from appliance.link.messages import encode_payload
-from appliance.node.bftsim import SimulatedBFTChain
-from appliance.node.link_client import LinkApplianceClient
-from appliance.serve import control_call
-from appliance.signers.software import SoftwareSigner
-from appliance.signing import CRASH_ENV, request_hash
+from bftanchor.link.frame import MAGIC as SYNC
+from bftanchor.link.messages import encode_payload
+from bftanchor.payload import Payload
+from bftanchor.qc import QC
+from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt, verify_partial_sig
 
-CLI = [sys.executable, "-m", "appliance.cli"]
+CLI = [sys.executable, "-m", "anchorcli"]
 
 
 # --- the appliance as a process on a pty ------------------------------------------------
@@ -629,7 +629,7 @@ def test_short_pairing_secret_is_a_clear_usage_error(tmp_path):
         'seed_file = "s"\n'
     )
     out = subprocess.run(
-        [sys.executable, "-m", "appliance.cli", "appliance", "serve", "--config",
+        [sys.executable, "-m", "anchorcli", "appliance", "serve", "--config",
          str(tmp_path / "a.toml"), "--link", "loop://", "--secret-file",
          str(tmp_path / "secret")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2

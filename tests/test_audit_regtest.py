@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import MAGIC, Fleet
 
-from appliance.audit import audit_chain
+from anchornode.audit import audit_chain
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import urllib.request
 
 import pytest
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.template import build_checkpoint_psbt
-from appliance.node.cluster import Cluster, ClusterOptions
-from appliance.node.peer_protocol import exchange, seal
+from anchornode.cluster import Cluster, ClusterOptions
+from anchornode.peer_protocol import exchange, seal
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.template import build_checkpoint_psbt
 
 OPTS = ClusterOptions(validators=4, epochs=3, rounds_per_epoch=160, round_interval=0.25,
                       block_interval=1.0, interval_blocks=2, handover_margin=12,
@@ -44,7 +44,7 @@ def wait_more(c: Cluster, n: int, timeout: float) -> list:
 
 def signers_of(c: Cluster, txid: str) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "appliance.cli", "status", "--config",
+        [sys.executable, "-m", "anchorcli", "status", "--config",
          str(c.member("v0").dir / "node.live.toml"), "--json", "--last", "50",
          "--alert-blocks", "100000"],
         capture_output=True, text=True, timeout=60,
@@ -62,7 +62,7 @@ def test_checkpoints_flow_with_metrics_and_status(cluster):
     assert "bft_anchor_checkpoint_signed_by{" in text
     assert "bft_anchor_signing_latency_seconds" in text
     out = subprocess.run(
-        [sys.executable, "-m", "appliance.cli", "status", "--config",
+        [sys.executable, "-m", "anchorcli", "status", "--config",
          str(m.dir / "node.live.toml")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "signed by" in out.stdout and "last checkpoint" in out.stdout
@@ -130,15 +130,15 @@ def test_lying_peer_is_refused_and_checkpoints_continue(cluster):
     ms = EpochMultisig(rec)
     n = rec.n
     attempt = ((rec.index_of("v3") - seq) % n) + 100 * n  # an attempt v3 would initiate
-    from appliance.checkpoint.payload import Payload
-    from appliance.checkpoint.template import Coin, Outpoint
+    from bftanchor.payload import Payload
+    from bftanchor.template import Coin, Outpoint
 
     last = cps[-1]
     raw = c.rpc().getrawtransaction(last.txid, True)
     coin = Coin(Outpoint(last.txid, 1), int(round(float(raw["vout"][1]["value"]) * 1e8)),
                 coin_epoch)
     qc = c.sim.qc(coin_epoch, c.round + 1000)
-    from appliance.node.bftsim import SimulatedBFTChain
+    from anchornode.bftsim import SimulatedBFTChain
     from appliance.signers.software import SoftwareSigner
 
     thieves = SimulatedBFTChain.create(4, 10, seed=99)

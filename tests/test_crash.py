@@ -38,7 +38,7 @@ def sign(tmp_path, request: dict, crash_at: str | None = None) -> subprocess.Com
         [
             sys.executable,
             "-m",
-            "appliance.cli",
+            "anchorcli",
             "appliance",
             "sign",
             "--config",
@@ -86,7 +86,7 @@ def test_killed_before_reply_then_same_answer_and_no_conflict(setup, crash_at):
     assert my_sig(reference.psbt) == my_sig(reply["psbt"])
 
     # A conflicting payload for the same (epoch, round) is refused after the restart.
-    from appliance.checkpoint.qc import QC
+    from bftanchor.qc import QC
 
     tq = twin_qc(fleet, QC.from_json(req["qc"]), "66" * 32)
     conflict = sign(tmp, as_request(fleet, fleet.propose(tq), tq))

@@ -9,8 +9,8 @@ import sys
 import pytest
 from embit import bip39
 
+from anchornode.bftsim import SimulatedBFTChain
 from appliance.emulator import JadeEmulator
-from appliance.node.bftsim import SimulatedBFTChain
 from appliance.signers.software import SoftwareSigner
 
 MNEMONIC = bip39.mnemonic_from_bytes(b"\x42" * 16)
@@ -25,7 +25,7 @@ def emulator():
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "device", *args],
+    return subprocess.run([sys.executable, "-m", "anchorcli", "device", *args],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -10,13 +10,13 @@ import sys
 import pytest
 from embit.transaction import Transaction
 
-from appliance.checkpoint.payload import Payload
-from appliance.pow.regtest import RegtestNode
+from anchornode.pow.regtest import RegtestNode
+from bftanchor.payload import Payload
 
 
 def run(*args, timeout=240):
     return subprocess.run(
-        [sys.executable, "-m", "appliance.cli", *args],
+        [sys.executable, "-m", "anchorcli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,16 +2,16 @@ import copy
 
 import pytest
 
-from appliance.checkpoint.bftsig import sign_compact
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import (
+from bftanchor.bftsig import sign_compact
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import (
     EpochRecord,
     canonical_json,
     threshold_for,
     verify_certificate,
     verify_chain,
 )
-from appliance.checkpoint.errors import DescriptorError, EpochRecordError
+from bftanchor.errors import DescriptorError, EpochRecordError
 
 CERT_DIGEST = "575aa97d0449bcf14ff5cbd360f7b7a40d54aad91a3d67c6669d411e0c2a874a"
 
@@ -110,8 +110,8 @@ def test_descriptor_matches_embit(e2):
 
 
 def test_more_than_20_keys_refused(vectors):
-    from appliance.checkpoint.epoch import Validator
     from appliance.signers.software import SoftwareSigner
+    from bftanchor.epoch import Validator
 
     vals = []
     for i in range(21):

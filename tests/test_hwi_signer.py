@@ -6,19 +6,19 @@ import pytest
 from embit import bip39
 from embit.psbt import PSBT
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt
-from appliance.deployment import Deployment
+from anchornode.bftsim import SimulatedBFTChain
 from appliance.emulator import JadeEmulator
 from appliance.emulator.confirm import WaitForButtons
 from appliance.journal import Journal
-from appliance.node.bftsim import SimulatedBFTChain
 from appliance.policy import Limits
 from appliance.signers.base import SignerError
 from appliance.signers.hwi import HWISigner
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.payload import Payload
+from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
 
 MNEMONICS = [bip39.mnemonic_from_bytes(bytes([i + 1]) * 16) for i in range(20)]
 

@@ -2,8 +2,8 @@ import sqlite3
 
 import pytest
 
-from appliance.checkpoint.template import Coin, Outpoint
 from appliance.journal import Candidate, Journal, JournalRefusal, signing_conflicts
+from bftanchor.template import Coin, Outpoint
 
 GENESIS = Coin(Outpoint("11" * 32, 0), 1_000_000, 0)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.link.frame import (
+from bftanchor.link.frame import (
     CRC_LEN,
     HEADER_LEN,
     MAGIC,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from appliance.link.messages import (
+from bftanchor.link.messages import (
     ALLOWED_REPLIES,
     REPLY_TYPES,
     REQUEST_TYPES,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from appliance.link import (
+from bftanchor.link import (
     ErrorCode,
     LinkAuthError,
     LinkClient,
@@ -32,7 +32,7 @@ from appliance.link import (
     open_pty_pair,
     open_serial,
 )
-from appliance.link.frame import MAGIC
+from bftanchor.link.frame import MAGIC
 
 PSBT = base64.b64encode(b"psbt\xff" + bytes(64)).decode()
 SECRET = bytes(range(32))

@@ -1,7 +1,7 @@
 import pytest
 
-from appliance.checkpoint.errors import PayloadError
-from appliance.checkpoint.payload import Payload
+from bftanchor.errors import PayloadError
+from bftanchor.payload import Payload
 
 CSID = bytes.fromhex("c47f6e70d47464b4fac4b44aee38243fb9a9aa6ce58966545c6d3c4f1648f07b")
 # Pinned here, not read from the shared file, so a change to either is caught.

@@ -3,11 +3,11 @@ import time
 
 import pytest
 
-from appliance.checkpoint.bftsig import sign_compact
-from appliance.node.bftsim import SimulatedBFTChain
-from appliance.node.peer_protocol import MAX_MESSAGE, Authenticator, PeerError, seal
-from appliance.node.qcsource import DirectorySource, DirectoryWriter, HttpSource, serve_directory
+from anchornode.bftsim import SimulatedBFTChain
+from anchornode.peer_protocol import MAX_MESSAGE, Authenticator, PeerError, seal
+from anchornode.qcsource import DirectorySource, DirectoryWriter, HttpSource, serve_directory
 from appliance.signers.software import SoftwareSigner
+from bftanchor.bftsig import sign_compact
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_unknown_type_refused(world):
     body = {"v": 1, "type": "steal", "from": "v1", "epoch": 0, "ts": time.time(), "body": {}}
     import hashlib
 
-    from appliance.checkpoint.epoch import canonical_json
+    from bftanchor.epoch import canonical_json
 
     body["sig"] = sign_compact(sim.validators[1].bft_secret,
                                hashlib.sha256(canonical_json(body).encode()).digest()).hex()

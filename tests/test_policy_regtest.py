@@ -11,12 +11,12 @@ from embit.script import Script
 from embit.transaction import TransactionOutput
 from helpers import MAGIC, Fleet, twin_qc
 
-from appliance.checkpoint.bftsig import sign_compact
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import build_checkpoint_psbt
-from appliance.node.initiator import assemble, collect
+from anchornode.initiator import assemble, collect
 from appliance.policy import Limits
+from bftanchor.bftsig import sign_compact
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.payload import Payload
+from bftanchor.template import build_checkpoint_psbt
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_wrong_input_refused(fleet, regtest, tmp_path):
     qc = fleet.qc(5)
     src = EpochMultisig(fleet.records[0])
     payload = Payload(0, qc.round, qc.commit_state_id, magic=MAGIC)
-    from appliance.checkpoint.template import Coin
+    from bftanchor.template import Coin
 
     stray = Coin(other.genesis.outpoint, other.genesis.value, 0)
     psbt = build_checkpoint_psbt(stray, src, payload, src, 500)

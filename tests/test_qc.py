@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from appliance.checkpoint import errors
-from appliance.checkpoint.bftsig import sign_compact, verify_compact
-from appliance.checkpoint.epoch import EpochRecord
-from appliance.checkpoint.qc import QC, verify_qc
+from bftanchor import errors
+from bftanchor.bftsig import sign_compact, verify_compact
+from bftanchor.epoch import EpochRecord
+from bftanchor.qc import QC, verify_qc
 
 # Pinned digests of the design's example QC (computed by hand from the formula).
 VOTE_INFO_HASH = "1e2b7d8399d7df70a41182d3cdb92a92e337fec1eb6416ecc42bafdf6889323f"
@@ -153,7 +153,7 @@ def test_compact_roundtrip():
     secret = hashlib.sha256(b"k").digest()
     digest = hashlib.sha256(b"m").digest()
     sig = sign_compact(secret, digest)
-    from appliance.checkpoint.bftsig import pubkey_from_secret
+    from bftanchor.bftsig import pubkey_from_secret
 
     verify_compact(pubkey_from_secret(secret), digest, sig)
     assert int.from_bytes(sig[32:], "big") <= N // 2

@@ -1,11 +1,11 @@
-from appliance.node.schedule import (
+from anchornode.schedule import (
     ChainState,
     ScheduleConfig,
     attempt_at,
     due,
     initiator_index,
 )
-from appliance.node.service import fee_ladder
+from anchornode.service import fee_ladder
 
 CFG = ScheduleConfig(interval_blocks=3, handover_margin=5, initiator_timeout=10)
 

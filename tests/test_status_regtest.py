@@ -1,7 +1,7 @@
 import pytest
 from helpers import Fleet
 
-from appliance.node.status import chain_status, format_status
+from anchornode.status import chain_status, format_status
 
 
 @pytest.fixture

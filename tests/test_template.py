@@ -1,10 +1,13 @@
 import pytest
 from embit.psbt import PSBT
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.errors import TemplateError
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import (
+from anchornode.bftsim import SimulatedBFTChain
+from appliance.signers.base import SignerError
+from appliance.signers.software import SoftwareSigner
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.errors import TemplateError
+from bftanchor.payload import Payload
+from bftanchor.template import (
     SEQUENCE,
     Coin,
     Outpoint,
@@ -12,9 +15,6 @@ from appliance.checkpoint.template import (
     estimate_vsize,
     finalize,
 )
-from appliance.node.bftsim import SimulatedBFTChain
-from appliance.signers.base import SignerError
-from appliance.signers.software import SoftwareSigner
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_signer_refuses_foreign_derivation(setup):
 
 @pytest.mark.parametrize("n", [16, 17, 20])
 def test_large_multisig_scripts_sign_and_finalize(n):
-    from appliance.checkpoint.epoch import threshold_for
+    from bftanchor.epoch import threshold_for
 
     sim = SimulatedBFTChain.create(n, 10)
     signers = {v.id: SoftwareSigner.from_seed(bytes([i + 40]) * 32)

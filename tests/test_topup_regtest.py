@@ -8,9 +8,11 @@ from embit.script import Script
 from embit.transaction import TransactionOutput
 from helpers import MAGIC, Fleet
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import (
+from anchornode.feewallet import select_topup, sign_topups
+from anchornode.initiator import collect
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.payload import Payload
+from bftanchor.template import (
     P2WPKH_WITNESS,
     TopUp,
     build_checkpoint_psbt,
@@ -18,8 +20,6 @@ from appliance.checkpoint.template import (
     estimate_vsize,
     finalize,
 )
-from appliance.node.feewallet import select_topup, sign_topups
-from appliance.node.initiator import collect
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_topup_signed_by_appliances_and_fee_wallet_accepted_by_node(fleet, regte
     topup = select_topup(wallet, 50_000, 5_000)
     qc = fleet.qc(5)
     psbt, ms = topped_up_psbt(fleet, topup, qc)
-    from appliance.node.initiator import Proposal
+    from anchornode.initiator import Proposal
 
     proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
     signed, signed_by, refusals = collect(proposal, fleet.peers())
@@ -78,7 +78,7 @@ def test_change_larger_than_topups_is_refused(fleet, regtest):
 def test_topup_input_locked_by_the_multisig_is_refused(fleet, regtest):
     qc = fleet.qc(5)
     ms = EpochMultisig(fleet.records[0])
-    from appliance.checkpoint.template import Outpoint
+    from bftanchor.template import Outpoint
 
     fake = TopUp(((Outpoint("ee" * 32, 0), TransactionOutput(30_000, ms.script_pubkey)),),
                  10_000, Script(b"\x00\x14" + b"\x01" * 20))

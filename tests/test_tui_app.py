@@ -17,7 +17,7 @@ from test_tui_world import World
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from appliance.link.messages import MsgType
+from bftanchor.link.messages import MsgType
 from tui.app import OperatorConsole
 from tui.backend import RemoteBackend, jade_registration_name
 from tui.ceremony import ARM, DONE, FINGERPRINT, KEY, RECORD, REGISTER

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from test_tui_world import World
 
-from appliance.link.messages import MsgType
-from appliance.link.pty import open_pty_pair
-from appliance.link.transport import LinkClient, LinkEndpoint, LinkTimeout
+from bftanchor.link.messages import MsgType
+from bftanchor.link.pty import open_pty_pair
+from bftanchor.link.transport import LinkClient, LinkEndpoint, LinkTimeout
 
 TIMEOUT = 30.0
 
@@ -45,7 +45,7 @@ def _tmux() -> str:
 
 def _bft_anchor() -> list[str]:
     script = Path(sys.executable).parent / "bft-anchor"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "appliance.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "anchorcli"]
 
 
 class Terminal:

@@ -18,19 +18,19 @@ from typing import Any
 import pytest
 from embit import bip39
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.template import Coin, Outpoint, build_checkpoint_psbt
-from appliance.deployment import Deployment
+from anchornode.bftsim import SimulatedBFTChain
 from appliance.emulator import JadeEmulator
 from appliance.journal import Journal
-from appliance.link.messages import MsgType
-from appliance.node.bftsim import SimulatedBFTChain
 from appliance.policy import Limits
 from appliance.serve import ApplianceService
 from appliance.signers.hwi import HWISigner
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.link.messages import MsgType
+from bftanchor.payload import Payload
+from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
 from tui.backend import InProcessBackend
 from tui.ceremony import ARM, FINGERPRINT, KEY, RECORD, REGISTER, Ceremony, CeremonyError
 from tui.decode import decode_request, same_fingerprint, wallet_fingerprint
@@ -191,7 +191,7 @@ def test_wallet_fingerprint_is_grouped_and_compared_loosely(world: World) -> Non
 
 
 def test_cli_refuses_bad_usage_before_drawing(tmp_path: Path) -> None:
-    from appliance.cli import main
+    from anchorcli.main import main
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

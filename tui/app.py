@@ -19,16 +19,15 @@ from typing import Any, Protocol, TypeVar
 from textual.app import App
 from textual.binding import Binding
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord
-
-from .backend import Backend, DeviceView, StatusView
-from .decode import RequestView, decode_request
-from .screens.device import DeviceScreen
-from .screens.epochs import EpochsScreen
-from .screens.history import HistoryScreen
-from .screens.requests import RequestsScreen
-from .widgets import ConfirmDialog
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
+from tui.backend import Backend, DeviceView, StatusView
+from tui.decode import RequestView, decode_request
+from tui.screens.device import DeviceScreen
+from tui.screens.epochs import EpochsScreen
+from tui.screens.history import HistoryScreen
+from tui.screens.requests import RequestsScreen
+from tui.widgets import ConfirmDialog
 
 log = logging.getLogger("bft_anchor.tui")
 T = TypeVar("T")

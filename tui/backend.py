@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord
-from appliance.checkpoint.errors import CheckpointError
-from appliance.deployment import Deployment
 from appliance.serve import ApplianceService, control_call
 from appliance.signers.base import Signer, SignerError
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
+from bftanchor.errors import CheckpointError
 
 log = logging.getLogger("bft_anchor.tui")
 
@@ -356,9 +356,9 @@ class RemoteBackend(Backend):
 
     @classmethod
     def from_config(cls, config_path: Path, control: Path) -> RemoteBackend:
-        from appliance.checkpoint.epoch import HARDENED
         from appliance.config import ApplianceConfig
         from appliance.runtime import make_signer
+        from bftanchor.epoch import HARDENED
 
         cfg = ApplianceConfig.load(config_path)
         deployment = Deployment.load(cfg.deployment)

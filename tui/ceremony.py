@@ -14,11 +14,10 @@ from pathlib import Path
 
 from embit.descriptor.arguments import Key
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord, verify_certificate
-from appliance.checkpoint.errors import CheckpointError
-
-from .decode import same_fingerprint, wallet_fingerprint
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord, verify_certificate
+from bftanchor.errors import CheckpointError
+from tui.decode import same_fingerprint, wallet_fingerprint
 
 STEPS: tuple[tuple[str, str], ...] = (
     ("a", "show this appliance's key for the next epoch"),

@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     from appliance.config import ConfigError
-    from appliance.deployment import DeploymentError
     from appliance.signers.base import SignerError
-
-    from .app import OperatorConsole
-    from .backend import Backend, InProcessBackend, RemoteBackend
+    from bftanchor.deployment import DeploymentError
+    from tui.app import OperatorConsole
+    from tui.backend import Backend, InProcessBackend, RemoteBackend
 
     backend: Backend
     try:

@@ -14,15 +14,15 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from appliance.checkpoint.bftsig import verify_compact
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord
-from appliance.checkpoint.errors import CheckpointError
-from appliance.checkpoint.network import network
-from appliance.checkpoint.payload import Payload
-from appliance.checkpoint.qc import QC
-from appliance.checkpoint.template import estimate_vsize
 from appliance.policy import trusted_records
+from bftanchor.bftsig import verify_compact
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
+from bftanchor.errors import CheckpointError
+from bftanchor.network import network
+from bftanchor.payload import Payload
+from bftanchor.qc import QC
+from bftanchor.template import estimate_vsize
 
 # Only when the policy gave no vsize: a P2WPKH top-up input's worst-case witness, as it sizes.
 TOPUP_WITNESS = 108

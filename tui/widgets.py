@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 if TYPE_CHECKING:
-    from .backend import DeviceView, StatusView
+    from tui.backend import DeviceView, StatusView
 
 
 def short(h: str | None, n: int = 12) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .profiles import check_capability, load_profiles, match_profile
+from appliance.devices.profiles import check_capability, load_profiles, match_profile
 
 
 def _firmware_of(device: dict[str, Any], chain: Any) -> str | None:
@@ -59,9 +59,9 @@ def list_devices(allow_emulators: bool, testnet: bool = True) -> list[dict[str, 
 
 
 def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
-    from ..checkpoint.descriptor import EpochMultisig
-    from ..checkpoint.epoch import EpochRecord
-    from ..checkpoint.errors import CheckpointError
+    from bftanchor.descriptor import EpochMultisig
+    from bftanchor.epoch import EpochRecord
+    from bftanchor.errors import CheckpointError
 
     try:
         record = EpochRecord.from_json(Path(epoch_file).read_text())

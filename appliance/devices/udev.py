@@ -5,7 +5,7 @@ rule, and the device silently stays unreachable (or the link loses its name).  T
 parser here rejects anything outside the small udev subset our files use, so tests catch such
 mistakes before an operator does.
 
-CLI (wired by appliance/cli.py as ``bft-anchor udev ...``):
+CLI (wired by anchorcli/main.py as ``bft-anchor udev ...``):
     bft-anchor udev install [--dest DIR] [--no-reload] [--json]
 """
 

@@ -1,7 +1,7 @@
 """`bft-anchor emulator jade`: run the Jade emulator as a foreground TCP server.
 
 main(argv) takes the arguments after `emulator jade` and returns an exit code;
-appliance/cli.py wires it into the top-level command.
+anchorcli/main.py wires it into the top-level command.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .jade import DEFAULT_HOST, DEFAULT_PORT, JadeEmulator
+from appliance.emulator.jade import DEFAULT_HOST, DEFAULT_PORT, JadeEmulator
 
 DESCRIPTION = """\
 Serve a Blockstream Jade emulator over TCP for HWI (device path tcp:HOST:PORT).
@@ -72,7 +72,7 @@ def _read_mnemonic(path: Path) -> tuple[str, str | None]:
 
 def _console_buttons(emulator: JadeEmulator) -> None:
     """--confirm wait: ask on the terminal for every prompt (a person at the device)."""
-    from .confirm import WaitForButtons
+    from appliance.emulator.confirm import WaitForButtons
 
     hook = emulator.confirm_hook
     assert isinstance(hook, WaitForButtons)

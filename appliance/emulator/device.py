@@ -20,9 +20,9 @@ from typing import Any
 from embit import bip32, script
 from embit.script import Script
 
-from . import networks
-from .confirm import ApproveAll, ConfirmationHook, Prompt
-from .errors import (
+from appliance.emulator import networks
+from appliance.emulator.confirm import ApproveAll, ConfirmationHook, Prompt
+from appliance.emulator.errors import (
     BAD_PARAMETERS,
     HW_LOCKED,
     INTERNAL_ERROR,
@@ -33,9 +33,9 @@ from .errors import (
     RpcError,
     bad_params,
 )
-from .exchange import ConnectionClosed, Exchange
-from .legacy_signing import run_sign_tx
-from .multisig import (
+from appliance.emulator.exchange import ConnectionClosed, Exchange
+from appliance.emulator.legacy_signing import run_sign_tx
+from appliance.emulator.multisig import (
     MAX_MULTISIG_SIGNERS,
     MAX_NAME_LEN,
     VARIANT_WRAPPERS,
@@ -44,7 +44,7 @@ from .multisig import (
     Signer,
     name_valid,
 )
-from .params import (
+from appliance.emulator.params import (
     get_bool,
     get_bytes,
     get_path,
@@ -54,7 +54,7 @@ from .params import (
     params_map,
     path_from,
 )
-from .psbt_signing import (
+from appliance.emulator.psbt_signing import (
     FIRMWARE_SCRIPT_LIMIT,
     HARDENED,
     expected_singlesig_path,
@@ -65,9 +65,9 @@ from .psbt_signing import (
     sign_plan,
     unhardened_tail,
 )
-from .state import StoredState, save_state
-from .wallet import Keychain, message_hash
-from .wire import Request
+from appliance.emulator.state import StoredState, save_state
+from appliance.emulator.wallet import Keychain, message_hash
+from appliance.emulator.wire import Request
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .errors import RpcError
-from .wire import Request
+from appliance.emulator.errors import RpcError
+from appliance.emulator.wire import Request
 
 
 class ConnectionClosed(Exception):

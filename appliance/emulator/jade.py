@@ -27,16 +27,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .confirm import ConfirmationHook, Prompt, WaitForButtons, hook_for
-from .device import DeviceOptions, JadeDevice
-from .errors import INVALID_REQUEST, RpcError
-from .exchange import ConnectionClosed
-from .multisig import MultisigRegistry
-from .networks import network_type
-from .psbt_signing import FIRMWARE_SCRIPT_LIMIT
-from .state import load_state
-from .wallet import Keychain
-from .wire import STALE_TIMEOUT, Rejected, Request, StreamDecoder, encode_error, encode_result
+from appliance.emulator.confirm import ConfirmationHook, Prompt, WaitForButtons, hook_for
+from appliance.emulator.device import DeviceOptions, JadeDevice
+from appliance.emulator.errors import INVALID_REQUEST, RpcError
+from appliance.emulator.exchange import ConnectionClosed
+from appliance.emulator.multisig import MultisigRegistry
+from appliance.emulator.networks import network_type
+from appliance.emulator.psbt_signing import FIRMWARE_SCRIPT_LIMIT
+from appliance.emulator.state import load_state
+from appliance.emulator.wallet import Keychain
+from appliance.emulator.wire import (
+    STALE_TIMEOUT,
+    Rejected,
+    Request,
+    StreamDecoder,
+    encode_error,
+    encode_result,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,15 @@ from embit import script
 from embit.script import Script
 from embit.transaction import SIGHASH, Transaction
 
-from .errors import BAD_PARAMETERS, PROTOCOL_ERROR, USER_CANCELLED, RpcError, bad_params
-from .exchange import Exchange
-from .params import (
+from appliance.emulator.errors import (
+    BAD_PARAMETERS,
+    PROTOCOL_ERROR,
+    USER_CANCELLED,
+    RpcError,
+    bad_params,
+)
+from appliance.emulator.exchange import Exchange
+from appliance.emulator.params import (
     get_bool,
     get_bytes,
     get_path,
@@ -36,11 +42,11 @@ from .params import (
     params_map,
     path_from,
 )
-from .psbt_signing import expected_singlesig_path, path_str
-from .wire import Request
+from appliance.emulator.psbt_signing import expected_singlesig_path, path_str
+from appliance.emulator.wire import Request
 
 if TYPE_CHECKING:
-    from .device import JadeDevice
+    from appliance.emulator.device import JadeDevice
 
 _SINGLESIG_VARIANTS = {
     "pkh(k)": (script.p2pkh, 44),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BAD_PARAMETERS, RpcError
+from appliance.emulator.errors import BAD_PARAMETERS, RpcError
 
 # main/utils/cbor_rpc.h MAX_PATH_LEN
 MAX_PATH_LEN = 16

@@ -29,11 +29,11 @@ from embit.ec import PublicKey
 from embit.psbt import PSBT, InputScope
 from embit.transaction import SIGHASH
 
-from .errors import BAD_PARAMETERS, INTERNAL_ERROR, RpcError
-from .multisig import MultisigRecord, MultisigRegistry
-from .networks import bip44_coin, embit_params
-from .params import MAX_PATH_LEN
-from .wallet import Keychain
+from appliance.emulator.errors import BAD_PARAMETERS, INTERNAL_ERROR, RpcError
+from appliance.emulator.multisig import MultisigRecord, MultisigRegistry
+from appliance.emulator.networks import bip44_coin, embit_params
+from appliance.emulator.params import MAX_PATH_LEN
+from appliance.emulator.wallet import Keychain
 
 PSBT_MAGIC = b"psbt\xff"  # sign_psbt.c PSBT_MAGIC_PREFIX
 HARDENED = 0x80000000

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .multisig import MultisigRecord
+from appliance.emulator.multisig import MultisigRecord
 
 STATE_VERSION = 1
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from embit import bip32, bip39, compact, ec
 from embit.util import secp256k1
 
-from .networks import xpub_version
+from appliance.emulator.networks import xpub_version
 
 
 class Keychain:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from embit.psbt import PSBT
 
-from ..checkpoint.descriptor import EpochMultisig
+from bftanchor.descriptor import EpochMultisig
 
 
 class SignerError(Exception):

@@ -19,10 +19,10 @@ from embit import bip32
 from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
 
-from ..checkpoint.descriptor import EpochMultisig
-from ..checkpoint.errors import TemplateError
-from ..checkpoint.template import verify_partial_sig
-from .base import SignerError, epoch_path
+from appliance.signers.base import SignerError, epoch_path
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.errors import TemplateError
+from bftanchor.template import verify_partial_sig
 
 log = logging.getLogger("bft_anchor.signers.hwi")
 

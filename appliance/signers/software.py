@@ -13,9 +13,9 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
-from ..checkpoint.descriptor import KEY_TAIL, EpochMultisig
-from ..checkpoint.template import sighash
-from .base import SignerError, epoch_path
+from appliance.signers.base import SignerError, epoch_path
+from bftanchor.descriptor import KEY_TAIL, EpochMultisig
+from bftanchor.template import sighash
 
 
 class SoftwareSigner:

@@ -9,10 +9,10 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from ..widgets import StatusBar, status_text
+from tui.widgets import StatusBar, status_text
 
 if TYPE_CHECKING:
-    from ..app import ConsoleData, OperatorConsole
+    from tui.app import ConsoleData, OperatorConsole
 
 
 class ConsoleScreen(Screen[None]):

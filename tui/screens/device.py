@@ -14,11 +14,11 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
-from .base import ConsoleScreen
+from tui.screens.base import ConsoleScreen
 
 if TYPE_CHECKING:
-    from ..app import ConsoleData
-    from ..backend import DeviceView
+    from tui.app import ConsoleData
+    from tui.backend import DeviceView
 
 
 def device_text(dev: DeviceView | None, current: int) -> Text:

@@ -16,17 +16,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Static
 
-from appliance.checkpoint.descriptor import EpochMultisig
-from appliance.checkpoint.epoch import EpochRecord
-from appliance.checkpoint.network import network
-
-from ..ceremony import ARM, FINGERPRINT, KEY, RECORD, REGISTER, STEPS, Ceremony, CeremonyError
-from ..decode import wallet_fingerprint
-from ..widgets import short
-from .base import ConsoleScreen
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
+from bftanchor.network import network
+from tui.ceremony import ARM, FINGERPRINT, KEY, RECORD, REGISTER, STEPS, Ceremony, CeremonyError
+from tui.decode import wallet_fingerprint
+from tui.screens.base import ConsoleScreen
+from tui.widgets import short
 
 if TYPE_CHECKING:
-    from ..app import ConsoleData
+    from tui.app import ConsoleData
 
 
 def record_text(

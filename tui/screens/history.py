@@ -15,12 +15,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
-from ..decode import fmt_amount
-from ..widgets import short, utc
-from .base import ConsoleScreen
+from tui.decode import fmt_amount
+from tui.screens.base import ConsoleScreen
+from tui.widgets import short, utc
 
 if TYPE_CHECKING:
-    from ..app import ConsoleData
+    from tui.app import ConsoleData
 
 STYLES = {"signed": "green", "refused": "red", "approval-mode": "yellow", "adopted": "cyan"}
 

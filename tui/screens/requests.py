@@ -16,12 +16,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from ..decode import RequestView, fmt_amount
-from ..widgets import age, short, utc
-from .base import ConsoleScreen
+from tui.decode import RequestView, fmt_amount
+from tui.screens.base import ConsoleScreen
+from tui.widgets import age, short, utc
 
 if TYPE_CHECKING:
-    from ..app import ConsoleData
+    from tui.app import ConsoleData
 
 
 def request_text(req: RequestView, chain: str, now: float) -> Text:

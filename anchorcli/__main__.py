@@ -1,0 +1,5 @@
+import sys
+
+from anchorcli.main import main
+
+sys.exit(main())

@@ -1,0 +1,387 @@
+"""`bft-anchor`: the one command line for the devnet, the audit, the appliance and devices.
+
+Logs go to standard error; results (and --json reports) to standard output.
+Exit status: 0 success, 1 the job ran and found a problem (audit violation, refusal),
+2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    from anchornode.devnet import DevnetOptions, print_progress, run_devnet, stderr_progress
+    from anchornode.fees import FeePolicy
+
+    if args.validators < 1 or args.validators > 20:
+        print("bft-anchor devnet: --validators must be 1..20 (wsh sortedmulti)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.signer == "hwi" and args.validators > 15:
+        print("bft-anchor devnet: a Jade signs multisigs of at most 15 keys (its 520-byte "
+              "script buffer); use --signer software for more", file=sys.stderr)
+        return EXIT_USAGE
+    if args.epochs < 1:
+        print("bft-anchor devnet: --epochs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    opts = DevnetOptions(
+        validators=args.validators,
+        epochs=args.epochs,
+        datadir=args.datadir,
+        rounds_per_epoch=args.rounds_per_epoch,
+        interval=args.interval,
+        handover_margin=args.handover_margin,
+        appliances=args.appliances,
+        signer=args.signer,
+        fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
+    )
+    progress = stderr_progress if args.json else print_progress
+    if args.nodes:
+        from anchornode.network_devnet import run_network_devnet
+
+        report = run_network_devnet(args.validators, args.epochs, args.datadir, progress)
+    else:
+        report = run_devnet(opts, progress)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        audit = report["audit"]
+        handovers = sum(1 for c in report["checkpoints"] if c["handover"])
+        print(
+            f"audit {'OK' if audit['ok'] else 'FAILED'}: {len(report['checkpoints'])} "
+            f"checkpoints, {handovers} handovers, {len(report['epochs'])} epochs on "
+            f"{report['chain']}"
+        )
+        for v in audit["violations"]:
+            print(f"  violation: {v}")
+    return EXIT_OK if report["audit"]["ok"] else EXIT_FAIL
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from anchornode.audit import audit_chain, format_table
+    from anchornode.pow.rpc import PowRpc, RpcError, url_with_auth
+    from bftanchor.deployment import DeploymentError, load_epochs
+    from bftanchor.template import Outpoint
+
+    try:
+        genesis = Outpoint.parse(args.genesis)
+        records = load_epochs(args.epochs)
+        magic = bytes.fromhex(args.magic)
+        url = url_with_auth(args.rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
+    except (ValueError, DeploymentError, OSError) as exc:
+        print(f"bft-anchor audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = audit_chain(
+            PowRpc(url), genesis, records, magic, args.handover_margin, args.from_height
+        )
+    except RpcError as exc:
+        print(f"bft-anchor audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_appliance_sign(args: argparse.Namespace) -> int:
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.runtime import open_appliance
+
+    try:
+        appliance = open_appliance(ApplianceConfig.load(args.config))
+        req = json.loads(
+            Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
+        )
+        outcome = appliance.handle_sign(
+            req.get("psbt"), req.get("qc"), req.get("records", []), req.get("lineage")
+        )
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance sign: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(outcome.to_json(), indent=1))
+    return EXIT_OK if outcome.signed else EXIT_FAIL
+
+
+def cmd_appliance_status(args: argparse.Namespace) -> int:
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.runtime import open_appliance
+
+    try:
+        appliance = open_appliance(ApplianceConfig.load(args.config))
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(appliance.status(), indent=1))
+    return EXIT_OK
+
+
+def cmd_appliance_serve(args: argparse.Namespace) -> int:
+    import signal as sig
+
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.runtime import open_appliance
+    from appliance.serve import ApplianceService
+
+    try:
+        secret = args.secret_file.read_bytes().strip() if args.secret_file else None
+        if secret is not None and len(secret) < 16:
+            raise ValueError(f"pairing secret in {args.secret_file} is {len(secret)} bytes; "
+                             "use at least 16 (e.g. 32 random bytes, hex-encoded)")
+        cfg = ApplianceConfig.load(args.config)
+        appliance = open_appliance(cfg)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    service = ApplianceService(appliance, cfg.validator_id or "appliance",
+                               args.approval or cfg.approval)
+    control = args.control or cfg.path.parent / "control.sock"
+    service.serve_control(control)
+    for s in (sig.SIGTERM, sig.SIGINT):
+        sig.signal(s, lambda *_: service.stop_event.set())
+    logging.getLogger("bft_anchor.appliance").warning(
+        "appliance %s: link %s, control %s, approval %s", cfg.validator_id, args.link, control,
+        service.queue.mode)
+    try:
+        service.serve_link(args.link, secret)
+    except OSError as exc:
+        print(f"bft-anchor appliance serve: link {args.link}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_appliance_control(args: argparse.Namespace) -> int:
+    from appliance.serve import control_call
+
+    req: dict = {"cmd": args.appliance_command}
+    if args.appliance_command in ("approve", "refuse"):
+        req["id"] = args.id
+    if args.appliance_command == "mode":
+        req["mode"] = args.mode
+    if args.appliance_command == "history":
+        req["limit"] = args.limit
+    try:
+        reply = control_call(args.control, req)
+    except OSError as exc:
+        print(f"bft-anchor appliance: control socket {args.control}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(reply, indent=1))
+    return EXIT_OK if reply.get("ok") else EXIT_FAIL
+
+
+def cmd_appliance_init(args: argparse.Namespace) -> int:
+    from embit import bip39
+
+    from appliance.config import EXAMPLE
+
+    d = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "appliance.toml"
+    if cfg.exists() and not args.force:
+        print(f"bft-anchor appliance init: {cfg} exists (--force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{args.validator_id}"')
+    text = text.replace("max_fee_sat = 100000", f"max_fee_sat = {args.max_fee_sat}")
+    text = text.replace("max_fee_rate = 200.0", f"max_fee_rate = {args.max_fee_rate}")
+    if args.fingerprint:
+        text = text.replace('kind = "software"', 'kind = "hwi"')
+        text = text.replace('seed_file = "seed.txt"', "# seed_file = (none: the device holds it)")
+        text = text.replace('# fingerprint = "d8e50907"', f'fingerprint = "{args.fingerprint}"')
+    else:
+        import secrets
+
+        seed = d / "seed.txt"
+        if not seed.exists() or args.force:
+            seed.write_text(bip39.mnemonic_from_bytes(secrets.token_bytes(32)) + "\n")
+            seed.chmod(0o600)
+    cfg.write_text(text)
+    print(f"wrote {cfg}" + ("" if args.fingerprint else f" and a new seed in {d / 'seed.txt'}"))
+    print("next: put the deployment file beside it as deployment.json")
+    return EXIT_OK
+
+
+def _delegate(module: str, func: str = "main"):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        mod = importlib.import_module(module)
+        return int(getattr(mod, func)(args.rest) or 0)
+
+    return run
+
+
+DELEGATED = {
+    "node": ("anchornode.cli", "main_node", "run one validator's online process"),
+    "status": ("anchornode.cli", "main_status", "the checkpoint chain as an operator sees it"),
+    "emulator": ("appliance.emulator.cli", "main",
+                 "run a hardware-wallet emulator (Jade protocol)"),
+    "device": ("appliance.devices.cli", "main",
+               "list signing devices and check what they can sign"),
+    "udev": ("appliance.devices.udev", "main",
+             "install udev rules for devices and the serial link"),
+    "tui": ("tui.cli", "main", "the operator's console"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bft-anchor",
+        description="Anchor a BFT chain's quorum certificates in a proof-of-work chain.",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output on standard error (repeat for debug)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser(
+        "devnet",
+        help="run a whole local network on regtest and audit it",
+        description="Start a regtest PoW node and N validators, run E epochs of "
+        "checkpoints with a handover before each epoch's end, then audit the "
+        "chain. Exit 0 only when the audit passes.",
+    )
+    d.add_argument("--validators", type=int, default=4, metavar="N", help="validators (default 4)")
+    d.add_argument("--epochs", type=int, default=3, metavar="E", help="epochs (default 3)")
+    d.add_argument(
+        "--datadir",
+        type=Path,
+        help="keep the node's data (DIR/pow) and the "
+        "deployment files (DIR) here instead of a temporary directory",
+    )
+    d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    d.add_argument("--rounds-per-epoch", type=int, default=20, help="BFT rounds per epoch")
+    d.add_argument("--interval", type=int, default=5, help="rounds between checkpoints")
+    d.add_argument(
+        "--handover-margin",
+        type=int,
+        default=3,
+        help="rounds before an epoch's end at which the coin is handed over",
+    )
+    d.add_argument("--fee-rate", type=float, help="override the fee rate (sat/vB)")
+    d.add_argument("--signer", choices=["hwi", "software"], default="hwi",
+                   help="sign through HWI on one Jade emulator per validator (default), or "
+                   "with software keys")
+    d.add_argument("--nodes", action="store_true",
+                   help="run every validator's node as its own process too (peer protocol, "
+                   "schedule, failover, two PoW nodes; software signers)")
+    d.add_argument("--appliances", choices=["process", "inprocess"], default="process",
+                   help="each appliance its own process on a pty serial link (default), or "
+                   "all in this process")
+    d.set_defaults(func=cmd_devnet)
+
+    a = sub.add_parser(
+        "audit",
+        help="walk and check the checkpoint chain on a PoW node",
+        description="Follow the coin's spends from the genesis outpoint and check "
+        "every checkpoint. Exit 1 on any violation, naming it.",
+    )
+    a.add_argument("--rpc", required=True, help="node RPC URL, e.g. http://user:pw@127.0.0.1:19443")
+    a.add_argument("--rpc-user")
+    a.add_argument("--rpc-password")
+    a.add_argument("--rpc-cookie", type=Path, help="the node's .cookie file")
+    a.add_argument("--genesis", required=True, metavar="TXID:VOUT")
+    a.add_argument(
+        "--epochs", required=True, type=Path, metavar="FILE", help="JSON list of epoch records"
+    )
+    a.add_argument("--magic", default="42465441", help="payload magic in hex (default BFTA)")
+    a.add_argument("--handover-margin", type=int, default=0)
+    a.add_argument("--from-height", type=int, help="start scanning here (no -txindex needed)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
+
+    ap = sub.add_parser("appliance", help="the signing appliance")
+    apsub = ap.add_subparsers(dest="appliance_command", required=True, metavar="ACTION")
+    s = apsub.add_parser(
+        "sign",
+        help="decide and sign one request (JSON file) and exit",
+        description="Read {psbt, qc, records} and answer with the signed PSBT "
+        "or the refusal's reasons. Exit 1 when refused.",
+    )
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--request", required=True, help="request JSON file, or - for stdin")
+    s.set_defaults(func=cmd_appliance_sign)
+    st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
+    st.add_argument("--config", required=True, type=Path)
+    st.set_defaults(func=cmd_appliance_status)
+    sv = apsub.add_parser("serve", help="run the headless appliance on its serial link",
+                          description="Answer the node over the serial link and the operator "
+                          "over a local control socket. Manual approval holds every request "
+                          "the policy allows until an operator approves it.")
+    sv.add_argument("--config", required=True, type=Path)
+    sv.add_argument("--link", required=True, help="serial port (/dev/ttyUSB0, a pty, fd:N)")
+    sv.add_argument("--secret-file", type=Path, help="pairing secret: every frame is MACed")
+    sv.add_argument("--control", type=Path, help="control socket (default: beside the config)")
+    sv.add_argument("--approval", choices=["auto", "manual"], help="override the config")
+    sv.set_defaults(func=cmd_appliance_serve)
+    it = apsub.add_parser("init", help="write a fresh appliance directory")
+    it.add_argument("dir", type=Path)
+    it.add_argument("--validator-id", default="v0")
+    it.add_argument("--fingerprint", help="use a hardware wallet with this fingerprint")
+    it.add_argument("--max-fee-sat", type=int, default=100000)
+    it.add_argument("--max-fee-rate", type=float, default=200.0)
+    it.add_argument("--force", action="store_true")
+    it.set_defaults(func=cmd_appliance_init)
+    for name, helptext in (("pending", "requests held for approval"),
+                           ("approve", "approve a held request"),
+                           ("refuse", "refuse a held request"),
+                           ("mode", "switch approval mode (journaled)"),
+                           ("history", "the journal's decisions, newest first")):
+        c = apsub.add_parser(name, help=helptext)
+        c.add_argument("--control", required=True, type=Path, help="the appliance's socket")
+        if name in ("approve", "refuse"):
+            c.add_argument("id")
+        if name == "mode":
+            c.add_argument("mode", choices=["auto", "manual"])
+        if name == "history":
+            c.add_argument("--limit", type=int, default=50)
+        c.set_defaults(func=cmd_appliance_control)
+
+    for name, (module, func, helptext) in DELEGATED.items():
+        e = sub.add_parser(name, help=helptext, add_help=False)
+        e.add_argument("rest", nargs=argparse.REMAINDER)
+        e.set_defaults(func=_delegate(module, func))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Delegated commands parse their own arguments (their --help included).
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in DELEGATED:
+        module, func = DELEGATED[argv[first]][:2]
+        flags = argv[:first]
+        verbose = sum(a.count("v") for a in flags if a.startswith("-") and set(a[1:]) == {"v"})
+        verbose += flags.count("--verbose")
+        _setup_logging(0 if ("-q" in flags or "--quiet" in flags) else verbose)
+        ns = argparse.Namespace(rest=argv[first + 1 :])
+        return _delegate(module, func)(ns)
+    args = parser.parse_args(argv)
+    _setup_logging(0 if args.quiet else args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

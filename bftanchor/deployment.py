@@ -1,0 +1,84 @@
+"""The deployment file: what every party agrees on before the first checkpoint.
+
+It names the PoW chain, the payload magic, the genesis coin and epoch 0's record,
+which is trusted from this file alone (later epochs are trusted by certificate).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bftanchor.epoch import EpochRecord
+from bftanchor.network import network
+from bftanchor.template import Coin, Outpoint
+
+
+class DeploymentError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain: str
+    magic: bytes
+    genesis: Coin
+    epoch0: EpochRecord
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "magic": self.magic.hex(),
+            "genesis": {
+                "txid": self.genesis.outpoint.txid,
+                "vout": self.genesis.outpoint.vout,
+                "value": self.genesis.value,
+            },
+            "epoch0": self.epoch0.to_json(),
+        }
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        try:
+            chain = str(data["chain"])
+            network(chain)
+            magic = bytes.fromhex(data["magic"])
+            if len(magic) != 4:
+                raise DeploymentError("magic must be 4 bytes (8 hex digits)")
+            g = data["genesis"]
+            epoch0 = EpochRecord.from_json(data["epoch0"])
+            genesis = Coin(
+                Outpoint(str(g["txid"]).lower(), int(g["vout"])), int(g["value"]), epoch0.epoch
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DeploymentError):
+                raise
+            raise DeploymentError(f"deployment file is malformed: {exc!r}") from exc
+        return cls(chain, magic, genesis, epoch0)
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise DeploymentError(f"cannot read deployment file {path}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise DeploymentError(f"deployment file {path} is not JSON: {exc}") from exc
+
+
+def load_epochs(path: Path) -> list[EpochRecord]:
+    """An epochs file: a JSON list of epoch records (or {"epochs": [...]})."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DeploymentError(f"cannot read epochs file {path}: {exc}") from exc
+    if isinstance(data, dict):
+        data = data.get("epochs")
+    if not isinstance(data, list):
+        raise DeploymentError(f"epochs file {path} must hold a list of epoch records")
+    return [EpochRecord.from_json(r) for r in data]

@@ -1,0 +1,140 @@
+"""The epoch's multisig: wsh(sortedmulti(k, K1..Kn)) from the record's keys.
+
+Each Ki is the record's BIP48 account xpub at /0/0, so every epoch has fresh keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from embit.ec import PublicKey
+from embit.psbt import DerivationPath
+from embit.script import Script, multisig, p2wsh
+
+from bftanchor.epoch import EpochRecord
+from bftanchor.errors import DescriptorError
+
+# Consensus caps CHECKMULTISIG at 20 keys; a larger script is unspendable forever.
+MAX_CHECKMULTISIG_KEYS = 20
+OP_CHECKMULTISIG = 0xAE
+
+
+def _script_number(n: int) -> bytes:
+    """A small number as a script push: OP_1..OP_16, else a one-byte minimal push."""
+    if 1 <= n <= 16:
+        return bytes([0x50 + n])
+    if 17 <= n <= 0x7F:
+        return bytes([1, n])
+    raise ValueError(f"{n} is out of range for a multisig count")
+KEY_TAIL = (0, 0)
+
+
+@dataclass(frozen=True)
+class MultisigKey:
+    validator_id: str
+    pubkey: PublicKey
+    fingerprint: bytes
+    path: tuple[int, ...]
+
+    @property
+    def derivation(self) -> DerivationPath:
+        return DerivationPath(self.fingerprint, list(self.path))
+
+
+@dataclass(frozen=True)
+class EpochMultisig:
+    """The script that locks the coin during one epoch."""
+
+    record: EpochRecord
+
+    def __post_init__(self) -> None:
+        if self.record.n > MAX_CHECKMULTISIG_KEYS:
+            raise DescriptorError(
+                f"epoch {self.record.epoch} has {self.record.n} keys; wsh(sortedmulti) allows at "
+                f"most {MAX_CHECKMULTISIG_KEYS} (consensus limit of CHECKMULTISIG)"
+            )
+        if not 1 <= self.record.threshold <= self.record.n:
+            raise DescriptorError(f"epoch {self.record.epoch}: threshold out of range")
+
+    @property
+    def epoch(self) -> int:
+        return self.record.epoch
+
+    @property
+    def threshold(self) -> int:
+        return self.record.threshold
+
+    @cached_property
+    def keys(self) -> tuple[MultisigKey, ...]:
+        """Keys in BIP67 (sorted) order, the order they appear in the script."""
+        out = []
+        for v in self.record.validators:
+            key = v.key
+            child = key.key.derive(list(KEY_TAIL))
+            out.append(
+                MultisigKey(
+                    validator_id=v.id,
+                    pubkey=child.key,
+                    fingerprint=key.origin.fingerprint,
+                    path=tuple(key.origin.derivation) + KEY_TAIL,
+                )
+            )
+        return tuple(sorted(out, key=lambda k: k.pubkey.sec()))
+
+    @cached_property
+    def witness_script(self) -> Script:
+        """<k> <K1>..<Kn> <n> OP_CHECKMULTISIG, numbers encoded as Bitcoin Core does.
+
+        embit's multisig() stops at 16 keys (OP_16); above that k and n are minimal
+        script-number pushes (0x01 0x11 for 17), which CHECKMULTISIG reads the same way.
+        """
+        keys = [k.pubkey for k in self.keys]
+        if self.record.n <= 16:
+            return multisig(self.threshold, keys)
+        data = _script_number(self.threshold)
+        for key in keys:
+            sec = key.sec()
+            data += bytes([len(sec)]) + sec
+        return Script(data + _script_number(len(keys)) + bytes([OP_CHECKMULTISIG]))
+
+    @cached_property
+    def script_pubkey(self) -> Script:
+        return p2wsh(self.witness_script)
+
+    def descriptor(self) -> str:
+        """Output descriptor with key origins, as wallets and devices import it."""
+        parts = ",".join(v.pow_key + "/0/0" for v in self.record.validators)
+        return f"wsh(sortedmulti({self.threshold},{parts}))"
+
+    def address(self, net: dict) -> str:
+        return self.script_pubkey.address(net)
+
+    def bip32_derivations(self) -> dict[PublicKey, DerivationPath]:
+        return {k.pubkey: k.derivation for k in self.keys}
+
+    def key_for(self, validator_id: str) -> MultisigKey:
+        for k in self.keys:
+            if k.validator_id == validator_id:
+                return k
+        raise KeyError(validator_id)
+
+
+_CACHE: dict[int, tuple[EpochRecord, EpochMultisig]] = {}
+_CACHE_MAX = 64
+
+
+def multisig_for(record: EpochRecord) -> EpochMultisig:
+    """The record's multisig, derived once per record object (keys cost pure-Python EC math).
+
+    Keyed by the object's id and holding the object itself, so an id is never reused
+    while its entry lives.
+    """
+    hit = _CACHE.get(id(record))
+    if hit is not None and hit[0] is record:
+        return hit[1]
+    ms = EpochMultisig(record)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[id(record)] = (record, ms)
+    return ms

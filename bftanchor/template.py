@@ -1,0 +1,233 @@
+"""The checkpoint transaction: build its PSBT, size it, verify and finalize signatures.
+
+Shape (DESIGN.md): nVersion 2, nLockTime 0, nSequence 0xfffffffd; input 0 the coin;
+output 0 the payload (value 0); output 1 the coin again; optional output 2 top-up change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from embit.ec import PublicKey, Signature
+from embit.psbt import PSBT
+from embit.script import Script, Witness
+from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
+
+from bftanchor.descriptor import EpochMultisig
+from bftanchor.errors import TemplateError
+from bftanchor.payload import Payload
+
+TX_VERSION = 2
+LOCKTIME = 0
+SEQUENCE = 0xFFFFFFFD  # replaceable (BIP125), no relative lock-time
+# A DER signature is at most 72 bytes plus the sighash byte; sizing for the worst
+# case means a fee rate we computed is never undershot by the final transaction.
+MAX_SIG_LEN = 73
+
+
+@dataclass(frozen=True)
+class Outpoint:
+    txid: str  # display (big-endian) hex, as RPC and explorers show it
+    vout: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+    @classmethod
+    def parse(cls, text: str) -> Outpoint:
+        try:
+            txid, vout = text.rsplit(":", 1)
+            if len(bytes.fromhex(txid)) != 32:
+                raise ValueError
+            return cls(txid.lower(), int(vout))
+        except ValueError:
+            raise ValueError(f"not an outpoint (TXID:VOUT): {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Coin:
+    """The checkpoint coin: where it is, what it holds, and which epoch locks it."""
+
+    outpoint: Outpoint
+    value: int
+    epoch: int
+
+
+P2WPKH_WITNESS = 108  # the witness of a fee-wallet top-up input, worst case
+DUST = 546  # below this, top-up change is left to the fee rather than made an output
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """Fee-wallet coins added to pay the fee when the checkpoint coin runs low.
+
+    The coin's output grows by `amount`; whatever else the inputs bring, less the fee,
+    returns to the fee wallet as `change_script` (output 2). The appliance never
+    signs these inputs; the fee wallet does.
+    """
+
+    inputs: tuple[tuple[Outpoint, TransactionOutput], ...]
+    amount: int
+    change_script: Script
+
+    @property
+    def value(self) -> int:
+        return sum(u.value for _, u in self.inputs)
+
+
+def build_checkpoint_tx(
+    coin: Coin, payload: Payload, dest: EpochMultisig, fee: int, topup: TopUp | None = None
+) -> Transaction:
+    if topup is not None:
+        return _build_topped_up(coin, payload, dest, fee, topup)
+    if fee < 0 or fee >= coin.value:
+        raise TemplateError(f"fee {fee} is not below the coin's value {coin.value}")
+    vin = [
+        TransactionInput(bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout, sequence=SEQUENCE)
+    ]
+    vout = [
+        TransactionOutput(0, Script(payload.script())),
+        TransactionOutput(coin.value - fee, dest.script_pubkey),
+    ]
+    return Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
+
+
+def _build_topped_up(
+    coin: Coin, payload: Payload, dest: EpochMultisig, fee: int, topup: TopUp
+) -> Transaction:
+    change = topup.value - topup.amount - fee
+    if topup.amount < 0 or change < 0:
+        raise TemplateError(
+            f"top-up of {topup.value} sat cannot add {topup.amount} to the coin and pay {fee}"
+        )
+    vin = [TransactionInput(bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout,
+                            sequence=SEQUENCE)]
+    vin += [TransactionInput(bytes.fromhex(op.txid), op.vout, sequence=SEQUENCE)
+            for op, _ in topup.inputs]
+    vout = [
+        TransactionOutput(0, Script(payload.script())),
+        TransactionOutput(coin.value + topup.amount, dest.script_pubkey),
+    ]
+    if change > DUST:
+        vout.append(TransactionOutput(change, topup.change_script))
+    return Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
+
+
+def build_checkpoint_psbt(
+    coin: Coin,
+    source: EpochMultisig,
+    payload: Payload,
+    dest: EpochMultisig,
+    fee: int,
+    prev_tx: Transaction | None = None,
+    topup: TopUp | None = None,
+) -> PSBT:
+    """PSBT with every key's derivation and the witness scripts, so devices find their key
+    and recognise output 1 as the (registered) multisig."""
+    if source.epoch != coin.epoch:
+        raise TemplateError(f"coin belongs to epoch {coin.epoch}, not {source.epoch}")
+    psbt = PSBT(build_checkpoint_tx(coin, payload, dest, fee, topup))
+    for i, (_, utxo) in enumerate(topup.inputs if topup else (), start=1):
+        psbt.inputs[i].witness_utxo = utxo
+    inp = psbt.inputs[0]
+    inp.witness_utxo = TransactionOutput(coin.value, source.script_pubkey)
+    if prev_tx is not None:
+        if prev_tx.txid().hex() != coin.outpoint.txid:
+            raise TemplateError("prev_tx is not the transaction that holds the coin")
+        inp.non_witness_utxo = prev_tx
+    inp.witness_script = source.witness_script
+    inp.bip32_derivations = source.bip32_derivations()
+    out = psbt.outputs[1]
+    out.witness_script = dest.witness_script
+    out.bip32_derivations = dest.bip32_derivations()
+    return psbt
+
+
+def estimate_vsize(tx: Transaction, multisig: EpochMultisig, extra_input_witness: int = 0) -> int:
+    """Virtual size of tx once input 0 carries k worst-case signatures.
+
+    extra_input_witness: witness bytes of any top-up inputs (e.g. 108 per P2WPKH).
+    """
+    stripped = Transaction(
+        tx.version,
+        [TransactionInput(i.txid, i.vout, sequence=i.sequence) for i in tx.vin],
+        tx.vout,
+        tx.locktime,
+    )
+    base = len(stripped.serialize())
+    ws = len(multisig.witness_script.data)
+    items = 2 + multisig.threshold
+    witness = _varint_len(items) + 1 + multisig.threshold * (1 + MAX_SIG_LEN)
+    witness += _varint_len(ws) + ws
+    witness += 2 + extra_input_witness + (len(tx.vin) - 1)  # marker+flag, empty stacks
+    return math.ceil((base * 4 + witness) / 4)
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 0xFD else 3 if n <= 0xFFFF else 5
+
+
+def fee_for(rate_sat_vb: float, tx: Transaction, multisig: EpochMultisig) -> int:
+    return math.ceil(rate_sat_vb * estimate_vsize(tx, multisig))
+
+
+def sighash(psbt: PSBT, index: int, multisig: EpochMultisig) -> bytes:
+    utxo = psbt.inputs[index].witness_utxo
+    if utxo is None:
+        raise TemplateError(f"input {index} has no witness_utxo")
+    return psbt.tx.sighash_segwit(index, multisig.witness_script, utxo.value, SIGHASH.ALL)
+
+
+def verify_partial_sig(
+    psbt: PSBT, index: int, multisig: EpochMultisig, pubkey: PublicKey, sig: bytes
+) -> None:
+    """Raise TemplateError unless sig is pubkey's SIGHASH_ALL signature of input `index`."""
+    if pubkey not in {k.pubkey for k in multisig.keys}:
+        raise TemplateError(f"signature by {pubkey.sec().hex()} who is not in the multisig")
+    if not sig or sig[-1] != SIGHASH.ALL:
+        raise TemplateError("signature is not SIGHASH_ALL")
+    try:
+        parsed = Signature.parse(sig[:-1])
+    except Exception as exc:
+        raise TemplateError(f"signature does not parse as DER: {exc}") from exc
+    if not pubkey.verify(parsed, sighash(psbt, index, multisig)):
+        raise TemplateError(f"signature by {pubkey.sec().hex()} does not verify")
+
+
+def finalize(psbt: PSBT, multisig: EpochMultisig) -> Transaction:
+    """Build the witness from the first k valid partial signatures in script order."""
+    inp = psbt.inputs[0]
+    sigs: list[bytes] = []
+    for key in multisig.keys:
+        sig = inp.partial_sigs.get(key.pubkey)
+        if sig is None:
+            continue
+        verify_partial_sig(psbt, 0, multisig, key.pubkey, sig)
+        sigs.append(sig)
+        if len(sigs) == multisig.threshold:
+            break
+    if len(sigs) < multisig.threshold:
+        raise TemplateError(
+            f"{len(sigs)} valid signature(s) on the coin input, {multisig.threshold} needed"
+        )
+    tx = Transaction.parse(psbt.tx.serialize())
+    tx.vin[0].witness = Witness([b""] + sigs + [multisig.witness_script.data])
+    for i in range(1, len(tx.vin)):
+        final = psbt.inputs[i].final_scriptwitness
+        if final is None:
+            raise TemplateError(f"top-up input {i} is not finalized")
+        tx.vin[i].witness = final
+    return tx
+
+
+def merge_signatures(base: PSBT, signed: PSBT) -> int:
+    """Copy partial signatures for input 0 from `signed` into `base`; return how many."""
+    if signed.tx.txid() != base.tx.txid():
+        raise TemplateError("signed PSBT is for a different transaction")
+    added = 0
+    for pub, sig in signed.inputs[0].partial_sigs.items():
+        if pub not in base.inputs[0].partial_sigs:
+            base.inputs[0].partial_sigs[pub] = sig
+            added += 1
+    return added
