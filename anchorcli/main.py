@@ -88,7 +88,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         report = audit_chain(
-            PowRpc(url), genesis, records, magic, args.handover_margin, args.from_height
+            PowRpc(url), genesis, records, magic, args.handover_margin + 1, args.from_height
         )
     except RpcError as exc:
         print(f"bft-anchor audit: {exc}", file=sys.stderr)

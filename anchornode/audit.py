@@ -59,7 +59,7 @@ def audit_chain(
     genesis: Outpoint,
     records: list[EpochRecord],
     magic: bytes,
-    handover_margin: int = 0,
+    window: int,
     from_height: int | None = None,
 ) -> AuditReport:
     report = AuditReport()
@@ -108,7 +108,7 @@ def audit_chain(
         last_height = spend.height
         if payload is not None:
             last = _check_payload(
-                report, where, payload, by_epoch[coin_epoch], last, handover, handover_margin
+                report, where, payload, by_epoch[coin_epoch], last, handover, window
             )
             report.checkpoints.append(
                 AuditedCheckpoint(
@@ -126,8 +126,8 @@ def audit_chain(
     coin = follower.outpoint
     reached = {c.epoch for c in report.checkpoints}
     for e in sorted(by_epoch):
-        if e > coin_epoch:
-            break
+        if e >= coin_epoch:
+            break  # the epoch that holds the coin now may not have one yet
         if e not in reached:
             report.violations.append(f"epoch {e} has no checkpoint")
     report.coin, report.coin_epoch = str(coin), coin_epoch
@@ -141,7 +141,7 @@ def _check_payload(
     rec: EpochRecord,
     last: tuple[int, int] | None,
     handover: bool,
-    margin: int,
+    window: int,
 ) -> tuple[int, int]:
     if payload.epoch != rec.epoch:
         report.violations.append(
@@ -158,10 +158,17 @@ def _check_payload(
             f"{where}: epoch {key[0]} round {key[1]} does not increase on "
             f"epoch {last[0]} round {last[1]}"
         )
-    if handover and payload.round > rec.end_round - margin:
+    first = rec.end_round - window + 1
+    inside = first <= payload.round <= rec.end_round
+    if handover and not inside:
         report.violations.append(
-            f"{where}: handover at round {payload.round}, after epoch {rec.epoch}'s "
-            f"deadline {rec.end_round - margin}"
+            f"{where}: handover at round {payload.round}, outside epoch {rec.epoch}'s "
+            f"handover window {first}..{rec.end_round}"
+        )
+    if not handover and inside:
+        report.violations.append(
+            f"{where}: a regular checkpoint at round {payload.round}, inside epoch "
+            f"{rec.epoch}'s handover window {first}..{rec.end_round}"
         )
     return key
 

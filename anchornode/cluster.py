@@ -47,7 +47,7 @@ class ClusterOptions:
     round_interval: float = 0.25
     block_interval: float = 1.0
     interval_blocks: int = 2
-    handover_margin: int = 10
+    handover_margin: int = 10  # the deployment's handover_window is handover_margin + 1
     stuck_after: int = 2
     initiator_timeout: float = 6.0
     fee_min_rate: float = 2.0
@@ -147,7 +147,9 @@ class Cluster:
         )
         miner.mine(1)
         self.genesis = Coin(Outpoint(txid, vout), to_sat(info["vout"][vout]["value"]), 0)
-        self.deployment = Deployment(miner.chain, b"BFTA", self.genesis, rec0)
+        self.deployment = Deployment(
+            miner.chain, b"BFTA", self.genesis, rec0, o.handover_margin + 1
+        )
         self.deployment.save(self.root / "deployment.json")
         self.writer = DirectoryWriter(self.root / "bft")
         self.writer.publish_record(rec0)
@@ -188,7 +190,7 @@ class Cluster:
             f'listen = "127.0.0.1:{m.port}"\nmetrics = "127.0.0.1:{m.metrics_port}"\n'
             f'[appliance]\nlink = "LINK"\n{peers}\n[pow]\nnodes = [{nodes}]\n'
             f"[schedule]\ninterval_blocks = {o.interval_blocks}\n"
-            f"handover_margin = {o.handover_margin}\nstuck_after = {o.stuck_after}\n"
+            f"stuck_after = {o.stuck_after}\n"
             f"initiator_timeout = {o.initiator_timeout}\npoll_interval = 0.25\n"
             f"[fees]\nmin_rate = {o.fee_min_rate}\nladder = {o.ladder}\n"
             f"ladder_factor = {o.ladder_factor}\n"
@@ -331,7 +333,7 @@ class Cluster:
             self.genesis.outpoint,
             [self.records[e] for e in sorted(self.records)],
             b"BFTA",
-            self.opts.handover_margin if margin is None else margin,
+            (self.opts.handover_margin if margin is None else margin) + 1,
         )
 
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:

@@ -37,7 +37,7 @@ nodes = [{ url = "http://127.0.0.1:19443", cookie = "/var/lib/litecoin/regtest/.
 
 [schedule]
 interval_blocks = 2
-handover_margin = 5
+# The handover window is the deployment file's handover_window, not a node setting.
 stuck_after = 2
 initiator_timeout = 10.0
 poll_interval = 0.5
@@ -137,12 +137,16 @@ class NodeConfig:
             if not pow_nodes:
                 raise NodeConfigError(f"node config {path}: [pow] nodes is empty")
             s = data.get("schedule", {})
+            if "handover_margin" in s:
+                raise NodeConfigError(
+                    f"node config {path}: [schedule] handover_margin is gone: the handover "
+                    "window is the deployment file's handover_window"
+                )
             schedule = ScheduleConfig(
                 interval_blocks=int(s.get("interval_blocks", 2)),
                 interval_seconds=(
                     float(s["interval_seconds"]) if "interval_seconds" in s else None
                 ),
-                handover_margin=int(s.get("handover_margin", 5)),
                 stuck_after=int(s.get("stuck_after", 2)),
                 initiator_timeout=float(s.get("initiator_timeout", 10.0)),
             )

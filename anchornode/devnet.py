@@ -46,7 +46,7 @@ class DevnetOptions:
     epochs: int = 3
     rounds_per_epoch: int = 20
     interval: int = 5
-    handover_margin: int = 3
+    handover_margin: int = 3  # hand over this many rounds before the end: W = margin + 1
     datadir: Path | None = None
     magic: bytes = b"BFTA"
     genesis_value: int = 100_000_000
@@ -207,7 +207,9 @@ def _run(
     value = to_sat(gtx["vout"][vout]["value"])
     node.mine(1)
     genesis = Coin(Outpoint(gtxid, vout), value, 0)
-    deployment = Deployment(chain_name, opts.magic, genesis, rec0)
+    deployment = Deployment(
+        chain_name, opts.magic, genesis, rec0, opts.handover_margin + 1
+    )
     deployment.save(root / "deployment.json")
     log.info(
         "genesis coin %s (%d sat) locked by epoch 0's %d-of-%d multisig %s",
@@ -306,7 +308,7 @@ def _run(
             genesis.outpoint,
             [records[e] for e in sorted(records)],
             opts.magic,
-            handover_margin=opts.handover_margin,
+            window=opts.handover_margin + 1,
         )
         # The report lists the chain as the audit found it; the run's own view must agree.
         if [c.txid for c in report.checkpoints] != [c["txid"] for c in checkpoints]:

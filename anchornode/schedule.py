@@ -1,8 +1,10 @@
 """When a checkpoint is due: a pure function of what the node sees.
 
-At most one checkpoint per PoW block (only a confirmed coin is spent), at least one
-per epoch, the handover `handover_margin` rounds before the epoch's end, and in
-between every `interval_blocks` blocks (or `interval_seconds`).
+At most one checkpoint per PoW block (only a confirmed coin is spent; the coin input's
+BIP68 one-block lock makes consensus enforce it), at least one per epoch, the handover
+at the first QC inside the deployment's handover window (end_round - W < r <=
+end_round, where no regular checkpoint may fall), and in between every
+`interval_blocks` blocks (or `interval_seconds`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 class ScheduleConfig:
     interval_blocks: int = 2
     interval_seconds: float | None = None
-    handover_margin: int = 5
     stuck_after: int = 2
     initiator_timeout: float = 10.0
 
@@ -44,20 +45,26 @@ def due(
     end_round: int,
     next_record_held: bool,
     now: float,
+    window: int,
 ) -> Due | None:
-    """A checkpoint that should be made now, or None."""
+    """A checkpoint that should be made now, or None. `window` is the deployment's
+    handover_window W."""
     if not chain.coin_confirmed:
         return None  # one per block: never spend an unconfirmed coin
     if qc_epoch != chain.coin_epoch:
         return None  # the coin has moved on, or the QC belongs to another epoch
     if chain.last_round is not None and (qc_epoch, qc_round) <= chain.last_round:
         return None  # nothing newer to anchor
-    if next_record_held and qc_round >= end_round - cfg.handover_margin:
+    if end_round - window < qc_round <= end_round:
+        if not next_record_held:
+            return None  # inside the window only a handover may be made: wait for the record
         return Due(
             True,
-            f"handover: round {qc_round} is within {cfg.handover_margin} of "
-            f"epoch {qc_epoch}'s end {end_round}",
+            f"handover: round {qc_round} is in epoch {qc_epoch}'s handover window "
+            f"{end_round - window + 1}..{end_round}",
         )
+    if qc_round > end_round:
+        return None  # a QC past its epoch's end is not one to anchor
     if not chain.epoch_has_checkpoint:
         return Due(False, f"epoch {qc_epoch} has no checkpoint yet")
     if chain.last_checkpoint_height is None:

@@ -262,6 +262,7 @@ class NodeService:
             record.end_round,
             coin.epoch + 1 in self.records,
             now,
+            self.deployment.handover_window,
         )
         if d is None:
             return
@@ -283,9 +284,8 @@ class NodeService:
             return
         self.proposed.add((seq, attempt))
         if d.handover:
-            # The handover carries the newest QC at or before the deadline, not a later one.
-            deadline = record.end_round - self.cfg.schedule.handover_margin
-            qc = self.source.latest(epoch=coin.epoch, max_round=deadline) or qc
+            # The handover carries a QC of the window, never one past the epoch's end.
+            qc = self.source.latest(epoch=coin.epoch, max_round=record.end_round) or qc
         log.info(
             "checkpoint %d due (%s); initiating attempt %d with epoch %d round %d",
             seq,

@@ -37,6 +37,7 @@ MAGIC = b"BFTA"
 CHAIN = "litecoin-regtest"
 # Large enough that no benchmark ever reaches the end of epoch 0.
 ROUNDS_PER_EPOCH = 1_000_000_000
+WINDOW = 10  # the deployment's handover_window
 FEE_RATE = 2.0  # sat/vB, the devnet's default floor
 
 
@@ -109,7 +110,7 @@ class BenchFleet:
     @property
     def deployment(self) -> Deployment:
         assert self.genesis is not None, "fund() or fake_genesis() first"
-        return Deployment(self.chain, MAGIC, self.genesis, self.record)
+        return Deployment(self.chain, MAGIC, self.genesis, self.record, WINDOW)
 
     # --- appliances and requests -------------------------------------------------------
 

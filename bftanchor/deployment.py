@@ -1,7 +1,9 @@
 """The deployment file: what every party agrees on before the first checkpoint.
 
-It names the PoW chain, the payload magic, the genesis coin and epoch 0's record,
-which is trusted from this file alone (later epochs are trusted by certificate).
+It names the PoW chain, the payload magic, the genesis coin, epoch 0's record,
+which is trusted from this file alone (later epochs are trusted by certificate), and
+the handover window: the last W rounds of every epoch, the only rounds a handover may
+carry and rounds no regular checkpoint may carry (end_round - W < r <= end_round).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class Deployment:
     magic: bytes
     genesis: Coin
     epoch0: EpochRecord
+    handover_window: int
+
+    def __post_init__(self) -> None:
+        check_window(self.handover_window, self.epoch0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +43,7 @@ class Deployment:
                 "value": self.genesis.value,
             },
             "epoch0": self.epoch0.to_json(),
+            "handover_window": self.handover_window,
         }
 
     def save(self, path: Path) -> None:
@@ -44,6 +51,18 @@ class Deployment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
+        if not isinstance(data, dict):
+            raise DeploymentError("deployment file must hold a JSON object")
+        if "handover_window" not in data:
+            raise DeploymentError(
+                'deployment file has no "handover_window" (the last W rounds of an epoch '
+                "in which the handover falls); add it, e.g. \"handover_window\": 10"
+            )
+        window = data["handover_window"]
+        if not isinstance(window, int) or isinstance(window, bool):
+            raise DeploymentError(
+                f'deployment file: "handover_window" must be an integer, not {window!r}'
+            )
         try:
             chain = str(data["chain"])
             network(chain)
@@ -59,16 +78,34 @@ class Deployment:
             if isinstance(exc, DeploymentError):
                 raise
             raise DeploymentError(f"deployment file is malformed: {exc!r}") from exc
-        return cls(chain, magic, genesis, epoch0)
+        return cls(chain, magic, genesis, epoch0, window)
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
+        except DeploymentError as exc:
+            raise DeploymentError(f"{path}: {exc}") from exc
         except OSError as exc:
             raise DeploymentError(f"cannot read deployment file {path}: {exc}") from exc
         except json.JSONDecodeError as exc:
             raise DeploymentError(f"deployment file {path} is not JSON: {exc}") from exc
+
+
+def check_window(window: int, record: EpochRecord) -> None:
+    """W >= 1 (a handover needs a round to fall in) and W < the epoch's length (a regular
+    checkpoint needs rounds outside the window, so "at least one per epoch" can hold)."""
+    length = record.end_round - record.start_round + 1
+    if window < 1 or window >= length:
+        raise DeploymentError(
+            f'"handover_window" {window} must be at least 1 and less than epoch '
+            f"{record.epoch}'s length of {length} rounds"
+        )
+
+
+def in_window(round_: int, record: EpochRecord, window: int) -> bool:
+    """True for the rounds a handover must carry: end_round - W < round <= end_round."""
+    return record.end_round - window < round_ <= record.end_round
 
 
 def load_epochs(path: Path) -> list[EpochRecord]:

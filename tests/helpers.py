@@ -51,6 +51,7 @@ class Fleet:
         limits: Limits | None = None,
         value: int = 10_000_000,
         tag: str = "",
+        window: int = 10,
     ) -> None:
         self.node = node
         self.tmp = tmp
@@ -74,7 +75,7 @@ class Fleet:
         node.mine(1)
         self.genesis = Coin(Outpoint(txid, vout), to_sat(info["vout"][vout]["value"]), 0)
         self.coin = self.genesis
-        self.deployment = Deployment(node.chain, MAGIC, self.genesis, self.records[0])
+        self.deployment = Deployment(node.chain, MAGIC, self.genesis, self.records[0], window)
         self.limits = limits or Limits()
         self.appliances = {vid: self.open_appliance(vid) for vid in self.signers}
 

@@ -604,7 +604,7 @@ def test_appliance_init_writes_a_working_directory(tmp_path):
     record = SimulatedBFTChain.create(4, 50).make_record(0, keys)  # validators v0..v3
     assert record.validators[0].origin_path[1] - HARDENED == 1
     genesis = Coin(Outpoint("ab" * 32, 1), 5_000_000, 0)
-    Deployment("litecoin-regtest", MAGIC, genesis, record).save(d / "deployment.json")
+    Deployment("litecoin-regtest", MAGIC, genesis, record, 10).save(d / "deployment.json")
     ok = status()
     assert ok.returncode == 0, ok.stderr
     st = json.loads(ok.stdout)

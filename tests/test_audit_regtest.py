@@ -7,15 +7,18 @@ from helpers import MAGIC, Fleet
 
 from anchornode.audit import audit_chain
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def fleet(regtest, tmp_path, request):
     return Fleet(regtest, tmp_path, tag=request.node.name)
 
 
-def audit(fleet, margin: int = 0):
+def audit(fleet, window: int | None = None):
     return audit_chain(
-        fleet.node.rpc, fleet.genesis.outpoint, list(fleet.records.values()), MAGIC, margin
+        fleet.node.rpc, fleet.genesis.outpoint, list(fleet.records.values()), MAGIC,
+        fleet.deployment.handover_window if window is None else window,
     )
 
 
@@ -37,9 +40,11 @@ def test_two_checkpoints_in_one_block(fleet):
     assert any("a second checkpoint in block" in v for v in report.violations)
 
 
-def test_epoch_without_checkpoint_and_late_handover(fleet):
+def test_early_handover(fleet):
     fleet.checkpoint(fleet.qc(98), handover=True)
     fleet.node.mine(1)
-    report = audit(fleet, margin=5)
-    assert "epoch 1 has no checkpoint" in report.violations
-    assert any("handover at round 98, after epoch 0's deadline 94" in v for v in report.violations)
+    report = audit(fleet, window=5)
+    assert report.ok, report.violations  # 94 < 98 <= 99
+    report = audit(fleet, window=1)
+    assert any("handover at round 98, outside epoch 0's handover window 99..99" in v
+               for v in report.violations)

@@ -104,7 +104,7 @@ def test_unregistered_multisig_is_shown_as_external_otherwise(world):
 
 def test_refusal_on_device_reaches_caller_and_journal_signs_nothing(world, tmp_path):
     sim, emu, hwi, signers, rec, ms, coin = world(confirm="refuse")
-    dep = Deployment("litecoin-regtest", b"BFTA", coin, rec)
+    dep = Deployment("litecoin-regtest", b"BFTA", coin, rec, 10)
     app = Appliance(dep, Journal(tmp_path / "j.sqlite", coin), hwi, Limits())
     qc, psbt = checkpoint_psbt(sim, ms, coin)
     out = app.handle_sign(psbt.to_string(), qc.to_json(), [rec.to_json()])
