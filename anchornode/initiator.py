@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from anchornode.pow.rpc import PowRpc, RpcError
+from anchornode.delivery import CheckpointFailed, deliver  # noqa: F401 (re-exported)
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.payload import Payload
@@ -24,10 +24,6 @@ from bftanchor.template import (
 )
 
 log = logging.getLogger("bft_anchor.node")
-
-
-class CheckpointFailed(Exception):
-    pass
 
 
 class SigningPeer(Protocol):
@@ -114,24 +110,3 @@ def collect(proposal: Proposal, peers: list[SigningPeer]) -> tuple[PSBT, list[st
 
 def assemble(proposal: Proposal, psbt: PSBT) -> Transaction:
     return finalize(psbt, proposal.source)
-
-
-def deliver(tx: Transaction, nodes: list[PowRpc]) -> list[str]:
-    """Send to every node; 'already known' counts as delivered. Returns the nodes reached."""
-    raw = tx.serialize().hex()
-    reached, errors = [], []
-    for rpc in nodes:
-        try:
-            rpc.sendrawtransaction(raw)
-            reached.append(repr(rpc))
-        except RpcError as exc:
-            text = str(exc).lower()
-            if "already" in text or "txn-already-known" in text or exc.code == -27:
-                reached.append(repr(rpc))
-            else:
-                errors.append(f"{rpc!r}: {exc}")
-    if not reached:
-        raise CheckpointFailed("no PoW node accepted the transaction: " + "; ".join(errors))
-    for e in errors:
-        log.warning("delivery failed at %s", e)
-    return reached

@@ -1,3 +1,4 @@
+from anchornode.ladder import fee_ladder
 from anchornode.schedule import (
     ChainState,
     ScheduleConfig,
@@ -5,7 +6,6 @@ from anchornode.schedule import (
     due,
     initiator_index,
 )
-from anchornode.service import fee_ladder
 
 CFG = ScheduleConfig(interval_blocks=3, initiator_timeout=10)
 W = 6  # the handover window: rounds 94..99 of an epoch ending at 99

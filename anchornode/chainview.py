@@ -1,0 +1,197 @@
+"""What one node sees: the coin on the PoW chain and the certified epoch records.
+
+The view follows the coin's spends on the first PoW node that answers, keeps the
+records the QC source offers once each is certified by its predecessor, and
+derives the schedule's ChainState from both. Everything that changes it runs
+under `lock`, shared with the peer responder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from anchornode.metrics import Metrics
+from anchornode.pow.follow import CoinFollower, Spend, confirmed_height
+from anchornode.pow.rpc import PowRpc, RpcError
+from anchornode.qcsource import QCSource
+from anchornode.schedule import ChainState
+from appliance.lineage import quorum_signers
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import multisig_for
+from bftanchor.epoch import EpochRecord, verify_certificate
+from bftanchor.errors import CheckpointError
+from bftanchor.payload import Payload
+from bftanchor.template import Coin, Outpoint
+
+log = logging.getLogger("bft_anchor.node")
+
+
+class ChainView:
+    def __init__(
+        self,
+        deployment: Deployment,
+        rpcs: list[PowRpc],
+        source: QCSource,
+        metrics: Metrics,
+    ) -> None:
+        self.deployment = deployment
+        self.rpcs = rpcs
+        self.source = source
+        self.metrics = metrics
+        self.records: dict[int, EpochRecord] = {deployment.epoch0.epoch: deployment.epoch0}
+        self.lock = threading.RLock()
+        self.follower: CoinFollower | None = None
+        self.coin = deployment.genesis
+        self.epochs_with_checkpoint: set[int] = set()
+        self.last_checkpoint: tuple[int, float] | None = None
+        self.last_round: tuple[int, int] | None = None
+        # Called with the outpoint a confirmed checkpoint spent (the ladder store forgets it).
+        self.on_spent: list[Callable[[Outpoint], None]] = []
+
+    # --- reading the PoW nodes ---------------------------------------------------------
+
+    def read(self, method: str, *args: Any) -> Any:
+        """A read from the first PoW node that answers."""
+        errors = []
+        for rpc in self.rpcs:
+            try:
+                return rpc.call(method, *args)
+            except RpcError as exc:
+                if exc.code is not None:  # the node answered: a real error
+                    raise
+                errors.append(str(exc))
+        raise RpcError("no PoW node answered: " + "; ".join(errors))
+
+    def reader(self) -> PowRpc:
+        for rpc in self.rpcs:
+            try:
+                rpc.getblockcount()
+                return rpc
+            except RpcError:
+                continue
+        raise RpcError("no PoW node answered")
+
+    def tip(self) -> int:
+        return int(self.read("getblockcount"))
+
+    # --- the coin ----------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """How many checkpoints have confirmed: the sequence number of the next one."""
+        return len(self.follower.spends) if self.follower else 0
+
+    @property
+    def spends(self) -> list[Spend]:
+        return list(self.follower.spends) if self.follower else []
+
+    def poll(self) -> None:
+        """Catch up with the PoW chain (rebuilding the view after a reorganisation)."""
+        rpc = self.reader()
+        if self.follower is None or self.follower.rpc is not rpc:
+            start = confirmed_height(rpc, self.deployment.genesis.outpoint.txid)
+            if start is None:
+                return
+            self.follower = CoinFollower(rpc, self.deployment.genesis.outpoint, start)
+            self.coin = self.deployment.genesis
+            self.epochs_with_checkpoint.clear()
+        before = len(self.follower.spends)
+        new = self.follower.poll()
+        if len(self.follower.spends) < before + len(new):  # reorganised: rebuild the view
+            self.coin = self.deployment.genesis
+            self.epochs_with_checkpoint.clear()
+            new = list(self.follower.spends)
+        for spend in new:
+            self._on_confirmed(spend)
+
+    def _on_confirmed(self, spend: Spend) -> None:
+        coin = self.coin
+        ms = multisig_for(self.records[coin.epoch])
+        dest_epoch = coin.epoch
+        nxt = self.records.get(coin.epoch + 1)
+        if nxt is not None and multisig_for(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
+            dest_epoch = coin.epoch + 1
+        try:
+            payload = Payload.from_script(
+                spend.tx.vout[0].script_pubkey.data, self.deployment.magic
+            )
+            self.epochs_with_checkpoint.add(payload.epoch)
+            self.last_round = (payload.epoch, payload.round)
+            what = f"epoch {payload.epoch} round {payload.round}"
+        except CheckpointError:
+            what = "unreadable payload"
+        key_ids = {k.pubkey: k.validator_id for k in ms.keys}
+        signers = [key_ids[p] for p in quorum_signers(spend.tx, coin, ms)]
+        self.coin = Coin(Outpoint(spend.txid, 1), spend.tx.vout[1].value, dest_epoch)
+        self.last_checkpoint = (spend.height, float(spend.block_time))
+        self.metrics.confirmed(spend.height, time.time(), spend.txid, signers)
+        for hook in self.on_spent:
+            hook(spend.spent)
+        log.info(
+            "confirmed: %s txid %s at height %d, signed by %s%s",
+            what,
+            spend.txid,
+            spend.height,
+            ",".join(signers),
+            f" (handover to epoch {dest_epoch})" if dest_epoch != coin.epoch else "",
+        )
+
+    def coin_spent_in_mempool(self) -> bool:
+        op = self.coin.outpoint
+        try:
+            return self.read("gettxout", op.txid, op.vout, True) is None
+        except RpcError:
+            return False
+
+    def chain_state(self, tip: int) -> ChainState:
+        """What the schedule needs to know about the chain (the coin is confirmed)."""
+        last_h = self.last_checkpoint[0] if self.last_checkpoint else None
+        last_t = self.last_checkpoint[1] if self.last_checkpoint else None
+        return ChainState(
+            tip,
+            self.coin.epoch,
+            True,
+            last_h,
+            last_t,
+            self.coin.epoch in self.epochs_with_checkpoint,
+        )
+
+    # --- the epoch records -------------------------------------------------------------
+
+    def refresh_records(self) -> None:
+        """Hold every record the QC source offers that its predecessor certifies."""
+        try:
+            offered = sorted(self.source.records(), key=lambda r: r.epoch)
+        except Exception as exc:  # the BFT node being down must not stop the loop
+            log.warning("cannot read epoch records from the QC source: %s", exc)
+            return
+        for r in offered:
+            if r.epoch in self.records or r.epoch - 1 not in self.records:
+                continue
+            try:
+                verify_certificate(r, self.records[r.epoch - 1])
+            except CheckpointError as exc:
+                log.warning("epoch %d record from the QC source is not certified: %s", r.epoch, exc)
+                continue
+            with self.lock:
+                self.records[r.epoch] = r
+            log.info("holding certified record for epoch %d", r.epoch)
+
+    # --- status ------------------------------------------------------------------------
+
+    def status(self, me: str) -> dict[str, Any]:
+        """The node's /status document."""
+        with self.lock:
+            return {
+                "validator": me,
+                "coin": str(self.coin.outpoint),
+                "coin_epoch": self.coin.epoch,
+                "coin_value": self.coin.value,
+                "checkpoints": self.seq,
+                "last_checkpoint_height": self.last_checkpoint[0] if self.last_checkpoint else None,
+                "epochs_held": sorted(self.records),
+            }

@@ -1,0 +1,223 @@
+"""The initiator's signing round: propose a fee ladder, collect k signatures, deliver.
+
+The initiator signs on its own appliance first, asks every peer in parallel and
+stops as soon as k valid signatures are in (a slow or silent peer catches up later
+from the lineage the next proposal carries). Each returned signature is checked
+against the epoch's key before it is kept; then every rung is finalized, the lowest
+is delivered to every PoW node and the whole ladder is announced to the peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any
+
+from embit.psbt import PSBT
+from embit.transaction import Transaction
+
+from anchornode.appliance_client import ApplianceClient
+from anchornode.chainview import ChainView
+from anchornode.config import NodeConfig, PeerConfig
+from anchornode.delivery import CheckpointFailed, deliver
+from anchornode.feewallet import FeeWalletError, sign_topups
+from anchornode.ladder import Ladder, build_ladder, fee_wallet
+from anchornode.metrics import Metrics
+from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
+from bftanchor.descriptor import multisig_for
+from bftanchor.errors import CheckpointError
+from bftanchor.qc import QC
+from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
+
+log = logging.getLogger("bft_anchor.node")
+
+LINEAGE_MAX = 32
+
+# How a sealed message reaches a peer and its answer comes back (TCP by default).
+PeerSend = Callable[[PeerConfig, bytes, float], bytes]
+
+
+def tcp_send(peer: PeerConfig, data: bytes, timeout: float) -> bytes:
+    return exchange(peer.host, peer.port, data, timeout)
+
+
+def sign_locally(
+    appliance: ApplianceClient, metrics: Metrics, body: dict[str, Any]
+) -> list[str]:
+    """The own appliance's signatures on every rung it accepts, lowest first."""
+    out = []
+    for b64 in body["psbts"]:
+        reply = appliance.sign(b64, body["qc"], body["records"], body["lineage"])
+        if not reply.get("signed"):
+            reasons = reply.get("reasons") or ["refused"]
+            for r in reasons:
+                metrics.refusal(r)
+            log.warning("own appliance refused: %s", "; ".join(reasons))
+            break
+        out.append(reply["psbt"])
+    return out
+
+
+class SigningRound:
+    """Runs rounds for one node as initiator; holds what they share."""
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        secret: bytes,
+        view: ChainView,
+        appliance: ApplianceClient,
+        metrics: Metrics,
+        auth: Authenticator,
+        ladders: dict[Outpoint, Ladder],
+        pool: ThreadPoolExecutor,
+        send: PeerSend = tcp_send,
+    ) -> None:
+        self.cfg = cfg
+        self.me = cfg.validator_id
+        self.secret = secret
+        self.view = view
+        self.appliance = appliance
+        self.metrics = metrics
+        self.auth = auth
+        self.ladders = ladders
+        self.pool = pool
+        self.send = send
+
+    def run(self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool) -> str:
+        """One attempt at checkpoint `seq`; the txid delivered, or CheckpointFailed."""
+        t0 = time.monotonic()
+        view, cfg = self.view, self.cfg
+        psbts = build_ladder(
+            cfg, view.records, view.deployment.magic, view.rpcs, coin, qc, handover
+        )
+        source = multisig_for(view.records[coin.epoch])
+        recs = [
+            view.records[e].to_json()
+            for e in sorted({coin.epoch, coin.epoch + 1})
+            if e in view.records
+        ]
+        lineage = [s.raw for s in view.spends][-LINEAGE_MAX:]
+        body = {
+            "seq": seq,
+            "attempt": attempt,
+            "psbts": [p.to_string() for p in psbts],
+            "qc": qc.to_json(),
+            "records": recs,
+            "lineage": lineage,
+        }
+        collected = [PSBT.parse(p.serialize()) for p in psbts]
+        signed_by: list[str] = []
+        keys = {k.validator_id: k.pubkey for k in source.keys}
+
+        def take(vid: str, signed: list[str]) -> None:
+            if vid in signed_by or not signed:
+                return
+            got = 0
+            for i, b64 in enumerate(signed[: len(collected)]):
+                try:
+                    theirs = PSBT.from_string(b64)
+                    if theirs.tx.txid() != collected[i].tx.txid():
+                        raise CheckpointFailed("a different transaction")
+                    sig = theirs.inputs[0].partial_sigs[keys[vid]]
+                    verify_partial_sig(collected[i], 0, source, keys[vid], sig)
+                except Exception as exc:
+                    log.warning(
+                        "validator %s returned a bad signature for rung %d: %s", vid, i, exc
+                    )
+                    self.metrics.refusal("bad signature")
+                    return
+                collected[i].inputs[0].partial_sigs[keys[vid]] = sig
+                got += 1
+            if got:
+                signed_by.append(vid)
+
+        take(self.me, sign_locally(self.appliance, self.metrics, body))
+        deadline = t0 + cfg.schedule.initiator_timeout * 0.8
+        k = source.threshold
+        pending = {self.pool.submit(self.ask_peer, p, body, deadline): p for p in cfg.peers}
+        # Stop as soon as k have signed: a slow or silent peer must not delay the round
+        # (it catches up later from the lineage the next proposal carries).
+        while pending and len(signed_by) < k:
+            done, _ = wait(
+                pending, timeout=max(0.05, deadline - time.monotonic()), return_when=FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for fut in done:
+                peer = pending.pop(fut)
+                try:
+                    reply = fut.result()
+                except Exception as exc:
+                    log.warning("peer %s: no answer: %s", peer.id, exc)
+                    continue
+                if reply is not None:
+                    take(peer.id, reply)
+        if len(signed_by) < k:
+            raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")
+        rungs, fees = [], []
+        wallet = fee_wallet(cfg, view.rpcs) if len(collected[0].inputs) > 1 else None
+        for p in collected:
+            try:
+                tx = finalize(sign_topups(wallet, p) if wallet else p, source)
+            except (CheckpointError, FeeWalletError) as exc:
+                if not rungs:
+                    raise CheckpointFailed(f"cannot finalize: {exc}") from exc
+                break
+            rungs.append(tx.serialize().hex())
+            fees.append(
+                sum(u.value for u in (i.witness_utxo for i in p.inputs))
+                - sum(o.value for o in tx.vout)
+            )
+        self.metrics.latency(time.monotonic() - t0)
+        tx = Transaction.from_string(rungs[0])
+        reached = deliver(tx, view.rpcs)
+        txid = tx.txid().hex()
+        tip = view.tip()
+        self.ladders[coin.outpoint] = Ladder(coin.outpoint, rungs, fees, 0, tip)
+        self.metrics.inc("checkpoints_made")
+        log.info(
+            "broadcast: epoch %d round %d txid %s fee %d to %d node(s), signed by %s "
+            "(%d fee levels held)",
+            qc.epoch,
+            qc.round,
+            txid,
+            fees[0],
+            len(reached),
+            ",".join(signed_by),
+            len(rungs),
+        )
+        announce = {"seq": seq, "txid": txid, "rungs": rungs, "fees": fees, "index": 0}
+        for p in cfg.peers:
+            self.pool.submit(self.announce, p, announce)
+        return txid
+
+    def ask_peer(self, peer: PeerConfig, body: dict[str, Any], deadline: float) -> list[str] | None:
+        """A peer's signed PSBTs, or None when it refused or did not answer."""
+        epoch = min(int(e["epoch"]) for e in body["records"])
+        data = seal("propose", self.me, epoch, body, self.secret)
+        timeout = max(0.5, deadline - time.monotonic())
+        try:
+            msg = self.auth.open(self.send(peer, data, timeout))
+        except PeerError as exc:
+            log.warning("peer %s: %s", peer.id, exc)
+            return None
+        if msg.sender != peer.id:
+            log.warning("peer %s answered as %s: dropped", peer.id, msg.sender)
+            return None
+        if msg.type == "signatures":
+            return list(msg.body.get("psbts") or [])
+        reasons = msg.body.get("reasons") or [msg.type]
+        for r in reasons:
+            self.metrics.refusal(str(r))
+        log.warning("validator %s refused: %s", peer.id, "; ".join(map(str, reasons)))
+        return None
+
+    def announce(self, peer: PeerConfig, body: dict[str, Any]) -> None:
+        try:
+            epoch = self.view.coin.epoch
+            self.send(peer, seal("broadcast", self.me, epoch, body, self.secret), 5.0)
+        except PeerError as exc:
+            log.info("announce to %s failed: %s", peer.id, exc)

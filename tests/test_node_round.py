@@ -1,0 +1,298 @@
+"""The node's signing round and peer precheck, in one process, without a PoW node.
+
+Four NodeServices talk through LocalNet (sealed, authenticated messages; no
+sockets) and read an in-memory FakeChain; each signs on a real in-process
+appliance (policy, journal, software signer). What the round produces is checked
+with the same script code the audit uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from embit.psbt import PSBT
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
+from fakechain import FakeChain
+
+from anchornode.appliance_client import InProcessAppliance
+from anchornode.bftsim import SimulatedBFTChain
+from anchornode.config import NodeConfig, PeerConfig
+from anchornode.delivery import CheckpointFailed
+from anchornode.fees import FeePolicy
+from anchornode.ladder import build_ladder
+from anchornode.localnet import LocalNet
+from anchornode.peer_protocol import Message
+from anchornode.schedule import ScheduleConfig
+from anchornode.service import NodeService
+from appliance.journal import Journal
+from appliance.lineage import quorum_signers
+from appliance.policy import Limits
+from appliance.signers.software import SoftwareSigner
+from appliance.signing import Appliance
+from bftanchor.deployment import Deployment
+from bftanchor.descriptor import multisig_for
+from bftanchor.epoch import EpochRecord
+from bftanchor.qc import QC
+from bftanchor.template import Coin, Outpoint
+
+N = 4
+ROUNDS = 100
+
+
+class StaticSource:
+    """A QC source over the simulated chain's QCs and records."""
+
+    def __init__(self, records: list[EpochRecord]) -> None:
+        self.qcs: list[QC] = []
+        self._records = records
+
+    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
+        ok = [
+            q
+            for q in self.qcs
+            if (epoch is None or q.epoch == epoch) and (max_round is None or q.round <= max_round)
+        ]
+        return max(ok, key=lambda q: q.round, default=None)
+
+    def records(self) -> list[EpochRecord]:
+        return list(self._records)
+
+
+class Refusing:
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
+        return {"signed": False, "psbt": None, "reasons": ["refused by a test"]}
+
+
+class WrongKey:
+    """Signs with a key that is not the validator's: its signature must not count."""
+
+    def __init__(self, other: Appliance) -> None:
+        self.other = other
+
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
+        return self.other.handle_sign(psbt_b64, qc_json, records_json, lineage).to_json()
+
+
+class Net:
+    def __init__(self, tmp: Path) -> None:
+        self.sim = SimulatedBFTChain.create(N, ROUNDS, seed=7)
+        self.signers = {
+            v.id: SoftwareSigner.from_seed(hashlib.sha256(f"round {v.id}".encode()).digest())
+            for v in self.sim.validators
+        }
+        self.records = {
+            e: self.sim.make_record(e, {vid: s.pow_key(e) for vid, s in self.signers.items()})
+            for e in (0, 1)
+        }
+        self.chain = FakeChain()
+        ms0 = multisig_for(self.records[0])
+        funding = Transaction(
+            vin=[TransactionInput(bytes(32), 0)],
+            vout=[TransactionOutput(10_000_000, ms0.script_pubkey)],
+        )
+        self.chain.mine([funding.serialize().hex()])
+        genesis = Coin(Outpoint(funding.txid().hex(), 0), 10_000_000, 0)
+        self.deployment = Deployment("litecoin-regtest", b"BFTA", genesis, self.records[0])
+        self.source = StaticSource(list(self.records.values()))
+        self.net = LocalNet()
+        self.appliances = {
+            vid: Appliance(self.deployment, Journal(tmp / f"{vid}.sqlite", genesis), s, Limits())
+            for vid, s in self.signers.items()
+        }
+        self.nodes = {vid: self.node(vid) for vid in self.signers}
+
+    def config(self, vid: str) -> NodeConfig:
+        peers = [PeerConfig(v, "127.0.0.1", 0) for v in self.signers if v != vid]
+        return NodeConfig(
+            path=Path("node.toml"),
+            validator_id=vid,
+            bft_key_file=Path("bft.key"),
+            deployment=Path("deployment.json"),
+            qc_source="bft",
+            listen=("127.0.0.1", 0),
+            metrics=None,
+            appliance_link="inprocess:",
+            appliance_secret=None,
+            peers=peers,
+            pow_nodes=[],
+            schedule=ScheduleConfig(interval_blocks=1, initiator_timeout=5.0),
+            fees=FeePolicy(min_rate=2.0, max_rate=50.0),
+            ladder=3,
+        )
+
+    def node(self, vid: str, appliance: Any = None) -> NodeService:
+        secret = next(v.bft_secret for v in self.sim.validators if v.id == vid)
+        client = appliance or InProcessAppliance(self.appliances[vid])
+        node = NodeService(
+            self.config(vid), self.deployment, secret, client, [self.chain], self.source,
+            send=self.net.send,
+        )
+        self.net.register(vid, node.responder.handle)
+        return node
+
+    def qc(self, round: int, epoch: int = 0) -> QC:
+        qc = self.sim.qc(epoch, round)
+        self.source.qcs.append(qc)
+        return qc
+
+    def proposal(self, initiator: str, qc: QC, seq: int = 0, attempt: int = 0) -> dict:
+        node = self.nodes[initiator]
+        node.view.poll()
+        coin = node.view.coin
+        psbts = build_ladder(
+            node.cfg, node.view.records, b"BFTA", [self.chain], coin, qc, False
+        )
+        return {
+            "seq": seq,
+            "attempt": attempt,
+            "psbts": [p.to_string() for p in psbts],
+            "qc": qc.to_json(),
+            "records": [r.to_json() for r in self.records.values()],
+            "lineage": [],
+        }
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Net:
+    n = Net(tmp_path)
+    for node in n.nodes.values():
+        node.view.refresh_records()
+    yield n
+    for node in n.nodes.values():
+        node.shutdown()
+
+
+def msg(sender: str, body: dict, type: str = "propose") -> Message:
+    return Message(type, sender, 0, body, 0.0)
+
+
+def test_round_collects_k_signatures_delivers_and_announces(net: Net) -> None:
+    qc = net.qc(10)
+    v0 = net.nodes["v0"]
+    v0.view.poll()
+    coin = v0.view.coin
+    txid = v0.round.run(0, 0, coin, qc, False)
+    assert net.chain.sent == [txid]
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    ms = multisig_for(net.records[0])
+    assert len(quorum_signers(tx, coin, ms)) == ms.threshold
+    ladder = v0.ladders[coin.outpoint]
+    assert len(ladder.rungs) == 3 and ladder.fees == sorted(ladder.fees)
+    assert ladder.txids[0] == txid
+    # Every rung is a complete checkpoint: the initiator never asks the quorum again.
+    for raw in ladder.rungs:
+        assert len(quorum_signers(Transaction.from_string(raw), coin, ms)) == ms.threshold
+    net.chain.mine()
+    for node in net.nodes.values():
+        node.view.poll()
+        assert node.view.seq == 1 and node.view.coin.outpoint == Outpoint(txid, 1)
+        assert coin.outpoint not in node.ladders  # the confirmed coin's ladder is forgotten
+
+
+def test_tick_initiates_only_on_this_nodes_turn(net: Net) -> None:
+    net.qc(10)
+    net.nodes["v1"].tick(now=1000.0)
+    assert net.chain.sent == []  # checkpoint 0 attempt 0 is v0's
+    net.nodes["v0"].tick(now=1000.0)
+    assert len(net.chain.sent) == 1
+    net.nodes["v0"].tick(now=1000.5)
+    assert len(net.chain.sent) == 1  # the coin is spent in the mempool: wait
+
+
+def test_failover_hands_the_attempt_to_the_next_validator(net: Net) -> None:
+    net.qc(10)
+    v1 = net.nodes["v1"]
+    v1.tick(now=1000.0)
+    assert net.chain.sent == []
+    v1.tick(now=1000.0 + 5.0)  # one initiator_timeout later: attempt 1 is v1's
+    assert len(net.chain.sent) == 1
+    assert v1.last_attempt[0] == 1
+
+
+def test_bad_signatures_and_refusals_do_not_count(net: Net) -> None:
+    qc = net.qc(10)
+    v0 = net.nodes["v0"]
+    # v1 signs with v2's key; v2 refuses: only v0 and v3 sign, k = 3 is not reached.
+    net.node("v1", WrongKey(net.appliances["v2"]))
+    net.node("v2", Refusing())
+    v0.view.poll()
+    with pytest.raises(CheckpointFailed, match="2 of 3 signatures"):
+        v0.round.run(0, 0, v0.view.coin, qc, False)
+    assert net.chain.sent == []
+
+
+def test_a_silent_peer_does_not_stop_the_round(net: Net) -> None:
+    qc = net.qc(10)
+    net.net.down.add("v3")
+    v0 = net.nodes["v0"]
+    v0.view.poll()
+    txid = v0.round.run(0, 0, v0.view.coin, qc, False)
+    assert txid in net.chain.mempool
+
+
+def test_precheck_accepts_the_honest_proposal_once_per_attempt(net: Net) -> None:
+    qc = net.qc(10)
+    body = net.proposal("v0", qc)
+    v1 = net.nodes["v1"].responder
+    psbts, reasons = v1.precheck(msg("v0", body))
+    assert reasons == [] and psbts == body["psbts"]
+    assert v1.precheck(msg("v0", body)) == (body["psbts"], [])  # the same again: fine
+    other = net.proposal("v0", net.qc(11))
+    _, reasons = v1.precheck(msg("v0", other))
+    assert reasons == ["a different proposal for attempt 0 was signed"]
+
+
+def test_precheck_refuses_an_initiator_out_of_turn(net: Net) -> None:
+    body = net.proposal("v0", net.qc(10))
+    _, reasons = net.nodes["v1"].responder.precheck(msg("v2", body))
+    assert reasons == ["v2 is not the initiator of attempt 0 (expected v0)"]
+
+
+def test_precheck_refuses_a_stale_attempt_and_a_wrong_seq(net: Net) -> None:
+    qc = net.qc(10)
+    v1 = net.nodes["v1"].responder
+    assert v1.precheck(msg("v1", net.proposal("v0", qc, attempt=1)))[1] == []
+    _, reasons = v1.precheck(msg("v0", net.proposal("v0", qc, attempt=0)))
+    assert reasons == ["attempt 0 is superseded by attempt 1"]
+    _, reasons = v1.precheck(msg("v1", net.proposal("v0", qc, seq=1)))
+    assert reasons == ["proposal for checkpoint 1, this node sees 0"]
+
+
+def test_precheck_refuses_a_forged_qc_and_a_foreign_coin_and_payee(net: Net) -> None:
+    qc = net.qc(10)
+    body = net.proposal("v0", qc)
+    forged = qc.to_json()
+    forged["ledger_commit_info"]["commit_state_id"] = "11" * 32
+    _, reasons = net.nodes["v1"].responder.precheck(msg("v0", dict(body, qc=forged)))
+    assert any(r.startswith("QC does not verify") for r in reasons)
+    assert "output 0 is not the QC's payload" in reasons
+
+    psbt = PSBT.from_string(body["psbts"][0])
+    psbt.inputs[0].txid = bytes(32)
+    psbt.outputs[1].script_pubkey = psbt.outputs[0].script_pubkey
+    forged_body = dict(body, psbts=[psbt.to_string()])
+    _, reasons = net.nodes["v2"].responder.precheck(msg("v0", forged_body))
+    assert "the PSBT does not spend the coin this node sees" in reasons
+    assert "output 1 pays the coin elsewhere" in reasons
+
+
+def test_precheck_refuses_malformed_proposals(net: Net) -> None:
+    v1 = net.nodes["v1"].responder
+    for body in ({}, {"seq": "x", "attempt": 0, "psbts": [], "qc": {}}, {"seq": 0}):
+        _, reasons = v1.precheck(msg("v0", body))
+        assert len(reasons) == 1 and reasons[0].startswith("malformed proposal")
+    body = net.proposal("v0", net.qc(10))
+    _, reasons = v1.precheck(msg("v0", dict(body, psbts=["not base64"])))
+    assert reasons[0].startswith("malformed PSBT")
+
+
+def test_sealed_proposal_from_an_outsider_is_dropped(net: Net) -> None:
+    from anchornode.peer_protocol import seal
+
+    body = net.proposal("v0", net.qc(10))
+    raw = seal("propose", "v0", 0, body, hashlib.sha256(b"not v0").digest())
+    reply = net.nodes["v1"].auth.open(net.nodes["v1"].responder.handle(raw))
+    assert reply.type == "error"
