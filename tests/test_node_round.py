@@ -95,7 +95,7 @@ class Net:
         )
         self.chain.mine([funding.serialize().hex()])
         genesis = Coin(Outpoint(funding.txid().hex(), 0), 10_000_000, 0)
-        self.deployment = Deployment("litecoin-regtest", b"BFTA", genesis, self.records[0])
+        self.deployment = Deployment("litecoin-regtest", b"BFTA", genesis, self.records[0], 5)
         self.source = StaticSource(list(self.records.values()))
         self.net = LocalNet()
         self.appliances = {
