@@ -200,17 +200,89 @@ def cmd_appliance_init(args: argparse.Namespace) -> int:
         text = text.replace('kind = "software"', 'kind = "hwi"')
         text = text.replace('seed_file = "seed.txt"', "# seed_file = (none: the device holds it)")
         text = text.replace('# fingerprint = "d8e50907"', f'fingerprint = "{args.fingerprint}"')
-    else:
+    new_seed = False
+    if not args.fingerprint:
+        import os
         import secrets
 
         seed = d / "seed.txt"
-        if not seed.exists() or args.force:
-            seed.write_text(bip39.mnemonic_from_bytes(secrets.token_bytes(32)) + "\n")
-            seed.chmod(0o600)
+        # Never overwrite a seed, --force or not: it may be the only copy of a key
+        # that locks the coin. O_EXCL makes "create only if absent" one atomic step.
+        try:
+            fd = os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(bip39.mnemonic_from_bytes(secrets.token_bytes(32)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            new_seed = True
     cfg.write_text(text)
-    print(f"wrote {cfg}" + ("" if args.fingerprint else f" and a new seed in {d / 'seed.txt'}"))
-    print("next: put the deployment file beside it as deployment.json")
+    print(f"wrote {cfg}" + (f" and a new seed in {d / 'seed.txt'}" if new_seed else "")
+          + (f" (kept the existing seed {d / 'seed.txt'})"
+             if not args.fingerprint and not new_seed else ""))
+    print("next: `bft-anchor appliance share` to write this validator's key share "
+          "(docs/operations.md)")
     return EXIT_OK
+
+
+def cmd_appliance_share(args: argparse.Namespace) -> int:
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.share import bft_pubkey_of, make_share
+    from appliance.signers.base import SignerError
+    from bftanchor.share import ShareError
+
+    try:
+        cfg = ApplianceConfig.load(args.config)
+        share = make_share(cfg, args.chain, args.epoch,
+                           bft_pubkey_of(args.bft_pubkey, args.bft_key_file))
+        out = args.out or Path(f"share-{share.validator_id}-e{args.epoch}.json")
+        share.save(out)
+    except (ConfigError, ShareError, SignerError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance share: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}: {share.validator_id} epoch {share.epoch} key {share.pow_key}")
+    print(f"device: {share.device.get('model')} firmware {share.device.get('firmware')}")
+    return EXIT_OK
+
+
+def cmd_appliance_install(args: argparse.Namespace) -> int:
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.share import install_deployment
+    from appliance.signers.base import SignerError
+    from bftanchor.share import ShareError
+
+    try:
+        cfg = ApplianceConfig.load(args.config)
+        print(install_deployment(cfg, args.deployment, args.fingerprint))
+    except (ConfigError, ShareError, SignerError, ValueError, OSError) as exc:
+        print(f"bft-anchor appliance install: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
+    """`appliance share` and `appliance install`: the appliance's steps of a bootstrap."""
+    sh = apsub.add_parser("share", help="write this validator's key share for an epoch",
+                          description="Read the epoch's BIP48 key from the device (or seed) "
+                          "and write a share file for the coordinator.")
+    sh.add_argument("--config", required=True, type=Path)
+    sh.add_argument("--chain", required=True, help="litecoin-test, bitcoin-signet, ...")
+    sh.add_argument("--epoch", type=int, default=0)
+    sh.add_argument("--bft-pubkey", help="the validator's BFT public key (66 hex)")
+    sh.add_argument("--bft-key-file", type=Path, help="or the BFT key file to derive it from")
+    sh.add_argument("--out", type=Path, help="default share-<id>-e<epoch>.json")
+    sh.set_defaults(func=cmd_appliance_share)
+    ins = apsub.add_parser("install", help="check, register and install the deployment file",
+                           description="Check the deployment against this appliance and the "
+                           "wallet fingerprint received out of band, register epoch 0's "
+                           "multisig on the device, and put the file where the config says.")
+    ins.add_argument("--config", required=True, type=Path)
+    ins.add_argument("--deployment", required=True, type=Path)
+    ins.add_argument("--fingerprint", required=True,
+                     help="the wallet fingerprint as received out of band, e.g. 'ABCD 1234'")
+    ins.set_defaults(func=cmd_appliance_install)
 
 
 def _delegate(module: str, func: str = "main"):
@@ -234,6 +306,12 @@ DELEGATED = {
              "install udev rules for devices and the serial link"),
     "tui": ("tui.cli", "main", "the operator's console"),
 }
+# Bootstrapping a deployment (docs/operations.md): the coordinator's and the node's side.
+DELEGATED.update({
+    "deploy": ("anchornode.bootstrap", "main",
+               "bootstrap a deployment: key shares -> draft -> genesis coin -> deployment file"),
+    "doctor": ("anchornode.doctor", "main", "check a node's or appliance's set-up, naming fixes"),
+})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,8 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--fingerprint", help="use a hardware wallet with this fingerprint")
     it.add_argument("--max-fee-sat", type=int, default=100000)
     it.add_argument("--max-fee-rate", type=float, default=200.0)
-    it.add_argument("--force", action="store_true")
+    it.add_argument("--force", action="store_true",
+                    help="rewrite the config; never the seed or the journal")
     it.set_defaults(func=cmd_appliance_init)
+    _add_bootstrap_actions(apsub)
     for name, helptext in (("pending", "requests held for approval"),
                            ("approve", "approve a held request"),
                            ("refuse", "refuse a held request"),
