@@ -211,10 +211,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
             time.sleep(min(1.0, max(0.2, args.wait / 20)))
             coin = check_coin(rpc, outpoint, ms, args.amount)
         deployment = Deployment(draft.chain, draft.magic, Coin(outpoint, coin["value"], 0),
-                                draft.epoch0)
-        data = deployment.to_json()
-        data.setdefault("handover_window", draft.handover_window)
-        write_new(args.out, json.dumps(data, indent=1, sort_keys=True) + "\n")
+                                draft.epoch0, draft.handover_window)
+        write_new(args.out, json.dumps(deployment.to_json(), indent=1, sort_keys=True) + "\n")
     except (ShareError, ValueError, CheckpointError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -305,8 +305,8 @@ class Draft:
             raise ShareError(f"epoch0: {exc}") from None
         if record.epoch != 0 or record.certificate:
             raise ShareError("epoch0 must be epoch 0 with an empty certificate")
-        if window > record.end_round - record.start_round + 1:
-            raise ShareError("handover_window is longer than epoch 0")
+        if window >= record.end_round - record.start_round + 1:
+            raise ShareError("handover_window must be shorter than epoch 0")
         for v in record.validators:
             try:
                 check_pow_key(v.pow_key, chain, 0)

@@ -261,7 +261,7 @@ def test_install_checks_fingerprint_member_and_key(team, pow_node, tmp_path):
     assert_refused(run(*inst, draft, "--fingerprint", fp), "deployment")
     junk = tmp_path / "junk.json"
     junk.write_text("{}")
-    assert_refused(run(*inst, junk, "--fingerprint", fp), "malformed")
+    assert_refused(run(*inst, junk, "--fingerprint", fp), "junk.json")
     # An appliance whose validator is not in epoch 0.
     stranger = tmp_path / "stranger"
     run("appliance", "init", stranger, "--validator-id", "v9")
