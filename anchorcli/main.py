@@ -73,28 +73,40 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from anchornode.audit import audit_chain, format_table
-    from anchornode.pow.rpc import PowRpc, RpcError, url_with_auth
-    from bftanchor.deployment import DeploymentError, load_epochs
-    from bftanchor.template import Outpoint
+    """Exit 0: the chain passes; 1: violations (each named); 2: the audit could not run
+    (unreadable file, node unreachable or refusing the credentials) or could not judge the
+    whole chain (a record it needs is missing), with one line naming what."""
+    from anchornode.audit import AuditInputError, audit_chain, format_table
+    from anchornode.pow.rpc import PowRpc, url_with_auth
+    from bftanchor.deployment import Deployment, DeploymentError, load_epochs
+
+    def fail(message: str) -> int:
+        print(f"bft-anchor audit: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
     try:
-        genesis = Outpoint.parse(args.genesis)
-        records = load_epochs(args.epochs)
-        magic = bytes.fromhex(args.magic)
-        url = url_with_auth(args.rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
-    except (ValueError, DeploymentError, OSError) as exc:
-        print(f"bft-anchor audit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        deployment = Deployment.load(args.deployment)
+        records = load_epochs(args.epochs) if args.epochs else []
+    except DeploymentError as exc:
+        return fail(str(exc))
+    if args.from_height is not None and args.from_height < 0:
+        return fail(f"--from-height {args.from_height} is negative")
     try:
-        report = audit_chain(
-            PowRpc(url), genesis, records, magic, args.handover_margin + 1, args.from_height
-        )
-    except RpcError as exc:
-        print(f"bft-anchor audit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        url = url_with_auth(args.rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
+    except OSError as exc:
+        return fail(f"cannot read the RPC cookie {args.rpc_cookie}: {exc.strerror or exc}")
+    except ValueError:
+        return fail(f"the RPC cookie {args.rpc_cookie} does not hold USER:PASSWORD")
+    try:
+        report = audit_chain(PowRpc(url), deployment, records, args.from_height)
+    except AuditInputError as exc:
+        return fail(str(exc))
     print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
-    return EXIT_OK if report.ok else EXIT_FAIL
+    if report.violations:
+        return EXIT_FAIL
+    if report.missing:
+        return fail(report.missing[0])
+    return EXIT_OK
 
 
 def cmd_appliance_sign(args: argparse.Namespace) -> int:
@@ -368,21 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "audit",
         help="walk and check the checkpoint chain on a PoW node",
-        description="Follow the coin's spends from the genesis outpoint and check "
-        "every checkpoint. Exit 1 on any violation, naming it.",
+        description="Verify every epoch record's certificate back to the deployment's "
+        "epoch 0, follow the coin's spends from the genesis outpoint and check every "
+        "checkpoint (docs/protocol.md, \"The audit's rules\"). Exit 0 when the chain "
+        "passes, 1 on any violation (each named), 2 when the audit cannot run or cannot "
+        "judge the whole chain (a file, the node, or a record it needs), naming it.",
     )
     a.add_argument("--rpc", required=True, help="node RPC URL, e.g. http://user:pw@127.0.0.1:19443")
-    a.add_argument("--rpc-user")
-    a.add_argument("--rpc-password")
+    a.add_argument("--rpc-user", help="RPC user name (or put it in the URL, or use --rpc-cookie)")
+    a.add_argument("--rpc-password", help="RPC password")
     a.add_argument("--rpc-cookie", type=Path, help="the node's .cookie file")
-    a.add_argument("--genesis", required=True, metavar="TXID:VOUT")
     a.add_argument(
-        "--epochs", required=True, type=Path, metavar="FILE", help="JSON list of epoch records"
+        "--deployment", required=True, type=Path, metavar="FILE",
+        help="the deployment file: chain, magic, genesis coin, epoch 0 (trusted), handover "
+        "window",
     )
-    a.add_argument("--magic", default="42465441", help="payload magic in hex (default BFTA)")
-    a.add_argument("--handover-margin", type=int, default=0)
+    a.add_argument(
+        "--epochs", type=Path, metavar="FILE",
+        help="the epochs file: a JSON list of epoch records; each is checked by its "
+        "certificate back to the deployment's epoch 0",
+    )
     a.add_argument("--from-height", type=int, help="start scanning here (no -txindex needed)")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
     a.set_defaults(func=cmd_audit)
 
     ap = sub.add_parser("appliance", help="the signing appliance")

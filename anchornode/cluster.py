@@ -314,26 +314,15 @@ class Cluster:
             time.sleep(0.2)
 
     def checkpoints(self) -> list[Any]:
+        return self.audit().checkpoints
+
+    def audit(self) -> Any:
+        """The audit of the chain so far, against the deployment and every record made."""
         from anchornode.audit import audit_chain
 
-        assert self.genesis is not None
+        assert self.genesis is not None, "start() first"
         return audit_chain(
-            self.rpc(),
-            self.genesis.outpoint,
-            [self.records[e] for e in sorted(self.records)],
-            b"BFTA",
-        ).checkpoints
-
-    def audit(self, margin: int | None = None) -> Any:
-        from anchornode.audit import audit_chain
-
-        assert self.genesis is not None
-        return audit_chain(
-            self.rpc(),
-            self.genesis.outpoint,
-            [self.records[e] for e in sorted(self.records)],
-            b"BFTA",
-            (self.opts.handover_margin if margin is None else margin) + 1,
+            self.rpc(), self.deployment, [self.records[e] for e in sorted(self.records)]
         )
 
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:

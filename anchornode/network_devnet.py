@@ -53,7 +53,7 @@ def run_network_devnet(validators: int, epochs: int, datadir: Path | None,
                 "epochs": [c.records[e].to_json() for e in sorted(c.records)],
                 "checkpoints": [dict(cp.to_json(), initiator=initiators.get(cp.txid))
                                 for cp in report.checkpoints],
-                "audit": {"ok": report.ok, "violations": report.violations},
+                "audit": {"ok": report.ok, "violations": report.violations + report.missing},
             }
     finally:
         if tmp is not None:

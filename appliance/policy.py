@@ -22,12 +22,12 @@ from bftanchor.qc import QC, verify_qc
 from bftanchor.template import (
     LOCKTIME,
     P2WPKH_WITNESS,
-    SEQUENCE,
     TX_VERSION,
     Coin,
     Outpoint,
     build_checkpoint_tx,
     estimate_vsize,
+    input_sequence,
 )
 
 
@@ -111,8 +111,10 @@ def evaluate(
         v.refuse("the transaction has no inputs")
         return v
     for i, txin in enumerate(tx.vin):
-        if txin.sequence != SEQUENCE:
-            v.refuse(f"input {i} nSequence is {txin.sequence:#x}, expected {SEQUENCE:#x}")
+        if txin.sequence != input_sequence(i):
+            v.refuse(
+                f"input {i} nSequence is {txin.sequence:#x}, expected {input_sequence(i):#x}"
+            )
     if len(tx.vout) < 2:
         v.refuse(f"the transaction has {len(tx.vout)} output(s); a checkpoint has 2 or 3")
         return v

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bftanchor.epoch import EpochRecord
+from bftanchor.errors import CheckpointError
 from bftanchor.network import network
 from bftanchor.template import Coin, Outpoint
 
@@ -63,22 +64,39 @@ class Deployment:
             raise DeploymentError(
                 f'deployment file: "handover_window" must be an integer, not {window!r}'
             )
+        missing = [k for k in ("chain", "magic", "genesis", "epoch0") if k not in data]
+        if missing:
+            raise DeploymentError(f"deployment file has no {', '.join(map(repr, missing))}")
         try:
             chain = str(data["chain"])
             network(chain)
+        except ValueError as exc:
+            raise DeploymentError(f"deployment file: {exc}") from exc
+        try:
             magic = bytes.fromhex(data["magic"])
-            if len(magic) != 4:
-                raise DeploymentError("magic must be 4 bytes (8 hex digits)")
-            g = data["genesis"]
-            epoch0 = EpochRecord.from_json(data["epoch0"])
-            genesis = Coin(
-                Outpoint(str(g["txid"]).lower(), int(g["vout"])), int(g["value"]), epoch0.epoch
+        except (TypeError, ValueError):
+            magic = b""
+        if len(magic) != 4:
+            raise DeploymentError(
+                f'deployment file: "magic" must be 4 bytes in hex (8 digits), not '
+                f"{data['magic']!r}"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, DeploymentError):
-                raise
-            raise DeploymentError(f"deployment file is malformed: {exc!r}") from exc
-        return cls(chain, magic, genesis, epoch0, window)
+        try:
+            epoch0 = EpochRecord.from_json(data["epoch0"])
+        except CheckpointError as exc:
+            raise DeploymentError(f'deployment file: "epoch0": {exc}') from exc
+        g = data["genesis"]
+        try:
+            outpoint = Outpoint.parse(f"{g['txid']}:{g['vout']}")
+            value = g["value"]
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise DeploymentError(
+                'deployment file: "genesis" must be {"txid": hex64, "vout": int, '
+                f'"value": sat > 0}}, not {g!r}'
+            ) from None
+        return cls(chain, magic, Coin(outpoint, value, epoch0.epoch), epoch0, window)
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
@@ -87,8 +105,10 @@ class Deployment:
         except DeploymentError as exc:
             raise DeploymentError(f"{path}: {exc}") from exc
         except OSError as exc:
-            raise DeploymentError(f"cannot read deployment file {path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
+            raise DeploymentError(
+                f"cannot read deployment file {path}: {exc.strerror or exc}"
+            ) from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DeploymentError(f"deployment file {path} is not JSON: {exc}") from exc
 
 
@@ -109,13 +129,22 @@ def in_window(round_: int, record: EpochRecord, window: int) -> bool:
 
 
 def load_epochs(path: Path) -> list[EpochRecord]:
-    """An epochs file: a JSON list of epoch records (or {"epochs": [...]})."""
+    """An epochs file: a JSON list of epoch records (or {"epochs": [...]}, as a devnet
+    report has it). Parsing is all this does: certificates are the reader's to verify."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeploymentError(f"cannot read epochs file {path}: {exc}") from exc
+    except OSError as exc:
+        raise DeploymentError(f"cannot read epochs file {path}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeploymentError(f"epochs file {path} is not JSON: {exc}") from exc
     if isinstance(data, dict):
         data = data.get("epochs")
     if not isinstance(data, list):
         raise DeploymentError(f"epochs file {path} must hold a list of epoch records")
-    return [EpochRecord.from_json(r) for r in data]
+    records = []
+    for i, item in enumerate(data):
+        try:
+            records.append(EpochRecord.from_json(item))
+        except CheckpointError as exc:
+            raise DeploymentError(f"epochs file {path}, record #{i + 1}: {exc}") from exc
+    return records

@@ -53,6 +53,10 @@ class EpochMismatch(QCError):
     """The QC's epoch is not the epoch of the record it is checked against."""
 
 
+class RoundOutsideEpoch(QCError):
+    """The QC's round is not within its epoch record's [start_round, end_round]."""
+
+
 class EpochRecordError(CheckpointError):
     """An epoch record is malformed, inconsistent or not certified."""
 

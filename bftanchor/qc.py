@@ -18,6 +18,7 @@ from bftanchor.errors import (
     EpochMismatch,
     NullCommitState,
     QCFormatError,
+    RoundOutsideEpoch,
     UnknownSigner,
     VoteInfoHashMismatch,
 )
@@ -177,9 +178,15 @@ def verify_qc(qc: QC, record: Any) -> list[str]:
         raise VoteInfoHashMismatch("vote_info_hash does not match the hash of vote_info")
     if qc.commit_state_id == NULL_ID:
         raise NullCommitState("commit_state_id is null: nothing was committed")
-    # The round is not checked against the record's round range: DESIGN.md's validity
-    # rule does not include it, and its own test vector (round 41, epoch 2 = rounds
-    # 200..299) would fail such a check.
+    # A QC's round lies within its epoch's range (DESIGN.md): otherwise a quorum's QC from
+    # outside the epoch's rounds could be anchored as the epoch's, around the handover
+    # window. (The design's QC vector, round 41 of epoch 2 = rounds 200..299, predates
+    # the rule and pins only the digests.)
+    if not record.start_round <= qc.round <= record.end_round:
+        raise RoundOutsideEpoch(
+            f"QC round {qc.round} is outside epoch {record.epoch}'s rounds "
+            f"{record.start_round}..{record.end_round}"
+        )
     members = {v.id: v for v in record.validators}
     seen: set[str] = set()
     digest = qc.signed_digest()

@@ -1,7 +1,8 @@
 """The checkpoint transaction: build its PSBT, size it, verify and finalize signatures.
 
-Shape (DESIGN.md): nVersion 2, nLockTime 0, nSequence 0xfffffffd; input 0 the coin;
-output 0 the payload (value 0); output 1 the coin again; optional output 2 top-up change.
+Shape (DESIGN.md): nVersion 2, nLockTime 0; input 0 the coin with nSequence 1, top-up
+inputs with nSequence 0xfffffffd; output 0 the payload (value 0); output 1 the coin again;
+optional output 2 top-up change.
 """
 
 from __future__ import annotations
@@ -20,7 +21,21 @@ from bftanchor.payload import Payload
 
 TX_VERSION = 2
 LOCKTIME = 0
-SEQUENCE = 0xFFFFFFFD  # replaceable (BIP125), no relative lock-time
+# The coin input's nSequence: a BIP68 relative lock of one block (bit 31 clear: the lock
+# is on; bit 22 clear: counted in blocks; low 16 bits: 1). A checkpoint can then never be
+# mined in the same block as its parent, on any branch, so "at most one per PoW block" is
+# a consensus rule rather than the schedule's promise. Being below 0xfffffffe it also
+# signals BIP125 replaceability, which the fee ladder needs. Needs nVersion >= 2.
+COIN_SEQUENCE = 0x00000001
+# Top-up inputs (the fee wallet's own coins): replaceable, no relative lock.
+TOPUP_SEQUENCE = 0xFFFFFFFD
+
+
+def input_sequence(index: int) -> int:
+    """The nSequence a checkpoint's input `index` must carry."""
+    return COIN_SEQUENCE if index == 0 else TOPUP_SEQUENCE
+
+
 # A DER signature is at most 72 bytes plus the sighash byte; sizing for the worst
 # case means a fee rate we computed is never undershot by the final transaction.
 MAX_SIG_LEN = 73
@@ -84,7 +99,9 @@ def build_checkpoint_tx(
     if fee < 0 or fee >= coin.value:
         raise TemplateError(f"fee {fee} is not below the coin's value {coin.value}")
     vin = [
-        TransactionInput(bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout, sequence=SEQUENCE)
+        TransactionInput(
+            bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout, sequence=COIN_SEQUENCE
+        )
     ]
     vout = [
         TransactionOutput(0, Script(payload.script())),
@@ -102,8 +119,8 @@ def _build_topped_up(
             f"top-up of {topup.value} sat cannot add {topup.amount} to the coin and pay {fee}"
         )
     vin = [TransactionInput(bytes.fromhex(coin.outpoint.txid), coin.outpoint.vout,
-                            sequence=SEQUENCE)]
-    vin += [TransactionInput(bytes.fromhex(op.txid), op.vout, sequence=SEQUENCE)
+                            sequence=COIN_SEQUENCE)]
+    vin += [TransactionInput(bytes.fromhex(op.txid), op.vout, sequence=TOPUP_SEQUENCE)
             for op, _ in topup.inputs]
     vout = [
         TransactionOutput(0, Script(payload.script())),

@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 from embit.psbt import PSBT
+from embit.transaction import Transaction
 
 from anchornode.bftsim import SimulatedBFTChain
 from anchornode.initiator import Proposal, assemble, collect, propose
@@ -21,7 +22,7 @@ from bftanchor.deployment import Deployment
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.network import network
 from bftanchor.qc import QC
-from bftanchor.template import Coin, Outpoint, verify_partial_sig
+from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
 
 MAGIC = b"BFTA"
 
@@ -100,11 +101,11 @@ class Fleet:
     def peers(self) -> list[LocalPeer]:
         return [LocalPeer(vid, a) for vid, a in self.appliances.items()]
 
-    def checkpoint(
-        self, qc: QC, handover: bool = False, mine: bool = True, only: list[str] | None = None
-    ) -> str:
-        """A full round: k signatures, finalize, send, confirm. Every appliance is asked
-        (so every journal follows the coin) unless `only` names who takes part."""
+    def signed(
+        self, qc: QC, handover: bool = False, only: list[str] | None = None
+    ) -> tuple[Transaction, Proposal]:
+        """The appliances' round without the broadcast: k signatures, finalized. Every
+        appliance is asked (so every journal follows the coin) unless `only` names who."""
         proposal = self.propose(qc, handover)
         peers = [p for p in self.peers() if only is None or p.validator_id in only]
         psbt, signed_by, refusals = collect(proposal, peers)
@@ -112,7 +113,32 @@ class Fleet:
         for peer in peers:
             if peer.validator_id not in signed_by:
                 peer.request_signature(*self.request(proposal.psbt, qc))
-        tx = assemble(proposal, psbt)
+        return assemble(proposal, psbt), proposal
+
+    def forged(self, qc: QC, sequence: int, handover: bool = False) -> Transaction:
+        """A checkpoint the validators' keys sign directly, bypassing the appliances'
+        policy: the chains an audit must judge (here with another nSequence on the coin)."""
+        proposal = self.propose(qc, handover)
+        psbt = proposal.psbt
+        psbt.inputs[0].sequence = sequence
+        for vid in list(self.signers)[: proposal.source.threshold]:
+            signed = self.signers[vid].sign(psbt, proposal.source)
+            psbt.inputs[0].partial_sigs.update(signed.inputs[0].partial_sigs)
+        return finalize(psbt, proposal.source)
+
+    def advance(self, tx: Transaction) -> None:
+        """Follow the coin to tx's output 1."""
+        epoch = self.coin.epoch + (tx.vout[1].script_pubkey != self.script(self.coin.epoch))
+        self.coin = Coin(Outpoint(tx.txid().hex(), 1), tx.vout[1].value, epoch)
+
+    def script(self, epoch: int):
+        return EpochMultisig(self.records[epoch]).script_pubkey
+
+    def checkpoint(
+        self, qc: QC, handover: bool = False, mine: bool = True, only: list[str] | None = None
+    ) -> str:
+        """A full round: k signatures, finalize, send, confirm."""
+        tx, proposal = self.signed(qc, handover, only)
         txid = self.node.rpc.sendrawtransaction(tx.serialize().hex())
         if mine:
             self.node.mine(1)

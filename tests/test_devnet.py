@@ -86,7 +86,6 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
     assert (datadir / "deployment.json").exists() and (datadir / "epochs.json").exists()
     node = RegtestNode(datadir=datadir / "pow").start()
     try:
-        g = report["genesis"]
         cookie = datadir / "pow" / "regtest" / ".cookie"
         args = [
             "audit",
@@ -94,8 +93,8 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
             node.url,
             "--rpc-cookie",
             str(cookie),
-            "--genesis",
-            f"{g['txid']}:{g['vout']}",
+            "--deployment",
+            str(datadir / "deployment.json"),
             "--epochs",
             str(datadir / "epochs.json"),
         ]
@@ -117,8 +116,8 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
             node.url,
             "--rpc-cookie",
             str(cookie),
-            "--genesis",
-            f"{g['txid']}:{g['vout']}",
+            "--deployment",
+            str(datadir / "deployment.json"),
             "--epochs",
             str(bad),
         )

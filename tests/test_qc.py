@@ -22,7 +22,13 @@ def record(vectors):
 
 @pytest.fixture
 def qc_json(vectors):
-    return copy.deepcopy(vectors["qc"])
+    """The vector's QC moved into its epoch's rounds (241 of 200..299) and re-signed: the
+    vector itself (round 41) predates the round rule and pins only the digests."""
+    qc_json = copy.deepcopy(vectors["qc"])
+    qc_json["vote_info"].update(round=241, parent_round=240)
+    qc = QC.from_json(qc_json)
+    qc_json["ledger_commit_info"]["vote_info_hash"] = qc.vote_info.hash().hex()
+    return resign(qc_json, vectors, ["v0", "v1", "v2"])
 
 
 def resign(qc_json, vectors, signers):
@@ -34,7 +40,8 @@ def resign(qc_json, vectors, signers):
     return qc_json
 
 
-def test_digests_are_pinned(qc_json):
+def test_digests_are_pinned(vectors):
+    qc_json = vectors["qc"]
     qc = QC.from_json(qc_json)
     assert qc.vote_info.hash().hex() == VOTE_INFO_HASH
     assert qc.signed_digest().hex() == SIGNED_DIGEST
@@ -49,9 +56,28 @@ def test_digests_are_pinned(qc_json):
     assert manual == VOTE_INFO_HASH
 
 
-def test_vector_qc_verifies(qc_json, record, vectors):
+def test_vector_qc_pins_the_digest_but_its_round_is_outside_its_epoch(record, vectors):
+    qc = QC.from_json(vectors["qc"])
+    assert qc.signed_digest().hex() == vectors["expected"]["signed_digest"]
+    with pytest.raises(errors.RoundOutsideEpoch, match="round 41 is outside epoch 2's rounds "
+                       "200..299"):
+        verify_qc(qc, record)
+
+
+def test_qc_in_its_epochs_rounds_verifies(qc_json, record):
     assert verify_qc(QC.from_json(qc_json), record) == ["v0", "v1", "v2"]
-    assert QC.from_json(qc_json).signed_digest().hex() == vectors["expected"]["signed_digest"]
+
+
+@pytest.mark.parametrize("round_, ok", [(199, False), (200, True), (299, True), (300, False)])
+def test_round_bounds_are_inclusive(qc_json, record, vectors, round_, ok):
+    qc_json["vote_info"].update(round=round_)
+    qc_json["ledger_commit_info"]["vote_info_hash"] = QC.from_json(qc_json).vote_info.hash().hex()
+    qc = QC.from_json(resign(qc_json, vectors, ["v0", "v1", "v2"]))
+    if ok:
+        assert verify_qc(qc, record)
+    else:
+        with pytest.raises(errors.RoundOutsideEpoch):
+            verify_qc(qc, record)
 
 
 def test_json_roundtrip(qc_json):
@@ -108,7 +134,7 @@ def test_below_threshold(qc_json, record, vectors):
 
 
 def test_vote_info_hash_mismatch(qc_json, record):
-    qc_json["vote_info"]["round"] = 42
+    qc_json["vote_info"]["round"] = 242
     with pytest.raises(errors.VoteInfoHashMismatch):
         verify_qc(QC.from_json(qc_json), record)
 

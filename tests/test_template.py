@@ -8,7 +8,8 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import TemplateError
 from bftanchor.payload import Payload
 from bftanchor.template import (
-    SEQUENCE,
+    COIN_SEQUENCE,
+    TOPUP_SEQUENCE,
     Coin,
     Outpoint,
     build_checkpoint_psbt,
@@ -35,7 +36,8 @@ def test_shape(setup):
     _, ms, psbt = setup
     tx = psbt.tx
     assert tx.version == 2 and tx.locktime == 0
-    assert [i.sequence for i in tx.vin] == [SEQUENCE]
+    assert [i.sequence for i in tx.vin] == [COIN_SEQUENCE] == [1]
+    assert TOPUP_SEQUENCE == 0xFFFFFFFD
     assert tx.vout[0].value == 0 and tx.vout[0].script_pubkey.data[:2] == b"\x6a\x35"
     assert tx.vout[1].value == 1_000_000 - 500 and tx.vout[1].script_pubkey == ms.script_pubkey
     inp = psbt.inputs[0]
