@@ -21,7 +21,14 @@ from anchornode.pow.rpc import to_coin
 from appliance.signers.software import SoftwareSigner
 from bftanchor.bftsig import pubkey_from_secret
 from bftanchor.share import KeyShare
-from tests.deploy_helpers import assert_refused, draft_args, edit_json, make_team, run
+from tests.deploy_helpers import (
+    assert_refused,
+    draft_args,
+    edit_json,
+    make_team,
+    run,
+    vout_to,
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +177,6 @@ def _rpc_args(node: RegtestNode) -> list[object]:
     return ["--rpc", node.url, "--rpc-cookie", node.datadir / "regtest" / ".cookie"]
 
 
-def _vout_to(node: RegtestNode, txid: str, address: str) -> int:
-    """The output paying address (Litecoin Core 0.21 lists "addresses", newer "address")."""
-    for o in node.rpc.getrawtransaction(txid, True)["vout"]:
-        spk = o["scriptPubKey"]
-        if address in [spk.get("address"), *spk.get("addresses", [])]:
-            return o["n"]
-    raise AssertionError(f"{txid} pays nothing to {address}")
-
-
 def _address(draft: Path) -> str:
     return json.loads(run("deploy", "show", draft, "--json")[1])["address"]
 
@@ -191,7 +189,7 @@ def test_genesis_from_an_operator_supplied_outpoint(team, pow_node, tmp_path):
     rc, out, _ = run("deploy", "genesis", "--draft", draft, "--amount", 1_000_000)
     assert rc == 0 and address in out and "--outpoint" in out
     txid = wallet.sendtoaddress(address, float(to_coin(1_000_000)))
-    vout = _vout_to(node, txid, address)
+    vout = vout_to(node, txid, address)
     other = wallet.sendtoaddress(wallet.getnewaddress(), 0.01)
     dep = tmp_path / "deployment.json"
     g = ["deploy", "genesis", "--draft", draft, *_rpc_args(node), "--out", dep]
@@ -239,7 +237,7 @@ def test_genesis_funded_from_a_named_wallet_waits_for_confirmation(team, pow_nod
     g = json.loads(dep.read_text())["genesis"]
     tx = node.rpc.getrawtransaction(g["txid"], True)
     assert tx["confirmations"] >= 2
-    assert _vout_to(node, g["txid"], _address(draft)) == g["vout"]
+    assert vout_to(node, g["txid"], _address(draft)) == g["vout"]
     assert g["value"] == 2_000_000
 
 
@@ -250,7 +248,7 @@ def test_install_checks_fingerprint_member_and_key(team, pow_node, tmp_path):
     address = _address(draft)
     txid = wallet.sendtoaddress(address, 0.02)
     node.mine(1)
-    vout = _vout_to(node, txid, address)
+    vout = vout_to(node, txid, address)
     dep = tmp_path / "deployment.json"
     assert run("deploy", "genesis", "--draft", draft, *_rpc_args(node), "--outpoint",
                f"{txid}:{vout}", "--out", dep)[0] == 0
