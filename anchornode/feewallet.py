@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from embit.psbt import PSBT
 from embit.script import Script
-from embit.transaction import TransactionOutput
+from embit.transaction import Transaction, TransactionOutput
 
 from anchornode.pow.rpc import PowRpc, RpcError, to_sat
 from bftanchor.template import Outpoint, TopUp
@@ -19,7 +19,8 @@ class FeeWalletError(Exception):
 
 
 def select_topup(wallet: PowRpc, amount: int, max_fee: int) -> TopUp:
-    """Confirmed P2WPKH coins covering amount + max_fee, largest first."""
+    """Confirmed P2WPKH coins covering amount + max_fee, largest first, each with its
+    full previous transaction (the appliances refuse a top-up without it)."""
     need = amount + max_fee
     try:
         utxos = [u for u in wallet.listunspent(1)
@@ -36,8 +37,16 @@ def select_topup(wallet: PowRpc, amount: int, max_fee: int) -> TopUp:
     if total < need:
         raise FeeWalletError(f"fee wallet holds {total} sat in confirmed P2WPKH coins, "
                              f"{need} needed")
-    change = wallet.getrawchangeaddress("bech32")
-    change_spk = wallet.getaddressinfo(change)["scriptPubKey"]
+    try:
+        change = wallet.getrawchangeaddress("bech32")
+        change_spk = wallet.getaddressinfo(change)["scriptPubKey"]
+        # Every appliance proves a top-up's amount from its full previous transaction.
+        prev_txs = tuple(
+            Transaction.from_string(wallet.gettransaction(txid)["hex"])
+            for txid in dict.fromkeys(u["txid"] for u in chosen)
+        )
+    except RpcError as exc:
+        raise FeeWalletError(f"fee wallet unavailable: {exc}") from exc
     return TopUp(
         inputs=tuple(
             (Outpoint(u["txid"], int(u["vout"])),
@@ -46,6 +55,7 @@ def select_topup(wallet: PowRpc, amount: int, max_fee: int) -> TopUp:
         ),
         amount=amount,
         change_script=Script(bytes.fromhex(change_spk)),
+        prev_txs=prev_txs,
     )
 
 

@@ -50,6 +50,14 @@ WHEN NEW.kind = 'signed' AND EXISTS (
     AND epoch = NEW.epoch AND round = NEW.round AND payload != NEW.payload)
 BEGIN SELECT RAISE(ABORT, 'equivocation: another payload is signed for this epoch and round');
 END;
+-- The per-coin rule, below the Python: own signatures on one outpoint are fee-ladder
+-- levels of one checkpoint (same payload, same destination) or nothing.
+CREATE TRIGGER IF NOT EXISTS one_checkpoint_per_coin BEFORE INSERT ON signed
+WHEN NEW.kind = 'signed' AND EXISTS (
+    SELECT 1 FROM signed WHERE kind = 'signed' AND input = NEW.input
+    AND (payload != NEW.payload OR dest_epoch != NEW.dest_epoch))
+BEGIN SELECT RAISE(ABORT, 'per-coin: another checkpoint is signed on this outpoint');
+END;
 CREATE TRIGGER IF NOT EXISTS signed_is_append_only BEFORE DELETE ON signed
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TABLE IF NOT EXISTS decisions (
@@ -64,6 +72,11 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE TABLE IF NOT EXISTS records (
     epoch INTEGER PRIMARY KEY,
     json  TEXT NOT NULL
+);
+-- Own signatures later seen with k valid signatures of the quorum (adopted rows are
+-- proven by construction).
+CREATE TABLE IF NOT EXISTS proven (
+    txid  TEXT PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -121,10 +134,19 @@ class SignedEntry:
 
 @dataclass(frozen=True)
 class JournalState:
-    """A snapshot of everything signed, enough to decide the next request purely."""
+    """A snapshot of everything signed or proven, enough to decide the next request purely.
+
+    The checkpoints form a tree rooted at the genesis coin: each entry spends one coin and
+    creates the next (its output 1). Under f < n/3 two quorum-signed spends of one coin can
+    differ only as fee-ladder levels (same payload, same destination), so a proven spend
+    (k valid signatures seen) settles which of this appliance's own attempts on that coin
+    are still alive: those with the proven payload. Attempts with another payload were
+    never used by the quorum and are dead; the chain is followed through the proven ones.
+    """
 
     genesis: Coin
     entries: tuple[SignedEntry, ...]
+    proven_txids: frozenset[str] = frozenset()
 
     @property
     def last(self) -> SignedEntry | None:
@@ -138,38 +160,105 @@ class JournalState:
     def _by_txid(self) -> dict[str, SignedEntry]:
         return {e.txid: e for e in self.entries}
 
+    def is_proven(self, e: SignedEntry) -> bool:
+        return e.kind == "adopted" or e.txid in self.proven_txids
+
     @cached_property
     def highest(self) -> tuple[int, int] | None:
-        """The highest (epoch, round) signed or adopted: nothing below it is signed again."""
+        """The highest (epoch, round) signed or adopted (a watermark, not a rule)."""
         if not self.entries:
             return None
         return max((e.epoch, e.round) for e in self.entries)
 
-    def spendable(self) -> dict[Outpoint, Coin]:
-        """Coins it may spend: the last signed checkpoint's input (a replacement) and the
-        outputs of every signed spend of that input (whichever of them confirmed)."""
-        last = self.last
-        if last is None:
-            return {self.genesis.outpoint: self.genesis}
-        parent = Coin(last.input, last.input_value, self._epoch_of_input(last))
-        coins = {parent.outpoint: parent}
+    @cached_property
+    def _spends(self) -> dict[Outpoint, tuple[SignedEntry, ...]]:
+        out: dict[Outpoint, list[SignedEntry]] = {}
         for e in self.entries:
-            if e.input == last.input:
-                coins[e.coin.outpoint] = e.coin
-        return coins
+            out.setdefault(e.input, []).append(e)
+        return {k: tuple(v) for k, v in out.items()}
 
-    def _epoch_of_input(self, entry: SignedEntry) -> int:
-        # The input of a checkpoint is always locked by the epoch of its QC.
-        return entry.epoch
+    def spends_of(self, outpoint: Outpoint) -> tuple[SignedEntry, ...]:
+        """Every entry, own or proven, that spends this coin."""
+        return self._spends.get(outpoint, ())
+
+    def live_spends(self, outpoint: Outpoint) -> tuple[SignedEntry, ...]:
+        """The spends of a coin that may still be the one mined: once a proven spend is
+        known, only its fee-ladder siblings; otherwise every spend this appliance signed."""
+        es = self.spends_of(outpoint)
+        proven = {(e.payload, e.dest_epoch) for e in es if self.is_proven(e)}
+        if not proven:
+            return es
+        return tuple(e for e in es if (e.payload, e.dest_epoch) in proven)
+
+    @cached_property
+    def _walk(self) -> tuple[dict[Outpoint, Coin], dict[Outpoint, SignedEntry]]:
+        """Coins reachable from the genesis through live spends, and who created each."""
+        coins: dict[Outpoint, Coin] = {self.genesis.outpoint: self.genesis}
+        creator: dict[Outpoint, SignedEntry] = {}
+        todo = [self.genesis.outpoint]
+        while todo:
+            op = todo.pop()
+            for e in self.live_spends(op):
+                c = e.coin
+                if c.outpoint not in coins:
+                    coins[c.outpoint] = c
+                    creator[c.outpoint] = e
+                    todo.append(c.outpoint)
+        return coins, creator
+
+    def created_by(self, outpoint: Outpoint) -> SignedEntry | None:
+        """The checkpoint that created a coin (None for the genesis)."""
+        return self._walk[1].get(outpoint)
+
+    def known_coin(self, outpoint: Outpoint) -> Coin | None:
+        """A coin this appliance can name: the genesis or output 1 of any entry."""
+        if outpoint == self.genesis.outpoint:
+            return self.genesis
+        e = self.by_txid(outpoint.txid)
+        if e is not None and outpoint.vout == 1:
+            return e.coin
+        return None
+
+    def spendable(self) -> dict[Outpoint, Coin]:
+        """Coins a request may spend. Tips: reachable coins with no live spend (any of
+        them may be the real chain's, e.g. the outputs of sibling ladder levels). Parents
+        of a tip: only for another fee-ladder level of the spend already there."""
+        coins, _ = self._walk
+        tips = {op: c for op, c in coins.items() if not self.live_spends(op)}
+        out = dict(tips)
+        for op in tips:
+            e = self.created_by(op)
+            if e is not None:
+                out[e.input] = coins[e.input]
+        return out
 
     def by_txid(self, txid: str) -> SignedEntry | None:
         return self._by_txid.get(txid)
+
+    def with_adopted(self, adopted: Iterable[Candidate]) -> JournalState:
+        """This state plus proven checkpoints not yet written (what a decision would see)."""
+        extra: list[SignedEntry] = []
+        proven = set(self.proven_txids)
+        for c in adopted:
+            if self.by_txid(c.txid) is not None:
+                proven.add(c.txid)
+                continue
+            extra.append(SignedEntry(0, c.txid, c.epoch, c.round, c.payload, c.input,
+                                     c.input_value, c.coin_value, c.dest_epoch, c.fee,
+                                     c.handover, None, 0.0, "adopted"))
+        if not extra and proven == self.proven_txids:
+            return self
+        return JournalState(self.genesis, self.entries + tuple(extra), frozenset(proven))
 
 
 def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
     """Every reason the journal forbids signing c (empty: allowed).
 
-    An identical transaction already signed is allowed: it is answered from the journal.
+    The rule is per coin: never sign two different checkpoints that spend one outpoint,
+    except fee-ladder levels, which carry the same payload to the same destination and
+    differ in the fee alone; spend only a coin at the tip of what the quorum signed (as
+    far as this appliance can prove it); rounds only increase along the chain. An
+    identical transaction already signed is allowed: it is answered from the journal.
     """
     if state.by_txid(c.txid) is not None:
         return []
@@ -178,32 +267,34 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
     if c.input not in coins:
         expected = ", ".join(str(o) for o in coins)
         reasons.append(f"input {c.input} is not the expected coin (expected one of: {expected})")
-    same_er = [e for e in state.signed if (e.epoch, e.round) == (c.epoch, c.round)]
-    for e in same_er:
+    for e in state.spends_of(c.input):
         if e.payload != c.payload:
+            reasons.append(
+                f"coin {c.input} already has a checkpoint with another payload (epoch "
+                f"{e.epoch} round {e.round}, txid {e.txid}); expected only a fee-ladder level "
+                f"of it, found epoch {c.epoch} round {c.round}"
+            )
+            break
+        if e.dest_epoch != c.dest_epoch:
+            reasons.append(
+                f"coin {c.input}: a fee-ladder level must pay the coin where the others do "
+                f"(epoch {e.dest_epoch}'s multisig, txid {e.txid}), found epoch "
+                f"{c.dest_epoch}'s"
+            )
+            break
+    parent = state.created_by(c.input)
+    if parent is not None and (c.epoch, c.round) <= (parent.epoch, parent.round):
+        reasons.append(
+            f"rounds only increase: the coin was created at epoch {parent.epoch} round "
+            f"{parent.round}, found epoch {c.epoch} round {c.round}"
+        )
+    for e in state.signed:
+        if (e.epoch, e.round) == (c.epoch, c.round) and e.payload != c.payload:
             reasons.append(
                 f"equivocation: a different payload was already signed for epoch {c.epoch} "
                 f"round {c.round} (txid {e.txid})"
             )
             break
-    highest = state.highest
-    if highest is not None and (c.epoch, c.round) <= highest:
-        same = [e for e in same_er if e.payload == c.payload and e.input == c.input]
-        if not same:
-            if (c.epoch, c.round) < highest:
-                reasons.append(
-                    f"epoch {c.epoch} round {c.round} is lower than the highest signed "
-                    f"(epoch {highest[0]} round {highest[1]})"
-                )
-            elif not any("equivocation" in r for r in reasons):
-                reasons.append(f"epoch {c.epoch} round {c.round} was signed on another input")
-        else:
-            top_fee = max(e.fee for e in same)
-            if c.fee <= top_fee:
-                reasons.append(
-                    f"re-signing epoch {c.epoch} round {c.round} needs a higher fee than "
-                    f"{top_fee} sat already signed (got {c.fee})"
-                )
     return reasons
 
 
@@ -292,7 +383,8 @@ class Journal:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if self._snapshot is None or version != self._version:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM signed ORDER BY seq").fetchall()
-            self._snapshot = JournalState(self.genesis, tuple(_entry(r) for r in rows))
+            proven = frozenset(r[0] for r in self._db.execute("SELECT txid FROM proven"))
+            self._snapshot = JournalState(self.genesis, tuple(_entry(r) for r in rows), proven)
             self._version = version
         return self._snapshot
 
@@ -306,7 +398,9 @@ class Journal:
             f"SELECT {_COLUMNS} FROM signed WHERE seq > ? ORDER BY seq", (last,)
         ).fetchall()
         if rows:
-            self._snapshot = JournalState(self.genesis, entries + tuple(_entry(r) for r in rows))
+            self._snapshot = JournalState(
+                self.genesis, entries + tuple(_entry(r) for r in rows), self._snapshot.proven_txids
+            )
 
     @_locked
     def head(self) -> dict[str, Any]:
@@ -342,12 +436,17 @@ class Journal:
     # --- writing -------------------------------------------------------------
 
     @_locked
-    def reserve(self, c: Candidate, request_hash: str) -> SignedEntry:
+    def reserve(
+        self, c: Candidate, request_hash: str, adopted: Iterable[Candidate] = ()
+    ) -> SignedEntry:
         """Commit the intent to sign c durably, or raise JournalRefusal.
 
-        Returns the existing entry when the same transaction was signed before.
+        `adopted`: proven checkpoints the decision relied on, written in the same
+        transaction (never before a decision to sign). Returns the existing entry when
+        the same transaction was signed before.
         """
         db = self._db
+        adopted = list(adopted)
         db.execute("BEGIN IMMEDIATE")
         try:
             state = self.state()
@@ -355,9 +454,11 @@ class Journal:
             if existing is not None:
                 db.execute("COMMIT")
                 return existing
-            reasons = signing_conflicts(state, c)
+            reasons = signing_conflicts(state.with_adopted(adopted), c)
             if reasons:
                 raise JournalRefusal(reasons)
+            if self._write_adopted(adopted):
+                self._snapshot = None
             self._insert(c, request_hash, "signed")
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -387,17 +488,25 @@ class Journal:
     def adopt(self, entries: list[Candidate]) -> int:
         """Record checkpoints the quorum made without this appliance (each proven by k
         signatures), so its expected coin follows the chain. Returns how many were new."""
-        added = 0
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for c in entries:
-                added += self._insert(c, "", "adopted")
+            added = self._write_adopted(entries)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._take_new_rows()
+        self._snapshot = None
+        return added
+
+    def _write_adopted(self, entries: Iterable[Candidate]) -> int:
+        """Inside a transaction: adopted rows, and own rows now proven."""
+        added = 0
+        for c in entries:
+            if self._insert(c, "", "adopted") == 0:
+                self._db.execute("INSERT OR IGNORE INTO proven (txid) VALUES (?)", (c.txid,))
+            else:
+                added += 1
         return added
 
     @_locked
@@ -415,6 +524,7 @@ class Journal:
                     replace(e, signed_psbt=signed_psbt) if e.txid == txid else e
                     for e in snap.entries
                 ),
+                snap.proven_txids,
             )
 
     @_locked

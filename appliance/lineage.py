@@ -15,7 +15,6 @@ from embit.transaction import SIGHASH, Transaction
 from appliance.journal import Candidate, JournalState
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord
-from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
 from bftanchor.template import Coin, Outpoint
 
@@ -50,54 +49,97 @@ def quorum_signers(tx: Transaction, coin: Coin, ms: EpochMultisig) -> list[Publi
 def verify_lineage(
     raw_txs: list[str], state: JournalState, records: dict[int, EpochRecord], magic: bytes
 ) -> tuple[list[Candidate], list[str]]:
-    """Checkpoints to adopt, in order, or the problems that stop the walk."""
-    if not isinstance(raw_txs, list) or len(raw_txs) > MAX_LINEAGE:
-        return [], [f"lineage must be a list of at most {MAX_LINEAGE} raw transactions"]
-    coins = state.spendable()
-    highest = state.highest
-    adopted: list[Candidate] = []
-    connected = False
+    """Quorum-signed checkpoints to adopt, parents first, and what was wrong with the rest.
+
+    A transaction is adopted when it spends a coin this appliance can name (the genesis,
+    or output 1 of anything it signed or adopted) and its witness carries k valid
+    signatures of that coin's epoch. Whatever its own unused attempts on that coin were:
+    under f < n/3 a quorum-signed spend is the quorum's choice (or a fee-ladder sibling of
+    it). Nothing else in the lineage can harm a decision: a transaction that does not
+    connect, does not parse or lacks signatures is skipped and named, never adopted, and
+    never by itself the reason to refuse a request.
+    """
+    if not isinstance(raw_txs, list):
+        return [], ["lineage must be a list of raw transactions (hex)"]
+    problems: list[str] = []
+    if len(raw_txs) > MAX_LINEAGE:
+        problems.append(f"lineage holds {len(raw_txs)} transactions; only the last "
+                        f"{MAX_LINEAGE} are read")
+        raw_txs = raw_txs[-MAX_LINEAGE:]
+    parsed: list[tuple[int, Transaction]] = []
     for i, raw in enumerate(raw_txs):
-        where = f"lineage[{i}]"
         try:
-            tx = Transaction.from_string(raw)
+            if not isinstance(raw, str):
+                raise ValueError(f"expected a hex string, found {type(raw).__name__}")
+            parsed.append((i, Transaction.from_string(raw)))
         except Exception as exc:
-            return adopted, [f"{where} does not parse as a transaction: {exc}"]
+            problems.append(f"lineage[{i}] does not parse as a transaction: {exc}")
+    adopted: list[Candidate] = []
+    # Parents first whatever the order given: repeat until nothing new connects.
+    progress = True
+    while progress:
+        progress = False
+        rest: list[tuple[int, Transaction]] = []
+        for i, tx in parsed:
+            cand, problem, connected = _judge(i, tx, state, records, magic)
+            if cand is not None:
+                adopted.append(cand)
+                state = state.with_adopted([cand])
+                progress = True
+            elif problem is not None:
+                problems.append(problem)
+            elif not connected:
+                rest.append((i, tx))
+        parsed = rest
+    # What never connected is older history, or a branch this appliance cannot judge.
+    if parsed:
+        first = parsed[0][1]
+        problems.append(
+            f"{len(parsed)} lineage transaction(s) connect to no coin this appliance knows "
+            f"(e.g. lineage[{parsed[0][0]}] spends "
+            f"{Outpoint(first.vin[0].txid.hex(), first.vin[0].vout) if first.vin else 'nothing'})"
+        )
+    return adopted, problems
+
+
+def _judge(
+    i: int, tx: Transaction, state: JournalState, records: dict[int, EpochRecord], magic: bytes
+) -> tuple[Candidate | None, str | None, bool]:
+    """(candidate, problem, connected) for one lineage transaction."""
+    where = f"lineage[{i}]"
+    try:
         txid = tx.txid().hex()
-        if state.by_txid(txid) is not None:
-            continue
+        known = state.by_txid(txid)
+        if known is not None and state.is_proven(known):
+            return None, None, True
         if not tx.vin or len(tx.vout) < 2:
-            return adopted, [f"{where} is not a checkpoint transaction"]
+            return None, f"{where} ({txid}) is not a checkpoint transaction", True
         outpoint = Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout)
-        coin = coins.get(outpoint)
-        if coin is None and not connected:
-            continue  # older history the node sends to every peer alike; not ours to judge
+        coin = state.known_coin(outpoint)
         if coin is None:
-            return adopted, [f"{where} ({txid}) spends {outpoint}, not a coin this appliance knows"]
-        connected = True
+            return None, None, False
         record = records.get(coin.epoch)
         if record is None:
-            return adopted, [f"{where}: no certified record for epoch {coin.epoch}"]
+            return None, f"{where} ({txid}): no certified record for epoch {coin.epoch}", True
         ms = multisig_for(record)
         signers = quorum_signers(tx, coin, ms)
         if len(signers) < ms.threshold:
-            return adopted, [
+            return None, (
                 f"{where} ({txid}) carries {len(signers)} valid signature(s) of epoch "
                 f"{coin.epoch}'s keys, {ms.threshold} needed"
-            ]
-        try:
-            payload = Payload.from_script(tx.vout[0].script_pubkey.data, magic)
-        except CheckpointError as exc:
-            return adopted, [f"{where} ({txid}): {exc}"]
+            ), True
+        payload = Payload.from_script(tx.vout[0].script_pubkey.data, magic)
         if payload.epoch != coin.epoch:
-            return adopted, [
-                f"{where}: payload epoch {payload.epoch} on an epoch {coin.epoch} coin"
-            ]
-        if highest is not None and (payload.epoch, payload.round) <= highest:
-            return adopted, [
-                f"{where}: epoch {payload.epoch} round {payload.round} does not advance on "
-                f"epoch {highest[0]} round {highest[1]}"
-            ]
+            return None, (
+                f"{where} ({txid}): payload epoch {payload.epoch} on an epoch "
+                f"{coin.epoch} coin"
+            ), True
+        parent = state.created_by(outpoint) or state.by_txid(outpoint.txid)
+        if parent is not None and (payload.epoch, payload.round) <= (parent.epoch, parent.round):
+            return None, (
+                f"{where} ({txid}): epoch {payload.epoch} round {payload.round} does not "
+                f"advance on the coin's epoch {parent.epoch} round {parent.round}"
+            ), True
         dest_spk = tx.vout[1].script_pubkey
         if dest_spk == ms.script_pubkey:
             dest_epoch = coin.epoch
@@ -106,27 +148,18 @@ def verify_lineage(
         ):
             dest_epoch = coin.epoch + 1
         else:
-            return adopted, [f"{where} pays the coin to an unknown script"]
-        cand = Candidate(
-            txid=txid,
-            epoch=payload.epoch,
-            round=payload.round,
-            payload=payload.encode().hex(),
-            input=outpoint,
-            input_value=coin.value,
-            coin_value=tx.vout[1].value,
-            dest_epoch=dest_epoch,
-            fee=max(coin.value - sum(o.value for o in tx.vout), 0),
-            handover=dest_epoch != coin.epoch,
-        )
-        adopted.append(cand)
-        highest = (payload.epoch, payload.round)
-        new_coin = Coin(Outpoint(txid, 1), cand.coin_value, dest_epoch)
-        coins = {outpoint: coin, new_coin.outpoint: new_coin}
-    if (
-        raw_txs
-        and not connected
-        and not all(state.by_txid(Transaction.from_string(r).txid().hex()) for r in raw_txs)
-    ):
-        return [], ["lineage does not connect to any coin this appliance knows"]
-    return adopted, []
+            return None, f"{where} ({txid}) pays the coin to an unknown script", True
+    except Exception as exc:  # a lineage entry must never break a decision
+        return None, f"{where}: {type(exc).__name__}: {exc}", True
+    return Candidate(
+        txid=txid,
+        epoch=payload.epoch,
+        round=payload.round,
+        payload=payload.encode().hex(),
+        input=outpoint,
+        input_value=coin.value,
+        coin_value=tx.vout[1].value,
+        dest_epoch=dest_epoch,
+        fee=max(coin.value - sum(o.value for o in tx.vout), 0),
+        handover=dest_epoch != coin.epoch,
+    ), None, True

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embit.psbt import PSBT
+from embit.script import Script
+from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from appliance.journal import Candidate, JournalState, signing_conflicts
 from bftanchor.descriptor import EpochMultisig, multisig_for
@@ -20,12 +22,13 @@ from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
 from bftanchor.qc import QC, verify_qc
 from bftanchor.template import (
+    COIN_SEQUENCE,
     LOCKTIME,
     P2WPKH_WITNESS,
+    TOPUP_SEQUENCE,
     TX_VERSION,
     Coin,
     Outpoint,
-    build_checkpoint_tx,
     estimate_vsize,
     input_sequence,
 )
@@ -43,6 +46,9 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     candidate: Candidate | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # Proven checkpoints (quorum-signed lineage) the decision relied on; written to the
+    # journal only together with the signature they allow.
+    adopted: list[Candidate] = field(default_factory=list)
 
     def refuse(self, reason: str) -> None:
         self.ok = False
@@ -73,6 +79,11 @@ def trusted_records(
     return records, problems
 
 
+def in_window(record: EpochRecord, round: int, window: int) -> bool:
+    """The handover window: the last W rounds of the epoch, end_round - W < r <= end_round."""
+    return record.end_round - window < round <= record.end_round
+
+
 def evaluate(
     psbt: PSBT,
     qc: QC,
@@ -81,25 +92,56 @@ def evaluate(
     limits: Limits,
     magic: bytes,
     record_problems: list[str] | None = None,
+    handover_window: int | None = None,
 ) -> Verdict:
-    """Decide a sign request. `records` are the records the appliance trusts."""
+    """Decide a sign request. `records` are the records the appliance trusts; `journal`
+    already includes the proven lineage this request carried. Never raises: anything
+    unforeseen is a refusal that names it."""
     v = Verdict(ok=True)
     for p in record_problems or []:
         v.refuse(p)
+    try:
+        _evaluate(v, psbt, qc, records, journal, limits, magic, handover_window)
+    except Exception as exc:  # a verdict, never an exception: name what broke
+        v.refuse(f"request could not be judged: {type(exc).__name__}: {exc}")
+        v.candidate = None
+    if not v.ok:
+        v.candidate = None
+    return v
 
+
+def _evaluate(
+    v: Verdict,
+    psbt: PSBT,
+    qc: QC,
+    records: dict[int, EpochRecord],
+    journal: JournalState,
+    limits: Limits,
+    magic: bytes,
+    handover_window: int | None,
+) -> None:
     # 1. The QC verifies against the record held for its epoch.
     record = records.get(qc.epoch)
+    v.summary.update(epoch=qc.epoch, round=qc.round, commit_state_id=qc.commit_state_id.hex())
     if record is None:
-        v.refuse(f"no certified epoch record held for the QC's epoch {qc.epoch}")
-        return v
+        v.refuse(f"no certified epoch record held for the QC's epoch {qc.epoch} "
+                 f"(held: {', '.join(str(e) for e in sorted(records)) or 'none'})")
+        return
     try:
         signers = verify_qc(qc, record)
         v.summary["qc_signers"] = signers
     except CheckpointError as exc:
         v.refuse(f"QC does not verify: {type(exc).__name__}: {exc}")
-        return v
+        return
+    if not record.start_round <= qc.round <= record.end_round:
+        v.refuse(f"QC round {qc.round} is outside epoch {qc.epoch}'s rounds "
+                 f"[{record.start_round}, {record.end_round}]")
+    try:
+        source = multisig_for(record)
+    except CheckpointError as exc:
+        v.refuse(f"epoch {qc.epoch}'s record cannot lock a coin: {exc}")
+        return
     payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic)
-    v.summary.update(epoch=qc.epoch, round=qc.round, commit_state_id=qc.commit_state_id.hex())
 
     tx = psbt.tx
     # 2. Shape of the transaction.
@@ -108,16 +150,29 @@ def evaluate(
     if tx.locktime != LOCKTIME:
         v.refuse(f"nLockTime is {tx.locktime}, expected {LOCKTIME}")
     if not tx.vin:
-        v.refuse("the transaction has no inputs")
-        return v
+        v.refuse("the transaction has no inputs, expected the coin as input 0")
+        return
+    if len(psbt.inputs) != len(tx.vin) or len(psbt.outputs) != len(tx.vout):
+        v.refuse("the PSBT's input/output maps do not match the transaction")
+        return
     for i, txin in enumerate(tx.vin):
-        if txin.sequence != input_sequence(i):
-            v.refuse(
-                f"input {i} nSequence is {txin.sequence:#x}, expected {input_sequence(i):#x}"
-            )
-    if len(tx.vout) < 2:
-        v.refuse(f"the transaction has {len(tx.vout)} output(s); a checkpoint has 2 or 3")
-        return v
+        want = input_sequence(i)
+        if txin.sequence != want:
+            v.refuse(f"input {i} nSequence is {txin.sequence:#x}, expected {want:#x}")
+        if txin.script_sig.data:
+            v.refuse(f"input {i} carries a scriptSig ({len(txin.script_sig.data)} bytes), "
+                     "expected none (segwit only)")
+    # Every input signs and is signed with SIGHASH_ALL (BIP174: a signer that will not
+    # use the requested type must not sign at all).
+    for i, inp in enumerate(psbt.inputs):
+        if inp.sighash_type is not None and inp.sighash_type != SIGHASH.ALL:
+            v.refuse(f"input {i} asks for sighash type {inp.sighash_type:#x}, expected "
+                     f"SIGHASH_ALL ({SIGHASH.ALL:#x}) only")
+    if len(tx.vout) < 2 or len(tx.vout) > 3:
+        v.refuse(f"the transaction has {len(tx.vout)} output(s), expected 2 or 3 "
+                 "(payload, coin, optional top-up change)")
+        if len(tx.vout) < 2:
+            return
 
     # 3. Input 0 spends the coin it expects, locked by the QC's epoch multisig.
     outpoint = Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout)
@@ -126,82 +181,131 @@ def evaluate(
     v.summary["input"] = str(outpoint)
     if coin is None:
         v.refuse(
-            f"input 0 spends {outpoint}, not the expected coin ({', '.join(str(o) for o in coins)})"
+            f"input 0 spends {outpoint}, not the expected coin "
+            f"(expected one of: {', '.join(str(o) for o in coins)})"
         )
-        return v
+        return
     if coin.epoch != qc.epoch:
         v.refuse(f"the coin belongs to epoch {coin.epoch} but the QC is for epoch {qc.epoch}")
-        return v
-    source = multisig_for(record)
+        return
     utxo = psbt.inputs[0].witness_utxo
     if utxo is None:
-        v.refuse("input 0 carries no witness_utxo")
-        return v
+        v.refuse("input 0 carries no witness_utxo, expected the coin's amount and script")
+        return
     if utxo.script_pubkey != source.script_pubkey:
-        v.refuse(f"input 0's script is not epoch {qc.epoch}'s multisig")
+        v.refuse(f"input 0's witness_utxo script is {utxo.script_pubkey.data.hex()}, expected "
+                 f"epoch {qc.epoch}'s multisig {source.script_pubkey.data.hex()}")
     if utxo.value != coin.value:
-        v.refuse(f"input 0 claims value {utxo.value}, the coin holds {coin.value}")
+        v.refuse(f"input 0 claims value {utxo.value}, expected the coin's {coin.value}")
     ws = psbt.inputs[0].witness_script
     if ws is not None and ws != source.witness_script:
-        v.refuse("input 0's witness script is not epoch's multisig script")
+        v.refuse(f"input 0's witness script is not epoch {qc.epoch}'s multisig script")
+    nwu = psbt.inputs[0].non_witness_utxo
+    if nwu is not None and nwu.txid() != tx.vin[0].txid:
+        v.refuse(f"input 0's non_witness_utxo is transaction {nwu.txid().hex()}, expected "
+                 f"{outpoint.txid}")
 
     # 4. Output 0 is exactly this QC's payload.
     if tx.vout[0].value != 0:
-        v.refuse(f"output 0 carries {tx.vout[0].value} sat, the payload output carries 0")
+        v.refuse(f"output 0 carries {tx.vout[0].value} sat, expected 0 (the payload output)")
     if tx.vout[0].script_pubkey.data != payload.script():
         try:
             got = Payload.from_script(tx.vout[0].script_pubkey.data, magic=None)
             v.refuse(
-                "output 0 is not this QC's payload (it carries epoch "
-                f"{got.epoch} round {got.round} commit_state_id {got.commit_state_id.hex()}"
-                f"{'' if got.magic == magic else ', magic ' + got.magic.hex()})"
+                f"output 0 carries epoch {got.epoch} round {got.round} commit_state_id "
+                f"{got.commit_state_id.hex()}"
+                f"{'' if got.magic == magic else ' magic ' + got.magic.hex()}, expected "
+                f"this QC's epoch {qc.epoch} round {qc.round} commit_state_id "
+                f"{qc.commit_state_id.hex()}{'' if got.magic == magic else ' magic ' + magic.hex()}"
             )
         except CheckpointError as exc:
-            v.refuse(f"output 0 is not a checkpoint payload: {exc}")
+            v.refuse(f"output 0 is not a checkpoint payload ({exc}), expected this QC's payload")
 
     # 5. Output 1 pays the coin to this epoch's multisig or, for a handover, the next's.
     dest_spk = tx.vout[1].script_pubkey
     dest: EpochMultisig | None = None
     handover = False
+    nxt = records.get(qc.epoch + 1)
     if dest_spk == source.script_pubkey:
         dest = source
     else:
-        nxt = records.get(qc.epoch + 1)
-        if nxt is not None and multisig_for(nxt).script_pubkey == dest_spk:
-            dest, handover = multisig_for(nxt), True
+        nxt_ms = None
+        if nxt is not None:
+            try:
+                nxt_ms = multisig_for(nxt)
+            except CheckpointError as exc:
+                v.refuse(f"epoch {qc.epoch + 1}'s record cannot lock a coin: {exc}")
+        if nxt_ms is not None and nxt_ms.script_pubkey == dest_spk:
+            dest, handover = nxt_ms, True
         else:
             v.refuse(
-                "output 1 pays the coin to a script that is neither epoch "
-                f"{qc.epoch}'s multisig nor a certified epoch {qc.epoch + 1} multisig"
+                f"output 1 pays the coin to {dest_spk.data.hex()}, expected epoch "
+                f"{qc.epoch}'s multisig or, for a handover, a certified epoch "
+                f"{qc.epoch + 1} multisig"
+                + ("" if nxt is not None else f" (no epoch {qc.epoch + 1} record held)")
             )
-    if handover and qc.round > record.end_round:
-        v.refuse(f"handover at round {qc.round} is after epoch {qc.epoch}'s end")
+    if handover_window is not None:
+        inside = in_window(record, qc.round, handover_window)
+        window = (f"({record.end_round - handover_window}, {record.end_round}]")
+        if handover and not inside:
+            v.refuse(f"handover at round {qc.round} is outside epoch {qc.epoch}'s handover "
+                     f"window {window}")
+        if not handover and dest is not None and inside:
+            v.refuse(f"round {qc.round} is in epoch {qc.epoch}'s handover window {window}: "
+                     f"expected a handover to epoch {qc.epoch + 1}, found a regular checkpoint")
+    elif handover and qc.round > record.end_round:
+        v.refuse(f"handover at round {qc.round} is after epoch {qc.epoch}'s end "
+                 f"{record.end_round}")
 
-    # 6. Top-ups: extra inputs only fund the fee; only their change may leave.
+    # 6. Top-ups: extra inputs only fund the fee. Their amounts are proven by their full
+    # previous transactions (segwit v0 signatures commit only to the coin's own amount,
+    # so a declared amount alone could hide coin value flowing to "change").
     topups_in = 0
+    topup_outpoints: list[Outpoint] = []
     for i in range(1, len(tx.vin)):
-        if Outpoint(tx.vin[i].txid.hex(), tx.vin[i].vout) in coins:
-            v.refuse(f"input {i} spends a checkpoint coin")
-        u = psbt.inputs[i].witness_utxo
-        if u is None:
-            v.refuse(f"top-up input {i} carries no witness_utxo")
+        op = Outpoint(tx.vin[i].txid.hex(), tx.vin[i].vout)
+        topup_outpoints.append(op)
+        if op in coins or op == outpoint:
+            v.refuse(f"input {i} spends a checkpoint coin ({op}), expected a fee-wallet coin")
+        prev = psbt.inputs[i].non_witness_utxo
+        if prev is None:
+            v.refuse(f"top-up input {i} ({op}) carries no non_witness_utxo, expected its full "
+                     "previous transaction to prove its amount")
             continue
-        if u.script_pubkey in (source.script_pubkey, dest_spk):
-            v.refuse(f"top-up input {i} is locked by a checkpoint multisig")
-        topups_in += u.value
-    if len(tx.vout) > 3:
-        v.refuse(f"{len(tx.vout)} outputs; a checkpoint has at most 3")
+        if prev.txid() != tx.vin[i].txid:
+            v.refuse(f"top-up input {i}'s non_witness_utxo is transaction {prev.txid().hex()}, "
+                     f"expected {op.txid}")
+            continue
+        if op.vout >= len(prev.vout):
+            v.refuse(f"top-up input {i} spends output {op.vout} of a transaction with "
+                     f"{len(prev.vout)} output(s)")
+            continue
+        real = prev.vout[op.vout]
+        u = psbt.inputs[i].witness_utxo
+        if u is not None and (u.value != real.value or u.script_pubkey != real.script_pubkey):
+            v.refuse(f"top-up input {i} declares {u.value} sat, its previous transaction "
+                     f"proves {real.value} sat")
+        spk = real.script_pubkey
+        if spk in (source.script_pubkey, dest_spk):
+            v.refuse(f"top-up input {i} is locked by a checkpoint multisig, expected a "
+                     "fee-wallet coin")
+        elif not _is_p2wpkh(spk.data):
+            v.refuse(f"top-up input {i} is locked by {spk.data.hex()}, expected a P2WPKH "
+                     "fee-wallet coin")
+        topups_in += real.value
+    change_out: TransactionOutput | None = None
     if len(tx.vout) == 3:
+        change_out = tx.vout[2]
         if len(tx.vin) < 2:
-            v.refuse("output 2 (top-up change) without any top-up input")
-        change = tx.vout[2].script_pubkey
+            v.refuse("output 2 (top-up change) without any top-up input, expected 2 outputs")
+        change = change_out.script_pubkey
         if change in (source.script_pubkey, dest_spk) or change.data[:1] == b"\x6a":
-            v.refuse("output 2 is not top-up change")
+            v.refuse("output 2 is a checkpoint script or a payload, expected top-up change")
+    if len(tx.vin) > 1 and tx.vout[1].value < coin.value:
+        v.refuse(f"output 1 returns {tx.vout[1].value} sat to the coin with top-ups present, "
+                 f"expected at least the coin's {coin.value} (top-ups pay the fee)")
 
-    if not v.ok or dest is None:
-        return v
-
-    # 7. Fee within the appliance's own limits.
+    # 7. Fee within the appliance's own limits, from proven amounts only.
     total_in = coin.value + topups_in
     total_out = sum(o.value for o in tx.vout)
     fee = total_in - total_out
@@ -212,26 +316,34 @@ def evaluate(
         vsize=vsize,
         fee_rate=round(rate, 3),
         handover=handover,
-        dest_epoch=dest.epoch,
+        dest_epoch=dest.epoch if dest is not None else None,
         coin_value=tx.vout[1].value,
     )
     if fee <= 0:
-        v.refuse(f"outputs exceed inputs (fee {fee} sat)")
-    change = sum(o.value for o in tx.vout[2:])
-    if change > topups_in:
+        v.refuse(f"outputs ({total_out} sat) exceed the proven inputs ({total_in} sat)")
+    change_value = sum(o.value for o in tx.vout[2:])
+    if change_value > topups_in:
         # Change may only return what the top-ups brought: the coin itself never
         # leaves through "change" to an address the appliance cannot judge.
-        v.refuse(f"output 2 returns {change} sat, more than the top-ups' {topups_in} sat")
+        v.refuse(f"output 2 returns {change_value} sat, more than the top-ups' {topups_in} sat")
     if fee > limits.max_fee_sat:
         v.refuse(f"fee {fee} sat exceeds the limit of {limits.max_fee_sat} sat")
     if rate > limits.max_fee_rate:
         v.refuse(f"fee rate {rate:.1f} sat/vB exceeds the limit of {limits.max_fee_rate} sat/vB")
 
+    if dest is None:
+        return
     # 8. Byte-for-byte: the transaction it would build itself, with that fee.
-    if len(tx.vin) == 1 and len(tx.vout) == 2 and fee > 0:
-        expected = build_checkpoint_tx(coin, payload, dest, fee)
-        if expected.serialize() != tx.serialize():
-            v.refuse("the transaction differs from the checkpoint the appliance would build")
+    vin = [TransactionInput(bytes.fromhex(outpoint.txid), outpoint.vout, sequence=COIN_SEQUENCE)]
+    vin += [TransactionInput(bytes.fromhex(o.txid), o.vout, sequence=TOPUP_SEQUENCE)
+            for o in topup_outpoints]
+    vout = [TransactionOutput(0, Script(payload.script())),
+            TransactionOutput(tx.vout[1].value, dest.script_pubkey)]
+    if change_out is not None:
+        vout.append(TransactionOutput(change_out.value, change_out.script_pubkey))
+    expected = Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
+    if expected.serialize() != tx.serialize():
+        v.refuse("the transaction differs from the checkpoint the appliance would build")
 
     # 9. The journal allows it.
     txid = tx.txid().hex()
@@ -251,4 +363,7 @@ def evaluate(
     for reason in signing_conflicts(journal, cand):
         v.refuse(f"journal: {reason}")
     v.candidate = cand
-    return v
+
+
+def _is_p2wpkh(spk: bytes) -> bool:
+    return len(spk) == 22 and spk[:2] == b"\x00\x14"

@@ -98,52 +98,73 @@ class Appliance:
     def decide(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None = None
     ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
-        """Run the policy without signing (the TUI shows this before approval)."""
+        """Run the policy without signing and without writing anything (the TUI shows
+        this before approval). Proven lineage is applied to a copy of the journal's
+        state; it is written only together with a signature (handle_sign)."""
         try:
-            psbt = PSBT.from_string(psbt_b64) if isinstance(psbt_b64, str) else None
-            if psbt is None:
-                raise ValueError("PSBT must be a base64 string")
-        except Exception as exc:
-            return Verdict(False, [f"malformed PSBT: {exc or type(exc).__name__}"]), None, {}
+            return self._decide(psbt_b64, qc_json, records_json, lineage)
+        except Exception as exc:  # every bad request is a verdict, never a traceback
+            return Verdict(False, [f"request could not be judged: {type(exc).__name__}: "
+                                   f"{exc}"]), None, {}
+
+    def _decide(
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
+    ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
+        reasons: list[str] = []
+        psbt: PSBT | None = None
+        qc: QC | None = None
+        if not isinstance(psbt_b64, str):
+            reasons.append(f"psbt must be a base64 string, found {type(psbt_b64).__name__}")
+        else:
+            try:
+                psbt = PSBT.from_string(psbt_b64)
+            except Exception as exc:
+                reasons.append(f"malformed PSBT: {exc or type(exc).__name__}")
         try:
             qc = QC.from_json(qc_json)
         except CheckpointError as exc:
-            return Verdict(False, [f"malformed QC: {type(exc).__name__}: {exc}"]), psbt, {}
+            reasons.append(f"malformed QC: {type(exc).__name__}: {exc}")
         offered: list[EpochRecord] = []
         problems: list[str] = []
         if not isinstance(records_json, list):
+            problems.append(f"epoch records must be a list, found {type(records_json).__name__}")
             records_json = []
-            problems.append("epoch records must be a list")
         for r in records_json:
             try:
                 offered.append(EpochRecord.from_json(r))
             except CheckpointError as exc:
                 problems.append(f"an offered epoch record does not parse: {exc}")
-        records, rec_problems = trusted_records(self.held_records(), offered)
-        if lineage:
+        held = self.held_records()
+        records, rec_problems = trusted_records(held, offered)
+        state = self.journal.state()
+        adopted = []
+        lineage_problems: list[str] = []
+        if lineage is not None:
             adopted, lineage_problems = verify_lineage(
-                lineage, self.journal.state(), records, self.deployment.magic
+                lineage, state, records, self.deployment.magic
             )
-            if adopted:
-                self.journal.store_records(records[e] for e in {c.dest_epoch for c in adopted})
-                self.journal.adopt(adopted)
-                self.journal.log("adopted", {"txids": [c.txid for c in adopted]})
-                log.info("adopted %d checkpoint(s) signed by the quorum", len(adopted))
-            problems.extend(lineage_problems)
+            state = state.with_adopted(adopted)
+        if psbt is None or qc is None:
+            return Verdict(False, reasons + problems), psbt, records
         verdict = evaluate(
             psbt,
             qc,
             records,
-            self.journal.state(),
+            state,
             self.limits,
             self.deployment.magic,
             problems,
+            getattr(self.deployment, "handover_window", None),
         )
-        # A record that fails to certify matters only if the request needs it: the
-        # policy then refuses, and the record's own problem explains why.
+        # A record that fails to certify, or lineage that proves nothing, matters only if
+        # the request needs it: the policy then refuses, and these explain why.
         if not verdict.ok:
             verdict.reasons.extend(rec_problems)
-        verdict.summary["new_records"] = sorted(set(records) - set(self.held_records()))
+            verdict.reasons.extend(f"lineage: {p}" for p in lineage_problems)
+        verdict.adopted = adopted
+        verdict.summary["new_records"] = sorted(set(records) - set(held))
+        if adopted:
+            verdict.summary["adopted"] = [c.txid for c in adopted]
         return verdict, psbt, records
 
     def handle_sign(
@@ -180,12 +201,20 @@ class Appliance:
             self._refuse(["refused by the operator"], summary)
             return SignOutcome(False, ["refused by the operator"], summary=summary)
         try:
-            self.journal.reserve(cand, request_hash(psbt_b64, qc_json, records_json))
+            self.journal.reserve(
+                cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted
+            )
         except JournalRefusal as exc:
             reasons = [f"journal: {r}" for r in exc.reasons]
             self._refuse(reasons, summary)
             return SignOutcome(False, reasons, summary=summary)
-        self.journal.store_records(records[e] for e in (cand.epoch, cand.dest_epoch))
+        if verdict.adopted:
+            self.journal.log("adopted", {"txids": [c.txid for c in verdict.adopted]})
+            log.info("adopted %d checkpoint(s) signed by the quorum", len(verdict.adopted))
+        self.journal.store_records(
+            records[e] for e in {cand.epoch, cand.dest_epoch, *(c.dest_epoch for c in
+                                                               verdict.adopted)}
+        )
         _crash_point("after-journal")
         source = EpochMultisig(records[cand.epoch])
         try:

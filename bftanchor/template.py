@@ -85,6 +85,10 @@ class TopUp:
     inputs: tuple[tuple[Outpoint, TransactionOutput], ...]
     amount: int
     change_script: Script
+    # The full previous transaction of each input (BIP174 non_witness_utxo): the
+    # appliance proves every top-up amount from it (a segwit v0 signature commits only
+    # to the amount of the input it signs, the coin's, not to the top-ups').
+    prev_txs: tuple[Transaction, ...] = ()
 
     @property
     def value(self) -> int:
@@ -145,8 +149,11 @@ def build_checkpoint_psbt(
     if source.epoch != coin.epoch:
         raise TemplateError(f"coin belongs to epoch {coin.epoch}, not {source.epoch}")
     psbt = PSBT(build_checkpoint_tx(coin, payload, dest, fee, topup))
-    for i, (_, utxo) in enumerate(topup.inputs if topup else (), start=1):
+    prevs = {t.txid().hex(): t for t in (topup.prev_txs if topup else ())}
+    for i, (op, utxo) in enumerate(topup.inputs if topup else (), start=1):
         psbt.inputs[i].witness_utxo = utxo
+        if op.txid in prevs:
+            psbt.inputs[i].non_witness_utxo = prevs[op.txid]
     inp = psbt.inputs[0]
     inp.witness_utxo = TransactionOutput(coin.value, source.script_pubkey)
     if prev_tx is not None:

@@ -180,3 +180,20 @@ def test_fifteen_keys_round_trip_through_chunked_reply(world):
 def test_device_not_found_is_a_clear_error():
     with pytest.raises(SignerError, match="cannot connect|not found|connection"):
         HWISigner(device_type="jade", device_path="tcp:127.0.0.1:1")
+
+
+@pytest.mark.parametrize("sighash", [0x02, 0x03, 0x81, 0x83])
+def test_only_sighash_all_is_signed_on_every_signer(world, monkeypatch, sighash):
+    """Issue 10 item 6 (BIP174): an input asking for another sighash type is not signed,
+    by the software signer nor through HWI, and the device is never asked."""
+    from hwilib import commands
+
+    sim, emu, hwi, signers, rec, ms, coin = world()
+    qc, psbt = checkpoint_psbt(sim, ms, coin)
+    psbt.inputs[0].sighash_type = sighash
+    calls: list = []
+    monkeypatch.setattr(commands, "signtx", lambda *a, **k: calls.append(a))
+    for signer in signers.values():
+        with pytest.raises(SignerError, match=f"sighash type {sighash:#x}, expected SIGHASH_ALL"):
+            signer.sign(psbt, ms)
+    assert calls == []

@@ -47,25 +47,68 @@ def test_chain_of_spends(journal):
     assert any("not the expected coin" in r for r in reasons)
 
 
-def test_equivocation_refused_and_lower_round(journal):
+def test_equivocation_refused_and_one_checkpoint_per_coin(journal):
     journal.reserve(cand("a1" * 32, 0, 5), "h")
     with pytest.raises(JournalRefusal, match="equivocation"):
         journal.reserve(cand("a2" * 32, 0, 5, payload="zz"), "h")
-    journal.reserve(cand("b1" * 32, 0, 9, payload="bb"), "h")  # replacement, same input
-    with pytest.raises(JournalRefusal, match="lower than the highest"):
-        journal.reserve(cand("c1" * 32, 0, 7, payload="cc"), "h")
+    # A newer QC on the same coin is another checkpoint: never two per outpoint.
+    with pytest.raises(JournalRefusal, match="another payload"):
+        journal.reserve(cand("b1" * 32, 0, 9, payload="bb"), "h")
+    # A ladder level must pay the coin where the others do (no handover sneaked in).
+    with pytest.raises(JournalRefusal, match="fee-ladder level must pay"):
+        journal.reserve(cand("b2" * 32, 0, 5, dest_epoch=1, fee=900), "h")
+    # Rounds only increase along the chain.
+    with pytest.raises(JournalRefusal, match="rounds only increase"):
+        journal.reserve(cand("c1" * 32, 0, 4, payload="cc", inp=Outpoint("a1" * 32, 1)), "h")
 
 
-def test_fee_bump_same_payload_same_input(journal):
+def test_fee_ladder_levels_differ_in_fee_alone(journal):
     journal.reserve(cand("a1" * 32, 0, 5, fee=500), "h")
-    with pytest.raises(JournalRefusal, match="higher fee"):
-        journal.reserve(cand("a2" * 32, 0, 5, fee=400), "h")
+    journal.reserve(cand("a2" * 32, 0, 5, fee=400), "h")
     journal.reserve(cand("a3" * 32, 0, 5, fee=900), "h")
     state = journal.state()
-    # Either rung may confirm: both outputs are now spendable, and the input too.
-    assert {Outpoint("a1" * 32, 1), Outpoint("a3" * 32, 1), GENESIS.outpoint} == set(
-        state.spendable()
-    )
+    # Any level may confirm: every output is a tip, and the input takes more levels.
+    assert {Outpoint("a1" * 32, 1), Outpoint("a2" * 32, 1), Outpoint("a3" * 32, 1),
+            GENESIS.outpoint} == set(state.spendable())
+
+
+def test_sql_trigger_keeps_one_checkpoint_per_coin(journal):
+    journal.reserve(cand("a1" * 32, 0, 5), "h")
+    with pytest.raises(sqlite3.IntegrityError, match="per-coin"):
+        journal._db.execute(
+            "INSERT INTO signed (txid, epoch, round, payload, input, input_value, coin_value, "
+            "dest_epoch, fee, handover, request_hash, created_at) "
+            f"VALUES ('x', 0, 9, 'other', '{GENESIS.outpoint}', 1, 1, 0, 1, 0, 'h', 0)"
+        )
+
+
+def test_a_proven_spend_overrides_an_unused_attempt(journal):
+    """Signed a newer QC the network never used: the quorum's real spend is followed."""
+    journal.reserve(cand("a1" * 32, 0, 12, payload="s12"), "h")
+    real = cand("b1" * 32, 0, 11, payload="t11")
+    nxt = cand("c1" * 32, 0, 12, payload="s12", inp=Outpoint("b1" * 32, 1))
+    # Not adopted yet: b1's output is unknown.
+    assert any("not the expected coin" in r for r in signing_conflicts(journal.state(), nxt))
+    state = journal.state().with_adopted([real])
+    assert set(state.spendable()) == {Outpoint("b1" * 32, 1), GENESIS.outpoint}
+    assert signing_conflicts(state, nxt) == []
+    # Still never a second own checkpoint on the coin it signed once (not even the
+    # quorum's ladder level), and the dead attempt's output is no tip.
+    assert signing_conflicts(state, cand("b2" * 32, 0, 11, payload="t11", fee=900))
+    dead = cand("d1" * 32, 0, 20, payload="x20", inp=Outpoint("a1" * 32, 1))
+    assert any("not the expected coin" in r for r in signing_conflicts(state, dead))
+    # The adoption is written with the signature, in one transaction.
+    journal.reserve(nxt, "h", [real])
+    kinds = [(e.txid[:2], e.kind) for e in journal.state().entries]
+    assert kinds == [("a1", "signed"), ("b1", "adopted"), ("c1", "signed")]
+
+
+def test_any_proven_ladder_level_may_be_the_one_mined(journal):
+    journal.adopt([cand("a3" * 32, 0, 5, fee=900)])
+    mined = cand("a1" * 32, 0, 5, fee=500)
+    nxt = cand("c1" * 32, 0, 9, payload="bb", inp=Outpoint("a1" * 32, 1))
+    assert any("not the expected coin" in r for r in signing_conflicts(journal.state(), nxt))
+    assert signing_conflicts(journal.state().with_adopted([mined]), nxt) == []
 
 
 def test_identical_request_is_idempotent(journal):

@@ -53,7 +53,7 @@ def test_lineage_that_skips_a_link_is_refused(fleet, regtest):
     qc = fleet.qc(15)
     out = v3.handle_sign(*fleet.request(fleet.propose(qc).psbt, qc), [raw(regtest, t2)])
     assert not out.signed
-    assert "does not connect to any coin this appliance knows" in " ".join(out.reasons)
+    assert "connect to no coin this appliance knows" in " ".join(out.reasons)
     assert v3.journal.state().entries == ()
 
 

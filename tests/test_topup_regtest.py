@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from embit.psbt import PSBT
 from embit.script import Script
-from embit.transaction import TransactionOutput
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
 from helpers import MAGIC, Fleet
 
 from anchornode.feewallet import select_topup, sign_topups
@@ -68,11 +68,13 @@ def test_change_larger_than_topups_is_refused(fleet, regtest):
     bad = PSBT(tx)
     for mine, theirs in zip(bad.inputs, psbt.inputs, strict=True):
         mine.witness_utxo = theirs.witness_utxo
+        mine.non_witness_utxo = theirs.non_witness_utxo
         mine.witness_script = theirs.witness_script
         mine.bip32_derivations = theirs.bip32_derivations
     out = fleet.appliances["v0"].handle_sign(*fleet.request(bad, qc))
     assert not out.signed
     assert any("more than the top-ups" in r for r in out.reasons), out.reasons
+    assert any("expected at least the coin's" in r for r in out.reasons), out.reasons
 
 
 def test_topup_input_locked_by_the_multisig_is_refused(fleet, regtest):
@@ -80,9 +82,66 @@ def test_topup_input_locked_by_the_multisig_is_refused(fleet, regtest):
     ms = EpochMultisig(fleet.records[0])
     from bftanchor.template import Outpoint
 
-    fake = TopUp(((Outpoint("ee" * 32, 0), TransactionOutput(30_000, ms.script_pubkey)),),
-                 10_000, Script(b"\x00\x14" + b"\x01" * 20))
+    prev = Transaction(2, [TransactionInput(b"\xee" * 32, 0)],
+                       [TransactionOutput(30_000, ms.script_pubkey)], 0)
+    fake = TopUp(((Outpoint(prev.txid().hex(), 0), TransactionOutput(30_000, ms.script_pubkey)),),
+                 10_000, Script(b"\x00\x14" + b"\x01" * 20), (prev,))
     psbt, _ = topped_up_psbt(fleet, fake, qc, fee=1_000)
     out = fleet.appliances["v0"].handle_sign(*fleet.request(psbt, qc))
     assert not out.signed
     assert any("locked by a checkpoint multisig" in r for r in out.reasons), out.reasons
+
+
+def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest):
+    """Issue 10 item 1. A top-up declaring more than it holds would let the initiator
+    shrink the coin and pay itself the difference as change, with every appliance
+    reporting a normal fee (segwit v0 signs the coin's amount, not the top-ups'). Every
+    appliance refuses it; the honest top-up is signed, and the node's view of the coin
+    afterwards is the value before plus the top-up, the fee being what the appliances
+    reported, to the satoshi."""
+    wallet = regtest.wallet_rpc
+    qc = fleet.qc(5)
+    honest = select_topup(wallet, 10_000, 5_000)
+    real_value = honest.inputs[0][1].value
+    lie = 8_000
+    # The attack: declare `lie` more than the top-up holds, take it from the coin.
+    forged_utxo = TransactionOutput(real_value + lie, honest.inputs[0][1].script_pubkey)
+    forged = TopUp(((honest.inputs[0][0], forged_utxo),) + honest.inputs[1:], honest.amount,
+                   honest.change_script)
+    attack, ms = topped_up_psbt(fleet, forged, qc, fee=2_000)
+    attack.tx.vout[1].value -= lie + honest.amount   # the coin shrinks ...
+    attack.tx.vout[2].value += honest.amount + lie - lie  # ... "change" keeps the lie
+    attack.tx.vout[2].value += lie
+    b64 = attack.to_string()
+    for vid, appliance in fleet.appliances.items():
+        out = appliance.handle_sign(*fleet.request(b64, qc))
+        assert not out.signed, vid
+        text = " | ".join(out.reasons)
+        assert "carries no non_witness_utxo" in text, text
+    # The same lie with the real previous transaction attached: the proof contradicts it.
+    with_proof = PSBT.from_string(b64)
+    with_proof.inputs[1].non_witness_utxo = honest.prev_txs[0]
+    out = fleet.appliances["v0"].handle_sign(*fleet.request(with_proof, qc))
+    assert not out.signed
+    assert any(f"declares {real_value + lie} sat, its previous transaction proves "
+               f"{real_value} sat" in r for r in out.reasons), out.reasons
+
+    before = regtest.rpc.gettxout(fleet.coin.outpoint.txid, fleet.coin.outpoint.vout)
+    psbt, ms = topped_up_psbt(fleet, honest, qc)
+    from anchornode.initiator import Proposal
+
+    proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
+    signed, signed_by, refusals = collect(proposal, fleet.peers())
+    assert len(signed_by) == 3, refusals
+    reported = fleet.appliances["v0"].journal.state().by_txid(psbt.tx.txid().hex()).fee
+    tx = finalize(sign_topups(wallet, signed), ms)
+    txid = regtest.rpc.sendrawtransaction(tx.serialize().hex())
+    assert regtest.rpc.getmempoolentry(txid)["fees"]["base"] * 10**8 == pytest.approx(reported)
+    regtest.mine(1)
+    after = regtest.rpc.gettxout(txid, 1)
+    from anchornode.pow.rpc import to_sat
+
+    topups = sum(u.value for _, u in honest.inputs)
+    change = sum(o.value for o in tx.vout[2:])
+    assert to_sat(after["value"]) == to_sat(before["value"]) + topups - change - reported
+    assert to_sat(after["value"]) == to_sat(before["value"]) + honest.amount

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from embit.psbt import PSBT
+from embit.transaction import SIGHASH
 
 from bftanchor.descriptor import EpochMultisig
 
@@ -24,6 +25,18 @@ class Signer(Protocol):
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
         """Return a copy of psbt carrying this signer's signature on input 0 only."""
         ...
+
+
+def require_sighash_all(psbt: PSBT) -> None:
+    """BIP174: a signer that will not use the sighash type an input asks for must not sign.
+    This appliance signs SIGHASH_ALL only; every signer checks before it signs (for a
+    device: before the PSBT is sent to it)."""
+    for i, inp in enumerate(psbt.inputs):
+        if inp.sighash_type is not None and inp.sighash_type != SIGHASH.ALL:
+            raise SignerError(
+                f"input {i} asks for sighash type {inp.sighash_type:#x}, expected SIGHASH_ALL "
+                f"({SIGHASH.ALL:#x}) only: not signing"
+            )
 
 
 def epoch_path(coin_type: int, epoch: int) -> str:

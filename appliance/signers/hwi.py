@@ -19,7 +19,7 @@ from embit import bip32
 from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
 
-from appliance.signers.base import SignerError, epoch_path
+from appliance.signers.base import SignerError, epoch_path, require_sighash_all
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import TemplateError
 from bftanchor.template import verify_partial_sig
@@ -202,6 +202,7 @@ class HWISigner:
         return address
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
+        require_sighash_all(psbt)
         from hwilib import commands
 
         mine = [k for k in multisig.keys if k.fingerprint == self.fingerprint]

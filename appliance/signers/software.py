@@ -13,7 +13,7 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
-from appliance.signers.base import SignerError, epoch_path
+from appliance.signers.base import SignerError, epoch_path, require_sighash_all
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
 from bftanchor.template import sighash
 
@@ -73,6 +73,7 @@ class SoftwareSigner:
         return f"[{self.fingerprint.hex()}/{path}]{xpub}"
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
+        require_sighash_all(psbt)
         child = self.account(multisig.epoch).derive(list(KEY_TAIL))
         pub = child.key.get_public_key()
         der = psbt.inputs[0].bip32_derivations.get(pub)
