@@ -154,7 +154,7 @@ class Appliance:
             self.limits,
             self.deployment.magic,
             problems,
-            getattr(self.deployment, "handover_window", None),
+            self.deployment.handover_window,
         )
         # A record that fails to certify, or lineage that proves nothing, matters only if
         # the request needs it: the policy then refuses, and these explain why.
