@@ -133,9 +133,6 @@ def _evaluate(
     except CheckpointError as exc:
         v.refuse(f"QC does not verify: {type(exc).__name__}: {exc}")
         return
-    if not record.start_round <= qc.round <= record.end_round:
-        v.refuse(f"QC round {qc.round} is outside epoch {qc.epoch}'s rounds "
-                 f"[{record.start_round}, {record.end_round}]")
     try:
         source = multisig_for(record)
     except CheckpointError as exc:
