@@ -20,21 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from embit import bip39
+from embit.transaction import Transaction
 
+from anchornode.appliance_client import InProcessAppliance
 from anchornode.audit import audit_chain
 from anchornode.bftsim import SimulatedBFTChain
+from anchornode.config import NodeConfig, PeerConfig, PowNodeConfig
+from anchornode.delivery import CheckpointFailed
 from anchornode.fees import FeePolicy
-from anchornode.initiator import CheckpointFailed, assemble, collect, deliver, propose
+from anchornode.localnet import LocalNet
 from anchornode.pow.regtest import RegtestNode
 from anchornode.pow.rpc import to_coin, to_sat
 from anchornode.procutil import die_with_parent
+from anchornode.qcsource import MemorySource
+from anchornode.schedule import ScheduleConfig
+from anchornode.service import NodeService
 from appliance.config import EXAMPLE, ApplianceConfig
 from appliance.runtime import open_appliance
 from appliance.signers.software import SoftwareSigner
-from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
-from bftanchor.descriptor import EpochMultisig
+from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.network import network
+from bftanchor.payload import Payload
 from bftanchor.template import Coin, Outpoint
 
 log = logging.getLogger("bft_anchor.devnet")
@@ -54,10 +61,11 @@ class DevnetOptions:
     seed: int = 0
     appliances: str = "process"  # "process": each over a pty link; "inprocess"
     signer: str = "hwi"  # "hwi": a Jade emulator per validator, driven through HWI
+    ladder: int = 3  # fee levels each round signs (the node's default)
 
 
-class LinkPeer:
-    """A validator whose appliance is its own process, reached over a pty serial link."""
+class LinkAppliance:
+    """A validator's appliance as its own process, reached over a pty serial link."""
 
     def __init__(self, validator_id: str, config: Path, log_dir: Path) -> None:
         from anchornode.link_client import LinkApplianceClient
@@ -65,7 +73,7 @@ class LinkPeer:
 
         self.validator_id = validator_id
         self.master, slave = open_pty_pair()
-        self.log = open(log_dir / f"appliance-{validator_id}.log", "ab")
+        self.log = open(log_dir / f"appliance-{validator_id}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -86,8 +94,8 @@ class LinkPeer:
         )
         self.client = LinkApplianceClient(self.master, timeout=30)
 
-    def request_signature(self, psbt_b64: str, qc_json: Any, records_json: Any) -> dict:
-        return self.client.sign(psbt_b64, qc_json, records_json, None)
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
+        return self.client.sign(psbt_b64, qc_json, records_json, lineage)
 
     def install_record(self, record_json: Any) -> list[str]:
         return self.client.install_record(record_json)
@@ -103,18 +111,14 @@ class LinkPeer:
         self.log.close()
 
 
-class LocalPeer:
-    """A validator whose appliance runs in this process."""
-
-    def __init__(self, validator_id: str, appliance: Appliance) -> None:
-        self.validator_id = validator_id
-        self.appliance = appliance
-
-    def request_signature(self, psbt_b64: str, qc_json: Any, records_json: Any) -> dict:
-        return self.appliance.handle_sign(psbt_b64, qc_json, records_json).to_json()
+class LocalAppliance(InProcessAppliance):
+    """A validator's appliance in this process."""
 
     def install_record(self, record_json: Any) -> list[str]:
         return self.appliance.install_record(record_json)
+
+    def close(self) -> None:
+        pass
 
 
 def _write_validator(vdir: Path, vid: str, mnemonic: str, device_path: str | None) -> Path:
@@ -221,85 +225,53 @@ def _run(
     )
 
     if opts.appliances == "process":
-        peers: list[Any] = [LinkPeer(vid, cfg, root) for vid, cfg in configs.items()]
+        appliances: dict[str, Any] = {
+            vid: LinkAppliance(vid, cfg, root) for vid, cfg in configs.items()
+        }
     else:
-        peers = [
-            LocalPeer(vid, open_appliance(ApplianceConfig.load(cfg)))
+        appliances = {
+            vid: LocalAppliance(open_appliance(ApplianceConfig.load(cfg)))
             for vid, cfg in configs.items()
-        ]
+        }
+    source = MemorySource()
+    source.publish_record(rec0)
+    localnet = LocalNet()
+    nodes = {
+        v.id: _node(v.id, v.bft_secret, opts, deployment, appliances[v.id], node, source,
+                    localnet, [p.id for p in sim.validators])
+        for v in sim.validators
+    }
     try:
         records = {0: rec0}
-        coin = genesis
         checkpoints: list[dict[str, Any]] = []
-        seq = 0
-        n = opts.validators
         for epoch in range(opts.epochs):
             start, end = sim.epoch_rounds(epoch)
-            has_next = epoch + 1 < opts.epochs
-            if has_next:
+            if epoch + 1 < opts.epochs:
+                # The BFT chain certifies the next epoch's record; each operator arms it.
                 nxt = sim.make_record(epoch + 1, pow_keys(epoch + 1))
                 records[epoch + 1] = nxt
-                for p in peers:
-                    problems = p.install_record(nxt.to_json())
+                source.publish_record(nxt)
+                for vid, a in appliances.items():
+                    problems = a.install_record(nxt.to_json())
                     if problems:
-                        raise CheckpointFailed(
-                            f"{p.validator_id} refused epoch {epoch + 1}: {problems}"
-                        )
-            handover_round = end - opts.handover_margin
-            due = list(range(start + opts.interval, handover_round, opts.interval))
-            if has_next:
-                due.append(handover_round)
-            elif not due:
-                due.append(start)
-            qc = None
-            for rnd in range(start, (due[-1] if due else start) + 1):
+                        raise CheckpointFailed(f"{vid} refused epoch {epoch + 1}: {problems}")
+            for rnd in range(start, end + 1):
                 qc = sim.qc(epoch, rnd)  # the BFT chain commits a block every round
-                if rnd not in due:
-                    continue
-                handover = has_next and rnd == handover_round
-                initiator = peers[(seq + 0) % n]
-                rate = opts.fee.rate(node.rpc)
-                proposal = propose(coin, qc, records, handover, rate, opts.magic)
-                order = [initiator] + [p for p in peers if p is not initiator]
-                psbt, signed_by, refusals = collect(proposal, order)
-                # Ask the rest too, so every appliance's journal follows the coin.
-                for p in order:
-                    if p.validator_id not in signed_by and p.validator_id not in refusals:
-                        p.request_signature(
-                            proposal.psbt.to_string(),
-                            qc.to_json(),
-                            [r.to_json() for r in proposal.records],
-                        )
-                if len(signed_by) < proposal.source.threshold:
-                    raise CheckpointFailed(
-                        f"epoch {epoch} round {rnd}: only {signed_by} signed; refusals: {refusals}"
+                source.publish_qc(qc)
+                # Every validator's node looks: the schedule says whether a checkpoint is
+                # due, and the attempt's initiator runs the node's own signing round.
+                made = [(vid, n.tick()) for vid, n in nodes.items()]
+                block = node.mine(1)[0]  # one PoW block per BFT round
+                for vid, txid in made:
+                    if txid is None:
+                        continue
+                    entry = _checkpoint_entry(node, txid, block, vid, nodes[vid])
+                    checkpoints.append(entry)
+                    say(
+                        f"epoch {entry['epoch']} round {entry['round']:>4} txid {txid} "
+                        f"height {entry['height']} initiator {vid} fee {entry['fee']}"
+                        f"{' HANDOVER -> epoch ' + str(epoch + 1) if entry['handover'] else ''}"
                     )
-                tx = assemble(proposal, psbt)
-                deliver(tx, [node.rpc])
-                block = node.mine(1)[0]
-                info = node.rpc.getrawtransaction(tx.txid().hex(), True)
-                if info.get("blockhash") != block:
-                    raise CheckpointFailed(f"checkpoint {tx.txid().hex()} not in block {block}")
-                height = node.rpc.getblockheader(block)["height"]
-                entry = {
-                    "epoch": epoch,
-                    "round": rnd,
-                    "commit_state_id": qc.commit_state_id.hex(),
-                    "txid": tx.txid().hex(),
-                    "raw_tx": tx.serialize().hex(),
-                    "block_hash": block,
-                    "height": height,
-                    "initiator": initiator.validator_id,
-                    "handover": handover,
-                }
-                checkpoints.append(entry)
-                say(
-                    f"epoch {epoch} round {rnd:>4} txid {entry['txid']} height {height} "
-                    f"initiator {initiator.validator_id} fee {proposal.fee}"
-                    f"{' HANDOVER -> epoch ' + str(epoch + 1) if handover else ''}"
-                )
-                coin = Coin(Outpoint(entry["txid"], 1), tx.vout[1].value, proposal.dest.epoch)
-                seq += 1
         (root / "epochs.json").write_text(
             json.dumps([records[e].to_json() for e in sorted(records)], indent=1) + "\n"
         )
@@ -326,9 +298,72 @@ def _run(
             "audit": {"ok": report.ok, "violations": report.violations + report.missing},
         }
     finally:
-        for p in peers:
-            if isinstance(p, LinkPeer):
-                p.close()
+        for n in nodes.values():
+            n.shutdown()
+        for a in appliances.values():
+            a.close()
+
+
+def _node(
+    vid: str,
+    secret: bytes,
+    opts: DevnetOptions,
+    deployment: Deployment,
+    appliance: Any,
+    pow_node: RegtestNode,
+    source: MemorySource,
+    localnet: LocalNet,
+    everyone: list[str],
+) -> NodeService:
+    """One validator's node in this process: the same NodeService `bft-anchor node` runs,
+    with its peers reached through LocalNet instead of TCP."""
+    cfg = NodeConfig(
+        path=Path("devnet"),
+        validator_id=vid,
+        bft_key_file=Path("-"),
+        deployment=Path("-"),
+        qc_source="memory",
+        listen=("127.0.0.1", 0),
+        metrics=None,
+        appliance_link="inprocess:" if opts.appliances != "process" else "pty",
+        appliance_secret=None,
+        peers=[PeerConfig(p, "127.0.0.1", 0) for p in everyone if p != vid],
+        pow_nodes=[PowNodeConfig(pow_node.url)],
+        schedule=ScheduleConfig(interval_blocks=opts.interval, initiator_timeout=30.0),
+        fees=opts.fee,
+        ladder=opts.ladder,
+    )
+    service = NodeService(
+        cfg, deployment, secret, appliance, [pow_node.rpc], source, send=localnet.send
+    )
+    localnet.register(vid, service.responder.handle)
+    return service
+
+
+def _checkpoint_entry(
+    pow_node: RegtestNode, txid: str, block: str, initiator: str, service: NodeService
+) -> dict[str, Any]:
+    info = pow_node.rpc.getrawtransaction(txid, True)
+    if info.get("blockhash") != block:
+        raise CheckpointFailed(f"checkpoint {txid} not in block {block}")
+    tx = Transaction.from_string(info["hex"])
+    payload = Payload.from_script(tx.vout[0].script_pubkey.data, service.deployment.magic)
+    spent = Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout)
+    ladder = service.ladders.get(spent)
+    nxt = service.view.records.get(payload.epoch + 1)
+    return {
+        "epoch": payload.epoch,
+        "round": payload.round,
+        "commit_state_id": payload.commit_state_id.hex(),
+        "txid": txid,
+        "raw_tx": info["hex"],
+        "block_hash": block,
+        "height": pow_node.rpc.getblockheader(block)["height"],
+        "initiator": initiator,
+        "handover": nxt is not None
+        and tx.vout[1].script_pubkey == multisig_for(nxt).script_pubkey,
+        "fee": ladder.fees[0] if ladder else None,
+    }
 
 
 def print_progress(line: str) -> None:

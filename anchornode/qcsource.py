@@ -58,6 +58,35 @@ class DirectoryWriter:
         _atomic_write(self.root / "epochs" / f"e{record.epoch:08d}.json", record.to_json())
 
 
+class MemorySource:
+    """QCs and records held in this process: the in-process devnet's BFT chain and the
+    node's unit tests publish here, and every node reads the same object."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._qcs: dict[int, list[QC]] = {}
+        self._records: dict[int, EpochRecord] = {}
+
+    def publish_qc(self, qc: QC) -> None:
+        with self._lock:
+            self._qcs.setdefault(qc.epoch, []).append(qc)
+
+    def publish_record(self, record: EpochRecord) -> None:
+        with self._lock:
+            self._records[record.epoch] = record
+
+    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
+        with self._lock:
+            qcs = [q for e, qs in self._qcs.items() if epoch in (None, e) for q in qs]
+        if max_round is not None:
+            qcs = [q for q in qcs if q.round <= max_round]
+        return max(qcs, key=lambda q: (q.epoch, q.round), default=None)
+
+    def records(self) -> list[EpochRecord]:
+        with self._lock:
+            return [self._records[e] for e in sorted(self._records)]
+
+
 class DirectorySource:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

@@ -73,8 +73,9 @@ class NodeService:
 
     # --- the main loop ---------------------------------------------------------------
 
-    def tick(self, now: float | None = None) -> None:
-        """Follow the chain; climb a stuck ladder; initiate when due and this node's turn."""
+    def tick(self, now: float | None = None) -> str | None:
+        """Follow the chain; climb a stuck ladder; initiate when due and this node's turn.
+        Returns the txid this node delivered as initiator, if it made one."""
         now = time.time() if now is None else now
         view = self.view
         view.refresh_records()
@@ -83,15 +84,15 @@ class NodeService:
             tip = view.tip()
             if view.coin_spent_in_mempool():
                 self._pending(tip)
-                return
+                return None
             coin, seq = view.coin, view.seq
         try:
             qc = self.source.latest(epoch=coin.epoch)
         except Exception as exc:
             log.warning("cannot read QCs: %s", exc)
-            return
+            return None
         if qc is None or coin.epoch not in view.records:
-            return
+            return None
         record = view.records[coin.epoch]
         d = due(
             self.cfg.schedule,
@@ -104,7 +105,7 @@ class NodeService:
             self.deployment.handover_window,
         )
         if d is None:
-            return
+            return None
         since = self.due_since.setdefault(seq, now)
         attempt = attempt_at(since, now, self.cfg.schedule.initiator_timeout)
         previous = self.last_attempt.get(seq, 0)
@@ -120,7 +121,7 @@ class NodeService:
         self.last_attempt[seq] = attempt
         initiator = record.validators[initiator_index(seq, attempt, record.n)].id
         if initiator != self.me or (seq, attempt) in self.proposed:
-            return
+            return None
         self.proposed.add((seq, attempt))
         if d.handover:
             # The handover carries a QC of the window, never one past the epoch's end.
@@ -134,9 +135,10 @@ class NodeService:
             qc.round,
         )
         try:
-            self.round.run(seq, attempt, coin, qc, d.handover)
+            return self.round.run(seq, attempt, coin, qc, d.handover)
         except (CheckpointFailed, CheckpointError, RpcError) as exc:
             log.warning("checkpoint %d attempt %d failed: %s", seq, attempt, exc)
+            return None
 
     def _pending(self, tip: int) -> None:
         """The coin is spent in the mempool: wait, or move up the fee ladder when stuck."""
