@@ -25,10 +25,9 @@ from embit.transaction import Transaction
 from anchornode.appliance_client import InProcessAppliance
 from anchornode.audit import audit_chain
 from anchornode.bftsim import SimulatedBFTChain
-from anchornode.config import NodeConfig, PeerConfig, PowNodeConfig
 from anchornode.delivery import CheckpointFailed
 from anchornode.fees import FeePolicy
-from anchornode.localnet import LocalNet
+from anchornode.localnet import LocalNet, local_node
 from anchornode.pow.regtest import RegtestNode
 from anchornode.pow.rpc import to_coin, to_sat
 from anchornode.procutil import die_with_parent
@@ -237,8 +236,19 @@ def _run(
     source.publish_record(rec0)
     localnet = LocalNet()
     nodes = {
-        v.id: _node(v.id, v.bft_secret, opts, deployment, appliances[v.id], node, source,
-                    localnet, [p.id for p in sim.validators])
+        v.id: local_node(
+            localnet,
+            v.id,
+            v.bft_secret,
+            deployment,
+            appliances[v.id],
+            [node.rpc],
+            source,
+            [p.id for p in sim.validators],
+            ScheduleConfig(interval_blocks=opts.interval, initiator_timeout=30.0),
+            opts.fee,
+            opts.ladder,
+        )
         for v in sim.validators
     }
     try:
@@ -302,42 +312,6 @@ def _run(
             n.shutdown()
         for a in appliances.values():
             a.close()
-
-
-def _node(
-    vid: str,
-    secret: bytes,
-    opts: DevnetOptions,
-    deployment: Deployment,
-    appliance: Any,
-    pow_node: RegtestNode,
-    source: MemorySource,
-    localnet: LocalNet,
-    everyone: list[str],
-) -> NodeService:
-    """One validator's node in this process: the same NodeService `bft-anchor node` runs,
-    with its peers reached through LocalNet instead of TCP."""
-    cfg = NodeConfig(
-        path=Path("devnet"),
-        validator_id=vid,
-        bft_key_file=Path("-"),
-        deployment=Path("-"),
-        qc_source="memory",
-        listen=("127.0.0.1", 0),
-        metrics=None,
-        appliance_link="inprocess:" if opts.appliances != "process" else "pty",
-        appliance_secret=None,
-        peers=[PeerConfig(p, "127.0.0.1", 0) for p in everyone if p != vid],
-        pow_nodes=[PowNodeConfig(pow_node.url)],
-        schedule=ScheduleConfig(interval_blocks=opts.interval, initiator_timeout=30.0),
-        fees=opts.fee,
-        ladder=opts.ladder,
-    )
-    service = NodeService(
-        cfg, deployment, secret, appliance, [pow_node.rpc], source, send=localnet.send
-    )
-    localnet.register(vid, service.responder.handle)
-    return service
 
 
 def _checkpoint_entry(

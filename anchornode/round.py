@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
+from embit.ec import PublicKey
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
@@ -26,7 +27,7 @@ from anchornode.feewallet import FeeWalletError, sign_topups
 from anchornode.ladder import Ladder, build_ladder, fee_wallet
 from anchornode.metrics import Metrics
 from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
-from bftanchor.descriptor import multisig_for
+from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC
 from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
@@ -58,6 +59,29 @@ def sign_locally(
             break
         out.append(reply["psbt"])
     return out
+
+
+def add_signatures(
+    collected: list[PSBT], source: EpochMultisig, pub: PublicKey, signed: list[str]
+) -> int:
+    """Check one validator's signed PSBTs against the rungs (same transaction, a valid
+    SIGHASH_ALL signature by `pub`) and add the signatures; all or none. Returns how many
+    rungs it signed (it may stop early: a refusal of a higher fee is its right)."""
+    sigs = []
+    for i, b64 in enumerate(signed[: len(collected)]):
+        theirs = PSBT.from_string(b64)
+        if theirs.tx.txid() != collected[i].tx.txid():
+            raise CheckpointFailed(f"rung {i}: a different transaction")
+        sig = theirs.inputs[0].partial_sigs.get(pub)
+        if sig is None:
+            raise CheckpointFailed(f"rung {i}: no signature by its key")
+        verify_partial_sig(collected[i], 0, source, pub, sig)
+        sigs.append(sig)
+    if not sigs:
+        raise CheckpointFailed("no signature")
+    for psbt, sig in zip(collected, sigs, strict=False):
+        psbt.inputs[0].partial_sigs[pub] = sig
+    return len(sigs)
 
 
 class SigningRound:
@@ -115,24 +139,13 @@ class SigningRound:
         def take(vid: str, signed: list[str]) -> None:
             if vid in signed_by or not signed:
                 return
-            got = 0
-            for i, b64 in enumerate(signed[: len(collected)]):
-                try:
-                    theirs = PSBT.from_string(b64)
-                    if theirs.tx.txid() != collected[i].tx.txid():
-                        raise CheckpointFailed("a different transaction")
-                    sig = theirs.inputs[0].partial_sigs[keys[vid]]
-                    verify_partial_sig(collected[i], 0, source, keys[vid], sig)
-                except Exception as exc:
-                    log.warning(
-                        "validator %s returned a bad signature for rung %d: %s", vid, i, exc
-                    )
-                    self.metrics.refusal("bad signature")
-                    return
-                collected[i].inputs[0].partial_sigs[keys[vid]] = sig
-                got += 1
-            if got:
-                signed_by.append(vid)
+            try:
+                add_signatures(collected, source, keys[vid], signed)
+            except Exception as exc:
+                log.warning("validator %s returned a bad signature: %s", vid, exc)
+                self.metrics.refusal("bad signature")
+                return
+            signed_by.append(vid)
 
         take(self.me, sign_locally(self.appliance, self.metrics, body))
         deadline = t0 + cfg.schedule.initiator_timeout * 0.8

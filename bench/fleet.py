@@ -16,8 +16,8 @@ from typing import Any
 
 from embit import bip39
 
+from anchorharness.proposal import Proposal, propose
 from anchornode.bftsim import SimulatedBFTChain
-from anchornode.initiator import Proposal, propose
 from anchornode.pow.regtest import RegtestNode
 from anchornode.pow.rpc import to_coin, to_sat
 from appliance.journal import Journal

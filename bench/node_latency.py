@@ -1,21 +1,30 @@
 """Node-side latency: from a QC's arrival to the PoW node accepting the checkpoint.
 
-Timed: propose (build the PSBT), collect (ask the n in-process appliances in turn
-until k signed), assemble (finalize) and sendrawtransaction. The baseline is the
-time the k appliances spent deciding inside that same collect, so the ratio is
-what the initiator and the node add on top of the unavoidable signing.
-Between samples (untimed) the other appliances sign too, so every journal follows
-the coin, and a block is mined, since a checkpoint spends only a confirmed coin.
+Timed: the initiator's NodeService round itself (anchornode/round.py: build the
+PSBT, sign on its own appliance, ask every peer in parallel through the peer
+protocol, each peer's precheck and appliance, verify, finalize, sendrawtransaction).
+The n nodes run in this process (the devnet's `local_node`s joined by LocalNet: every
+message is sealed and authenticated, only the socket is left out). One fee level per
+round, so the figure is one checkpoint's. The baseline is the time the appliances
+spent deciding inside that round (summed over threads), so the ratio is what the node
+and the peer protocol add on top of the unavoidable signing. Between samples
+(untimed) a block is mined and every node follows it: a checkpoint spends only a
+confirmed coin.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from anchornode.initiator import assemble, collect
+from anchornode.appliance_client import InProcessAppliance
+from anchornode.fees import FeePolicy
+from anchornode.localnet import LocalNet, local_node
+from anchornode.qcsource import MemorySource
+from anchornode.schedule import ScheduleConfig
 from bench.context import BenchContext
-from bench.fleet import BenchFleet, LocalPeer
+from bench.fleet import FEE_RATE, BenchFleet
 from bench.table import Row
 from bench.timing import keep_going, median, p95
 
@@ -25,20 +34,21 @@ SIZES = (4, 7, 15)
 MAX_CHECKPOINTS = 60
 
 
-class TimedPeer:
-    """A peer whose request_signature time is added to a shared counter."""
+class TimedAppliance(InProcessAppliance):
+    """An in-process appliance whose decision time is added to a shared counter."""
 
-    def __init__(self, peer: LocalPeer, spent: list[float]) -> None:
-        self.peer = peer
-        self.validator_id = peer.validator_id
+    def __init__(self, appliance: Any, spent: list[float], lock: threading.Lock) -> None:
+        super().__init__(appliance)
         self.spent = spent
+        self.lock = lock
 
-    def request_signature(self, psbt_b64: str, qc_json: Any, records_json: Any) -> dict:
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
         t0 = time.perf_counter()
         try:
-            return self.peer.request_signature(psbt_b64, qc_json, records_json)
+            return super().sign(psbt_b64, qc_json, records_json, lineage)
         finally:
-            self.spent[0] += time.perf_counter() - t0
+            with self.lock:
+                self.spent[0] += time.perf_counter() - t0
 
 
 def run(ctx: BenchContext) -> list[Row]:
@@ -50,47 +60,60 @@ def run(ctx: BenchContext) -> list[Row]:
     node.mine(1)
     for n, fleet in fleets.items():
         peers = fleet.peers(ctx.scratch(f"latency-{n}"))
-        spent = [0.0]
-        timed = [TimedPeer(p, spent) for p in peers]
+        spent, lock = [0.0], threading.Lock()
+        source = MemorySource()
+        source.publish_record(fleet.record)
+        net = LocalNet()
+        everyone = [p.validator_id for p in peers]
+        secrets_ = {v.id: v.bft_secret for v in fleet.sim.validators}
+        nodes = {
+            p.validator_id: local_node(
+                net,
+                p.validator_id,
+                secrets_[p.validator_id],
+                fleet.deployment,
+                TimedAppliance(p.appliance, spent, lock),
+                [node.rpc],
+                source,
+                everyone,
+                ScheduleConfig(initiator_timeout=60.0),
+                FeePolicy(override=FEE_RATE),
+                ladder=1,
+            )
+            for p in peers
+        }
         total_t: list[float] = []
         sign_t: list[float] = []
-        send_t: list[float] = []
-        ctx.say(f"node_latency: n={n}, QC -> propose -> collect -> assemble -> send")
+        ctx.say(f"node_latency: n={n}, QC -> the node's round -> accepted by the PoW node")
         start = time.perf_counter()
-        while keep_going(
-            start, ctx.pick(15.0, 1.5), len(total_t), ctx.pick(20, 4), MAX_CHECKPOINTS
-        ):
-            qc = fleet.qc()
-            spent[0] = 0.0
-            t0 = time.perf_counter()
-            proposal = fleet.propose(qc)
-            psbt, signed_by, refusals = collect(proposal, timed)
-            tx = assemble(proposal, psbt)
-            t1 = time.perf_counter()
-            txid = node.rpc.sendrawtransaction(tx.serialize().hex())
-            t2 = time.perf_counter()
-            if len(signed_by) < fleet.k:
-                raise RuntimeError(f"n={n}: only {signed_by} signed: {refusals}")
-            total_t.append(t2 - t0)
-            sign_t.append(spent[0])
-            send_t.append(t2 - t1)
-            request = (
-                proposal.psbt.to_string(),
-                qc.to_json(),
-                [r.to_json() for r in proposal.records],
-            )
+        seq = 0
+        try:
+            while keep_going(
+                start, ctx.pick(15.0, 1.5), len(total_t), ctx.pick(20, 4), MAX_CHECKPOINTS
+            ):
+                qc = fleet.qc()
+                source.publish_qc(qc)
+                initiator = nodes[everyone[seq % n]]
+                initiator.view.poll()
+                coin = initiator.view.coin
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                initiator.round.run(seq, 0, coin, qc, False)
+                total_t.append(time.perf_counter() - t0)
+                with lock:
+                    sign_t.append(spent[0])
+                node.mine(1)
+                for s in nodes.values():
+                    s.view.poll()
+                seq += 1
+        finally:
+            for s in nodes.values():
+                s.shutdown()
             for p in peers:
-                if p.validator_id not in signed_by:
-                    p.request_signature(*request)
-            node.mine(1)
-            fleet.advance(proposal, txid)
-        for p in peers:
-            p.appliance.journal.close()
+                p.appliance.journal.close()
         case = f"n={n} k={fleet.k}"
-        label = f"{fleet.k} appliance decisions"
-        note = (
-            f"{len(total_t)} checkpoints; sendrawtransaction median {median(send_t) * 1e3:.2f} ms"
-        )
+        label = "appliance decisions (all threads)"
+        note = f"{len(total_t)} checkpoints, one fee level each, peers asked in parallel"
         rows.append(
             Row(
                 NAME,

@@ -1,8 +1,8 @@
 """The node's signing round and peer precheck, in one process, without a PoW node.
 
-Four NodeServices talk through LocalNet (sealed, authenticated messages; no
-sockets) and read an in-memory FakeChain; each signs on a real in-process
-appliance (policy, journal, software signer). What the round produces is checked
+Four NodeServices (the devnet's `local_node`s) talk through LocalNet (sealed,
+authenticated messages; no sockets) and read an in-memory FakeChain; each signs on
+a real in-process appliance (policy, journal, software signer). What the round produces is checked
 with the same script code the audit uses.
 """
 
@@ -15,16 +15,15 @@ from typing import Any
 import pytest
 from embit.psbt import PSBT
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
-from fakechain import FakeChain
 
+from anchorharness.fakechain import FakeChain
 from anchornode.appliance_client import InProcessAppliance
 from anchornode.bftsim import SimulatedBFTChain
-from anchornode.config import NodeConfig, PeerConfig
 from anchornode.delivery import CheckpointFailed
-from anchornode.fees import FeePolicy
 from anchornode.ladder import build_ladder
-from anchornode.localnet import LocalNet
+from anchornode.localnet import LocalNet, local_node
 from anchornode.peer_protocol import Message
+from anchornode.qcsource import MemorySource
 from anchornode.schedule import ScheduleConfig
 from anchornode.service import NodeService
 from appliance.journal import Journal
@@ -34,31 +33,11 @@ from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
-from bftanchor.epoch import EpochRecord
 from bftanchor.qc import QC
 from bftanchor.template import Coin, Outpoint
 
 N = 4
 ROUNDS = 100
-
-
-class StaticSource:
-    """A QC source over the simulated chain's QCs and records."""
-
-    def __init__(self, records: list[EpochRecord]) -> None:
-        self.qcs: list[QC] = []
-        self._records = records
-
-    def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
-        ok = [
-            q
-            for q in self.qcs
-            if (epoch is None or q.epoch == epoch) and (max_round is None or q.round <= max_round)
-        ]
-        return max(ok, key=lambda q: q.round, default=None)
-
-    def records(self) -> list[EpochRecord]:
-        return list(self._records)
 
 
 class Refusing:
@@ -96,7 +75,9 @@ class Net:
         self.chain.mine([funding.serialize().hex()])
         genesis = Coin(Outpoint(funding.txid().hex(), 0), 10_000_000, 0)
         self.deployment = Deployment("litecoin-regtest", b"BFTA", genesis, self.records[0], 5)
-        self.source = StaticSource(list(self.records.values()))
+        self.source = MemorySource()
+        for r in self.records.values():
+            self.source.publish_record(r)
         self.net = LocalNet()
         self.appliances = {
             vid: Appliance(self.deployment, Journal(tmp / f"{vid}.sqlite", genesis), s, Limits())
@@ -104,38 +85,23 @@ class Net:
         }
         self.nodes = {vid: self.node(vid) for vid in self.signers}
 
-    def config(self, vid: str) -> NodeConfig:
-        peers = [PeerConfig(v, "127.0.0.1", 0) for v in self.signers if v != vid]
-        return NodeConfig(
-            path=Path("node.toml"),
-            validator_id=vid,
-            bft_key_file=Path("bft.key"),
-            deployment=Path("deployment.json"),
-            qc_source="bft",
-            listen=("127.0.0.1", 0),
-            metrics=None,
-            appliance_link="inprocess:",
-            appliance_secret=None,
-            peers=peers,
-            pow_nodes=[],
-            schedule=ScheduleConfig(interval_blocks=1, initiator_timeout=5.0),
-            fees=FeePolicy(min_rate=2.0, max_rate=50.0),
-            ladder=3,
-        )
-
     def node(self, vid: str, appliance: Any = None) -> NodeService:
         secret = next(v.bft_secret for v in self.sim.validators if v.id == vid)
-        client = appliance or InProcessAppliance(self.appliances[vid])
-        node = NodeService(
-            self.config(vid), self.deployment, secret, client, [self.chain], self.source,
-            send=self.net.send,
+        return local_node(
+            self.net,
+            vid,
+            secret,
+            self.deployment,
+            appliance or InProcessAppliance(self.appliances[vid]),
+            [self.chain],
+            self.source,
+            list(self.signers),
+            ScheduleConfig(interval_blocks=1, initiator_timeout=5.0),
         )
-        self.net.register(vid, node.responder.handle)
-        return node
 
     def qc(self, round: int, epoch: int = 0) -> QC:
         qc = self.sim.qc(epoch, round)
-        self.source.qcs.append(qc)
+        self.source.publish_qc(qc)
         return qc
 
     def proposal(self, initiator: str, qc: QC, seq: int = 0, attempt: int = 0) -> dict:

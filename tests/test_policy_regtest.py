@@ -11,7 +11,7 @@ from embit.script import Script
 from embit.transaction import TransactionOutput
 from helpers import MAGIC, Fleet, twin_qc
 
-from anchornode.initiator import assemble, collect
+from anchorharness.proposal import assemble, collect
 from appliance.policy import Limits
 from bftanchor.bftsig import sign_compact
 from bftanchor.descriptor import EpochMultisig

@@ -8,8 +8,8 @@ from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 from helpers import MAGIC, Fleet
 
+from anchorharness.proposal import collect
 from anchornode.feewallet import select_topup, sign_topups
-from anchornode.initiator import collect
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.payload import Payload
 from bftanchor.template import (
@@ -41,7 +41,7 @@ def test_topup_signed_by_appliances_and_fee_wallet_accepted_by_node(fleet, regte
     topup = select_topup(wallet, 50_000, 5_000)
     qc = fleet.qc(5)
     psbt, ms = topped_up_psbt(fleet, topup, qc)
-    from anchornode.initiator import Proposal
+    from anchorharness.proposal import Proposal
 
     proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
     signed, signed_by, refusals = collect(proposal, fleet.peers())

@@ -1,4 +1,10 @@
-"""The initiator's half of a checkpoint: propose, collect k signatures, finalize, deliver."""
+"""One checkpoint PSBT at one fee, and its signatures gathered from in-process appliances.
+
+Tests and benchmarks that probe the appliance directly need a single PSBT and the
+signatures of chosen validators; the node's round (anchornode/round.py) does the same
+for a whole fee ladder over the peer protocol, and both check what comes back with
+`add_signatures`.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +15,18 @@ from typing import Any, Protocol
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from anchornode.delivery import CheckpointFailed, deliver  # noqa: F401 (re-exported)
+from anchornode.round import add_signatures
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
-from bftanchor.template import (
-    Coin,
-    build_checkpoint_psbt,
-    build_checkpoint_tx,
-    fee_for,
-    finalize,
-    verify_partial_sig,
-)
+from bftanchor.template import Coin, build_checkpoint_psbt, build_checkpoint_tx, fee_for, finalize
 
-log = logging.getLogger("bft_anchor.node")
+log = logging.getLogger("bft_anchor.harness")
 
 
 class SigningPeer(Protocol):
-    """A validator that can be asked to sign (in-process, or over its appliance link)."""
+    """A validator whose appliance can be asked to sign (in this process)."""
 
     validator_id: str
 
@@ -47,6 +46,10 @@ class Proposal:
     def txid(self) -> str:
         return self.psbt.tx.txid().hex()
 
+    def request(self) -> tuple[str, Any, list[Any]]:
+        """What every validator's appliance is sent: (psbt, qc, records)."""
+        return self.psbt.to_string(), self.qc.to_json(), [r.to_json() for r in self.records]
+
 
 def propose(
     coin: Coin,
@@ -59,53 +62,38 @@ def propose(
     source = multisig_for(records[coin.epoch])
     dest = multisig_for(records[coin.epoch + 1]) if handover else source
     payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic)
-    sizing = build_checkpoint_tx(coin, payload, dest, 1)
-    fee = fee_for(fee_rate, sizing, source)
+    fee = fee_for(fee_rate, build_checkpoint_tx(coin, payload, dest, 1), source)
     psbt = build_checkpoint_psbt(coin, source, payload, dest, fee)
     recs = [records[e] for e in sorted({coin.epoch, dest.epoch})]
     return Proposal(psbt, qc, recs, source, dest, fee)
 
 
 def collect(proposal: Proposal, peers: list[SigningPeer]) -> tuple[PSBT, list[str], dict]:
-    """Ask peers in turn until k valid signatures are in; check each before keeping it."""
-    psbt = PSBT.parse(proposal.psbt.serialize())
-    b64 = proposal.psbt.to_string()
-    qc_json = proposal.qc.to_json()
-    records_json = [r.to_json() for r in proposal.records]
+    """Ask peers in turn until k valid signatures are in: (psbt, signed_by, refusals)."""
+    collected = [PSBT.parse(proposal.psbt.serialize())]
+    request = proposal.request()
     signed_by: list[str] = []
     refusals: dict[str, list[str]] = {}
     keys = {k.validator_id: k.pubkey for k in proposal.source.keys}
     for peer in peers:
         if len(signed_by) >= proposal.source.threshold:
             break
+        vid = peer.validator_id
         try:
-            reply = peer.request_signature(b64, qc_json, records_json)
+            reply = peer.request_signature(*request)
         except Exception as exc:  # a peer down or lying must not stop the round
-            refusals[peer.validator_id] = [f"unreachable: {exc}"]
-            log.warning("validator %s unreachable: %s", peer.validator_id, exc)
+            refusals[vid] = [f"unreachable: {exc}"]
             continue
         if not reply.get("signed"):
-            refusals[peer.validator_id] = list(reply.get("reasons") or ["refused"])
-            log.warning(
-                "validator %s refused: %s",
-                peer.validator_id,
-                "; ".join(refusals[peer.validator_id]),
-            )
+            refusals[vid] = list(reply.get("reasons") or ["refused"])
             continue
         try:
-            theirs = PSBT.from_string(reply["psbt"])
-            if theirs.tx.txid() != psbt.tx.txid():
-                raise CheckpointFailed("signed a different transaction")
-            pub = keys[peer.validator_id]
-            sig = theirs.inputs[0].partial_sigs[pub]
-            verify_partial_sig(psbt, 0, proposal.source, pub, sig)
+            add_signatures(collected, proposal.source, keys[vid], [reply["psbt"]])
         except Exception as exc:
-            refusals[peer.validator_id] = [f"bad signature: {exc}"]
-            log.warning("validator %s returned a bad signature: %s", peer.validator_id, exc)
+            refusals[vid] = [f"bad signature: {exc}"]
             continue
-        psbt.inputs[0].partial_sigs[pub] = sig
-        signed_by.append(peer.validator_id)
-    return psbt, signed_by, refusals
+        signed_by.append(vid)
+    return collected[0], signed_by, refusals
 
 
 def assemble(proposal: Proposal, psbt: PSBT) -> Transaction:
