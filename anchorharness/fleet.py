@@ -12,8 +12,8 @@ from typing import Any
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from anchornode.bftsim import SimulatedBFTChain
 from anchorharness.proposal import Proposal, assemble, collect, propose
+from anchornode.bftsim import SimulatedBFTChain
 from anchornode.pow.rpc import to_coin, to_sat
 from appliance.journal import Journal
 from appliance.policy import Limits

@@ -97,8 +97,6 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
             str(datadir / "deployment.json"),
             "--epochs",
             str(datadir / "epochs.json"),
-            "--handover-margin",
-            "3",  # the devnet's default: window W = 4
         ]
         out = run(*args, "--json")
         assert out.returncode == 0, out.stderr
