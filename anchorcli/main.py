@@ -208,12 +208,22 @@ def cmd_appliance_init(args: argparse.Namespace) -> int:
     text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{args.validator_id}"')
     text = text.replace("max_fee_sat = 100000", f"max_fee_sat = {args.max_fee_sat}")
     text = text.replace("max_fee_rate = 200.0", f"max_fee_rate = {args.max_fee_rate}")
-    if args.fingerprint:
+    if bool(args.device_type) != bool(args.device_path):
+        print("bft-anchor appliance init: --device-type and --device-path go together",
+              file=sys.stderr)
+        return EXIT_USAGE
+    device = args.fingerprint or args.device_path
+    if device:
         text = text.replace('kind = "software"', 'kind = "hwi"')
         text = text.replace('seed_file = "seed.txt"', "# seed_file = (none: the device holds it)")
+    if args.fingerprint:
         text = text.replace('# fingerprint = "d8e50907"', f'fingerprint = "{args.fingerprint}"')
+    if args.device_path:
+        text = text.replace('# fingerprint = "d8e50907"',
+                            f'device_type = "{args.device_type}"\n'
+                            f'device_path = "{args.device_path}"')
     new_seed = False
-    if not args.fingerprint:
+    if not device:
         import os
         import secrets
 
@@ -233,7 +243,7 @@ def cmd_appliance_init(args: argparse.Namespace) -> int:
     cfg.write_text(text)
     print(f"wrote {cfg}" + (f" and a new seed in {d / 'seed.txt'}" if new_seed else "")
           + (f" (kept the existing seed {d / 'seed.txt'})"
-             if not args.fingerprint and not new_seed else ""))
+             if not device and not new_seed else ""))
     print("next: `bft-anchor appliance share` to write this validator's key share "
           "(docs/operations.md)")
     return EXIT_OK
@@ -432,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("dir", type=Path)
     it.add_argument("--validator-id", default="v0")
     it.add_argument("--fingerprint", help="use a hardware wallet with this fingerprint")
+    it.add_argument("--device-type", help="or the device's HWI type (jade, ...) with its path")
+    it.add_argument("--device-path", help="e.g. /dev/ttyACM0, or tcp:127.0.0.1:30121 for an "
+                    "emulator")
     it.add_argument("--max-fee-sat", type=int, default=100000)
     it.add_argument("--max-fee-rate", type=float, default=200.0)
     it.add_argument("--force", action="store_true",

@@ -6,6 +6,8 @@ genesis  funds epoch 0's multisig (from a named wallet of the PoW node, or an ou
          the operator supplies), checks the coin on the PoW node (script, value,
          confirmations) and writes the final deployment file.
 show     what a draft or deployment commits to (descriptor, address, fingerprint).
+epochs   the epochs file an auditor reads, fetched from the QC source and verified
+         back to the deployment's epoch 0.
 keygen   a BFT secret key file for a test deployment (a real validator uses its
          BFT chain's key); prints the public key a share needs.
 
@@ -249,6 +251,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_epochs(args: argparse.Namespace) -> int:
+    """The epochs file an auditor reads, from the QC source, verified back to epoch 0."""
+    from anchornode.qcsource import QCSourceError, open_source
+    from bftanchor.epoch import verify_chain
+
+    try:
+        deployment = Deployment.load(args.deployment)
+        records = open_source(args.qc_source).records()
+        chain = verify_chain(records, deployment.epoch0)
+    except (DeploymentError, QCSourceError, CheckpointError, OSError, ValueError) as exc:
+        print(f"bft-anchor deploy epochs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = json.dumps([r.to_json() for r in chain], indent=1) + "\n"
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"wrote {args.out}: epochs {', '.join(str(r.epoch) for r in chain)} "
+          "(each certified by the one before, back to the deployment's epoch 0)")
+    return EXIT_OK
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     if args.out.exists():
         print(f"bft-anchor deploy keygen: {args.out} exists; not overwriting a key",
@@ -295,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", type=Path)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
+    e = sub.add_parser("epochs", help="the epochs file for the audit, from the QC source")
+    e.add_argument("--deployment", type=Path, required=True)
+    e.add_argument("--qc-source", required=True, help="the BFT node's directory or http URL")
+    e.add_argument("--out", type=Path, default=Path("epochs.json"))
+    e.set_defaults(func=cmd_epochs)
     k = sub.add_parser("keygen", help="a BFT key file for a test deployment")
     k.add_argument("--out", type=Path, default=Path("bft.key"))
     k.set_defaults(func=cmd_keygen)

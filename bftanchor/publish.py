@@ -8,8 +8,9 @@ and lie in its round range; a record must be certified by the previous one), the
 writes it atomically into a directory that bft-anchor nodes read, and
 `serve_http` serves that directory as the HTTP endpoint nodes can read instead.
 
-Helpers build the signatures the formats need: `sign_vote` (a validator's QC vote),
-`make_qc` and `certify` (the old quorum signing a new epoch's record).
+Helpers build what the formats need: `next_record` (the next epoch's record from the
+validators' key shares), `certify` (the old quorum signing it), `sign_vote` (a
+validator's QC vote) and `make_qc`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bftanchor.bftsig import sign_compact
 from bftanchor.epoch import EpochRecord, verify_certificate
 from bftanchor.errors import CheckpointError, EpochRecordError, QCError
 from bftanchor.qc import QC, VoteInfo, signed_digest, verify_qc
+from bftanchor.share import KeyShare, ShareError, build_record
 
 MAX_FILE = 1024 * 1024
 
@@ -55,6 +57,19 @@ def certify(record: EpochRecord, secrets_by_id: dict[str, bytes]) -> EpochRecord
     cert = dict(record.certificate)
     cert.update({vid: sign_compact(s, digest) for vid, s in secrets_by_id.items()})
     return record.with_certificate(cert)
+
+
+def next_record(previous: EpochRecord, shares: list[KeyShare], length: int) -> EpochRecord:
+    """The next epoch's record (uncertified) from its validators' key shares.
+
+    Each validator runs `bft-anchor appliance share --epoch E+1` on its appliance and hands
+    the share to the BFT chain; the record starts right after `previous` ends and lasts
+    `length` rounds. The chain's quorum of epoch E then signs it with `certify`.
+    """
+    if not shares:
+        raise ShareError("no shares given")
+    return build_record(shares, shares[0].chain, previous.epoch + 1, previous.end_round + 1,
+                        length, shares[0].script)
 
 
 def _atomic_write(path: Path, data: Any) -> None:

@@ -208,6 +208,19 @@ def build_epoch0(
     device_max_n: dict[str, int | None] | None = None,
 ) -> EpochRecord:
     """Epoch 0's record from N shares, refusing what could not be signed or spent."""
+    return build_record(shares, chain, 0, start_round, epoch_length, script, device_max_n)
+
+
+def build_record(
+    shares: list[KeyShare],
+    chain: str,
+    epoch: int,
+    start_round: int,
+    epoch_length: int,
+    script: str = "wsh-sortedmulti",
+    device_max_n: dict[str, int | None] | None = None,
+) -> EpochRecord:
+    """An epoch's record (without certificate) from its validators' shares for that epoch."""
     if not shares:
         raise ShareError("no shares given")
     if script not in SCRIPT_TYPES:
@@ -217,8 +230,8 @@ def build_epoch0(
     for s in shares:
         if s.chain != chain:
             raise ShareError(f"share of {s.validator_id} is for chain {s.chain}, not {chain}")
-        if s.epoch != 0:
-            raise ShareError(f"share of {s.validator_id} is for epoch {s.epoch}, not 0")
+        if s.epoch != epoch:
+            raise ShareError(f"share of {s.validator_id} is for epoch {s.epoch}, not {epoch}")
         if s.script != script:
             raise ShareError(f"share of {s.validator_id} is for {s.script}, not {script}")
     seen: dict[str, str] = {}
@@ -253,7 +266,7 @@ def build_epoch0(
                 f"of at most {cap} keys"
             )
     record = EpochRecord(
-        epoch=0,
+        epoch=epoch,
         start_round=start_round,
         end_round=start_round + epoch_length - 1,
         threshold=threshold_for(n),
@@ -262,7 +275,7 @@ def build_epoch0(
     try:
         record.validate()
     except CheckpointError as exc:
-        raise ShareError(f"epoch 0 record: {exc}") from None
+        raise ShareError(f"epoch {epoch} record: {exc}") from None
     return record
 
 
