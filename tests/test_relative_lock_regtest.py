@@ -67,3 +67,13 @@ def test_child_in_its_parents_block_is_refused_then_accepted_a_block_later(csv_n
     parent_height = node.rpc.getblockheader(
         node.rpc.getrawtransaction(parent, True)["blockhash"])["height"]
     assert node.rpc.getblockheader(block)["height"] == parent_height + 1
+
+
+def test_appliance_refuses_a_coin_input_without_the_lock(csv_node, tmp_path):
+    fleet = Fleet(csv_node, tmp_path, tag="no-lock")
+    qc = fleet.qc(5)
+    proposal = fleet.propose(qc)
+    proposal.psbt.inputs[0].sequence = TOPUP_SEQUENCE  # the old format: no relative lock
+    outcome = fleet.appliances["v0"].handle_sign(*fleet.request(proposal.psbt, qc))
+    assert not outcome.signed
+    assert "input 0 nSequence is 0xfffffffd, expected 0x1" in outcome.reasons
