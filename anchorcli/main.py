@@ -410,7 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the epochs file: a JSON list of epoch records; each is checked by its "
         "certificate back to the deployment's epoch 0",
     )
-    a.add_argument("--from-height", type=int, help="start scanning here (no -txindex needed)")
+    a.add_argument(
+        "--from-height", type=int, metavar="H",
+        help="the height of the genesis transaction's block: start there (for a node "
+        "without -txindex)",
+    )
     a.add_argument("--json", action="store_true", help="print the report as JSON")
     a.set_defaults(func=cmd_audit)
 

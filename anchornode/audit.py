@@ -140,11 +140,17 @@ def audit_chain(
             break
     check_node(rpc, deployment)
     genesis = deployment.genesis
-    start = from_height if from_height is not None else confirmed_height(rpc, genesis.outpoint)
-    if start is None:
-        report.missing.append(f"the genesis transaction {genesis.outpoint.txid} is not confirmed")
-        return report
-    _check_genesis(rpc, deployment, scripts, start, report)
+    if from_height is None:
+        start = confirmed_height(rpc, genesis.outpoint)
+        if start is None:
+            report.missing.append(
+                f"the genesis transaction {genesis.outpoint.txid} is not confirmed"
+            )
+            return report
+        genesis_tx = _transaction(rpc, genesis.outpoint.txid)
+    else:
+        start, genesis_tx = from_height, _in_block(rpc, genesis.outpoint.txid, from_height)
+    _check_genesis(genesis_tx, deployment, scripts, report)
 
     window = deployment.handover_window
     coin_epoch = genesis.epoch
@@ -352,19 +358,40 @@ def confirmed_height(rpc: PowRpc, genesis: Outpoint) -> int | None:
     return int(rpc.getblockheader(info["blockhash"])["height"])
 
 
+def _transaction(rpc: PowRpc, txid: str) -> dict[str, Any]:
+    try:
+        return rpc.getrawtransaction(txid, True)
+    except RpcError as exc:
+        raise AuditInputError(f"node {redact(rpc.url)}: {exc}") from exc
+
+
+def _in_block(rpc: PowRpc, txid: str, height: int) -> dict[str, Any]:
+    """The genesis transaction from the block at --from-height (no -txindex needed): the
+    walk starts there, so a later height would miss checkpoints and is refused."""
+    try:
+        block = rpc.getblock(rpc.getblockhash(height), 2)
+    except RpcError as exc:
+        raise AuditInputError(f"node {redact(rpc.url)}: --from-height {height}: {exc}") from exc
+    for tx in block["tx"]:
+        if tx.get("txid") == txid:
+            return tx
+    raise AuditInputError(
+        f"--from-height {height}: the genesis transaction {txid} is not in that block "
+        "(give the height of the block that confirmed it)"
+    )
+
+
 def _check_genesis(
-    rpc: PowRpc, deployment: Deployment, scripts: dict[int, bytes], start: int,
-    report: AuditReport,
+    tx: dict[str, Any], deployment: Deployment, scripts: dict[int, bytes], report: AuditReport
 ) -> None:
     genesis = deployment.genesis
-    try:
-        out = rpc.getrawtransaction(genesis.outpoint.txid, True)["vout"][genesis.outpoint.vout]
-    except (RpcError, IndexError):
-        report.missing.append(
-            f"the genesis output {genesis.outpoint} could not be read (no -txindex?): its "
-            "script and value are not checked"
+    vout = tx.get("vout", [])
+    if genesis.outpoint.vout >= len(vout):
+        report.violations.append(
+            f"genesis {genesis.outpoint}: the transaction has only {len(vout)} output(s)"
         )
         return
+    out = vout[genesis.outpoint.vout]
     if bytes.fromhex(out["scriptPubKey"]["hex"]) != scripts.get(genesis.epoch):
         report.violations.append(
             f"genesis {genesis.outpoint} is not locked by epoch {genesis.epoch}'s multisig"

@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import Fleet
 
-from anchornode.audit import audit_chain
+from anchornode.audit import AuditInputError, audit_chain
 from bftanchor.bftsig import sign_compact
 from bftanchor.template import TOPUP_SEQUENCE
 
@@ -262,3 +262,26 @@ def test_bad_input_is_one_line_exit_2(handed_over, saved, name):
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert expected in one_line(out)
     assert not out.stdout
+
+
+def test_from_height_is_the_genesis_block(handed_over):
+    fleet = handed_over
+    rpc = fleet.node.rpc
+    height = rpc.getblockheader(
+        rpc.getrawtransaction(fleet.genesis.outpoint.txid, True)["blockhash"])["height"]
+    report = audit_chain(rpc, fleet.deployment, list(fleet.records.values()), height)
+    assert report.ok and len(report.checkpoints) == 3
+    with pytest.raises(AuditInputError, match=f"--from-height {height + 1}: the genesis "
+                       "transaction .* is not in that block"):
+        audit_chain(rpc, fleet.deployment, list(fleet.records.values()), height + 1)
+    with pytest.raises(AuditInputError, match="--from-height 999999"):
+        audit_chain(rpc, fleet.deployment, list(fleet.records.values()), 999999)
+
+
+def test_genesis_value_must_match_the_deployment(handed_over):
+    fleet = handed_over
+    g = fleet.deployment.genesis
+    other = dataclasses.replace(fleet.deployment, genesis=dataclasses.replace(g, value=g.value + 1))
+    report = audit(fleet, deployment=other)
+    assert f"genesis {g.outpoint} holds {g.value} sat, the deployment says {g.value + 1}" in \
+        report.violations
