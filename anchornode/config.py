@@ -60,6 +60,38 @@ class NodeConfigError(ValueError):
     pass
 
 
+# Every key the node reads; any other is refused at start (bftanchor/tomlfile.py).
+SCHEMA = {
+    "validator_id": None,
+    "bft_key_file": None,
+    "deployment": None,
+    "qc_source": None,
+    "listen": None,
+    "metrics": None,
+    "appliance": {"link": None, "secret_file": None},
+    "peers": [{"id": None, "address": None}],
+    "pow": {"nodes": [{"url": None, "cookie": None, "user": None, "password": None}]},
+    "schedule": {
+        "interval_blocks": None,
+        "interval_seconds": None,
+        "handover_margin": None,  # gone: refused below with the reason
+        "stuck_after": None,
+        "initiator_timeout": None,
+        "poll_interval": None,
+    },
+    "fees": {
+        "min_rate": None,
+        "max_rate": None,
+        "override": None,
+        "ladder": None,
+        "ladder_factor": None,
+        "topup_wallet": None,
+        "topup_below": None,
+        "topup_amount": None,
+    },
+}
+
+
 @dataclass
 class PeerConfig:
     id: str
@@ -101,7 +133,7 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         path = Path(path)
-        data = read_toml(path, NodeConfigError, "node config")
+        data = read_toml(path, NodeConfigError, "node config", SCHEMA)
         rel = path_resolver(path, NodeConfigError, "node config")
 
         def addr(value: Any, key: str) -> tuple[str, int]:

@@ -45,6 +45,26 @@ class ConfigError(ValueError):
     pass
 
 
+SIGNER_KEYS = (
+    "kind",
+    "seed_file",
+    "fingerprint",
+    "device_type",
+    "device_path",
+    "allow_emulators",
+    "password",  # the device's passphrase, handed to HWI
+)
+# Every key the appliance reads; any other is refused at start (bftanchor/tomlfile.py).
+SCHEMA = {
+    "deployment": None,
+    "journal": None,
+    "validator_id": None,
+    "approval": None,
+    "signer": dict.fromkeys(SIGNER_KEYS),
+    "limits": {"max_fee_sat": None, "max_fee_rate": None},
+}
+
+
 @dataclass
 class SignerConfig:
     kind: str = "software"
@@ -70,7 +90,7 @@ class ApplianceConfig:
     @classmethod
     def load(cls, path: Path) -> ApplianceConfig:
         path = Path(path)
-        data = read_toml(path, ConfigError)
+        data = read_toml(path, ConfigError, "appliance config", SCHEMA)
         rel = path_resolver(path, ConfigError)
 
         try:
@@ -82,19 +102,7 @@ class ApplianceConfig:
                 device_type=s.get("device_type"),
                 device_path=s.get("device_path"),
                 allow_emulators=bool(s.get("allow_emulators", False)),
-                extra={
-                    k: v
-                    for k, v in s.items()
-                    if k
-                    not in {
-                        "kind",
-                        "seed_file",
-                        "fingerprint",
-                        "device_type",
-                        "device_path",
-                        "allow_emulators",
-                    }
-                },
+                extra={k: v for k, v in s.items() if k not in SIGNER_KEYS[:-1]},
             )
             lim = data.get("limits", {})
             limits = Limits(
