@@ -19,12 +19,14 @@ log = logging.getLogger("bft_anchor.node")
 
 
 def _rpcs(cfg: NodeConfig) -> list[PowRpc]:
+    """One client per PoW node; a cookie is read when connecting and again on a 401, so a
+    node that restarts (new cookie) or is down at start is picked up when it is back."""
     out = []
     for n in cfg.pow_nodes:
-        cookie = n.cookie if n.cookie and n.cookie.exists() else None
-        if n.cookie and cookie is None:
-            log.warning("cookie file %s not found; using the URL's credentials", n.cookie)
-        out.append(PowRpc(url_with_auth(n.url, n.user, n.password, cookie)))
+        if n.cookie is not None:
+            out.append(PowRpc(n.url, cookie_file=n.cookie))
+        else:
+            out.append(PowRpc(url_with_auth(n.url, n.user, n.password)))
     return out
 
 

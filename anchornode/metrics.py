@@ -1,119 +1,197 @@
-"""Counters and gauges an operator scrapes at /metrics (Prometheus text format)."""
+"""What an operator scrapes at /metrics (prometheus-client) and reads at /status.
+
+Every label set is bounded: `validator` is this node, `signer` a validator id of
+an epoch record the node holds, `reason` one of REFUSAL_KINDS. A transaction id or
+a peer's free text never becomes a label (an unbounded label set is a memory leak
+in the node and in Prometheus). The HTTP server answers HTTP/1.0 (one request per
+connection), closes idle and slow connections, and caps how many are open.
+/status is answered only to loopback clients, or to whoever presents the token
+when one is configured.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+from anchornode.listener import BoundedServerMixin, is_loopback, serve_in_thread, warn_if_public
+
+# Refusal reasons are free text (some from peers): each is filed under one of these.
+REFUSAL_KINDS = {
+    "unauthenticated": ("unauthenticated", "forged", "not a validator", "not held", "version"),
+    "replay": ("replay",),
+    "stale": ("off our clock",),
+    "malformed": ("malformed", "not json", "lacks", "mangles", "too deep", "exceeds", "field"),
+    "not_initiator": ("not the initiator",),
+    "attempt": ("attempt",),
+    "sequence": ("checkpoint", "sees"),
+    "qc": ("qc",),
+    "payload": ("payload", "output 0"),
+    "coin": ("coin",),
+    "appliance": ("appliance",),
+    "bad_signature": ("bad signature",),
+}
+SEEN_TXIDS = 100_000  # confirmed checkpoints remembered so a rescan counts none twice
+
+
+def refusal_kind(reason: str) -> str:
+    text = (reason or "").lower()
+    for kind, needles in REFUSAL_KINDS.items():
+        if any(n in text for n in needles):
+            return kind
+    return "other"
 
 
 class Metrics:
     def __init__(self, validator_id: str) -> None:
         self.validator_id = validator_id
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, v = self.registry, ["validator"]
+        self._made = Counter(
+            "bft_anchor_checkpoints_made", "Checkpoints this node delivered.", v, registry=r
+        )
+        self._confirmed = Counter(
+            "bft_anchor_checkpoints_confirmed",
+            "Checkpoints seen confirmed, each counted once (a rescan or reorg counts none again).",
+            v,
+            registry=r,
+        )
+        self._failovers = Counter(
+            "bft_anchor_failovers", "Attempts that passed to the next initiator.", v, registry=r
+        )
+        self._rebroadcasts = Counter(
+            "bft_anchor_rebroadcasts",
+            "Checkpoints sent again to the PoW nodes after a reorganisation dropped them.",
+            v,
+            registry=r,
+        )
+        self._refusals = Counter(
+            "bft_anchor_refusals", "Signing refusals seen, by kind.", ["validator", "reason"],
+            registry=r,
+        )
+        self._signed = Counter(
+            "bft_anchor_checkpoints_signed",
+            "Confirmed checkpoints by who signed them.",
+            ["validator", "signer"],
+            registry=r,
+        )
+        self._last_signed = Gauge(
+            "bft_anchor_last_checkpoint_signed",
+            "1 for each validator whose signature is on the last confirmed checkpoint, else 0.",
+            ["validator", "signer"],
+            registry=r,
+        )
+        self._height = Gauge(
+            "bft_anchor_last_checkpoint_height", "Height of the last confirmed one.", v, registry=r
+        )
+        self._age = Gauge(
+            "bft_anchor_last_checkpoint_age_seconds", "Seconds since it was seen.", v, registry=r
+        )
+        self._latency = Histogram(
+            "bft_anchor_signing_latency_seconds",
+            "From proposal to k signatures.",
+            v,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
+        me = validator_id
+        self._height.labels(me).set(-1)
+        self._age.labels(me).set_function(self._age_now)
+        for c in (self._made, self._confirmed, self._failovers, self._rebroadcasts):
+            c.labels(me)
         self._lock = threading.Lock()
-        self.checkpoints_made = 0
-        self.checkpoints_confirmed = 0
-        self.failovers = 0
-        self.last_checkpoint_height = -1
-        self.last_checkpoint_time = 0.0
-        self.refusals: dict[str, int] = defaultdict(int)
-        self.latencies: list[float] = []
-        self.signers: dict[str, list[str]] = {}  # txid -> validator ids that signed
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._last_time = 0.0
+        self._signers: set[str] = set()
+
+    def _age_now(self) -> float:
+        return time.time() - self._last_time if self._last_time else -1.0
+
+    # --- events -----------------------------------------------------------------------
 
     def inc(self, name: str, by: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + by)
+        """Count an event: checkpoints_made, failovers or rebroadcasts."""
+        counter = {
+            "checkpoints_made": self._made,
+            "failovers": self._failovers,
+            "rebroadcasts": self._rebroadcasts,
+        }[name]
+        counter.labels(self.validator_id).inc(by)
 
     def refusal(self, reason: str) -> None:
-        key = reason.split(":")[0][:60] if reason else "unknown"
-        with self._lock:
-            self.refusals[key] += 1
+        self._refusals.labels(self.validator_id, refusal_kind(reason)).inc()
 
     def confirmed(self, height: int, when: float, txid: str, signers: list[str]) -> None:
+        """A checkpoint seen confirmed; counted once per txid, however often it is seen."""
         with self._lock:
-            self.checkpoints_confirmed += 1
-            self.last_checkpoint_height = height
-            self.last_checkpoint_time = when
-            self.signers[txid] = signers
-            if len(self.signers) > 100:
-                self.signers.pop(next(iter(self.signers)))
+            self._height.labels(self.validator_id).set(height)
+            self._last_time = when
+            for s in self._signers - set(signers):
+                self._last_signed.labels(self.validator_id, s).set(0)
+            for s in signers:
+                self._last_signed.labels(self.validator_id, s).set(1)
+            self._signers |= set(signers)
+            if txid in self._seen:
+                return
+            self._seen[txid] = None
+            while len(self._seen) > SEEN_TXIDS:
+                self._seen.popitem(last=False)
+            self._confirmed.labels(self.validator_id).inc()
+            for s in signers:
+                self._signed.labels(self.validator_id, s).inc()
 
     def latency(self, seconds: float) -> None:
-        with self._lock:
-            self.latencies.append(seconds)
-            del self.latencies[:-1000]
+        self._latency.labels(self.validator_id).observe(seconds)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (tests, status); 0 when it has none yet."""
+        got = self.registry.get_sample_value(name, dict(labels, validator=self.validator_id))
+        return 0.0 if got is None else got
 
     def render(self) -> str:
-        with self._lock:
-            v = _escape(self.validator_id)
-            age = time.time() - self.last_checkpoint_time if self.last_checkpoint_time else -1.0
-            lines = [
-                "# HELP bft_anchor_checkpoints_made_total Checkpoints this node delivered.",
-                "# TYPE bft_anchor_checkpoints_made_total counter",
-                f'bft_anchor_checkpoints_made_total{{validator="{v}"}} {self.checkpoints_made}',
-                "# HELP bft_anchor_checkpoints_confirmed_total Checkpoints seen confirmed.",
-                "# TYPE bft_anchor_checkpoints_confirmed_total counter",
-                f'bft_anchor_checkpoints_confirmed_total{{validator="{v}"}} '
-                f"{self.checkpoints_confirmed}",
-                "# HELP bft_anchor_last_checkpoint_height Height of the last confirmed one.",
-                "# TYPE bft_anchor_last_checkpoint_height gauge",
-                f'bft_anchor_last_checkpoint_height{{validator="{v}"}} '
-                f"{self.last_checkpoint_height}",
-                "# HELP bft_anchor_last_checkpoint_age_seconds Seconds since it was seen.",
-                "# TYPE bft_anchor_last_checkpoint_age_seconds gauge",
-                f'bft_anchor_last_checkpoint_age_seconds{{validator="{v}"}} '
-                f"{age:.1f}",
-                "# HELP bft_anchor_failovers_total Attempts that passed to the next initiator.",
-                "# TYPE bft_anchor_failovers_total counter",
-                f'bft_anchor_failovers_total{{validator="{v}"}} {self.failovers}',
-                "# HELP bft_anchor_refusals_total Signing refusals seen, by reason.",
-                "# TYPE bft_anchor_refusals_total counter",
-            ]
-            for reason, count in sorted(self.refusals.items()):
-                lines.append(
-                    f'bft_anchor_refusals_total{{validator="{v}",reason="{_escape(reason)}"}} '
-                    f"{count}"
-                )
-            lat = sorted(self.latencies)
-            lines += [
-                "# HELP bft_anchor_signing_latency_seconds From proposal to k signatures.",
-                "# TYPE bft_anchor_signing_latency_seconds summary",
-            ]
-            for q in (0.5, 0.95):
-                value = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0
-                lines.append(
-                    f'bft_anchor_signing_latency_seconds{{validator="{v}",quantile="{q}"}} '
-                    f"{value:.4f}"
-                )
-            lines += [
-                f'bft_anchor_signing_latency_seconds_count{{validator="{v}"}} {len(lat)}',
-                f'bft_anchor_signing_latency_seconds_sum{{validator="{v}"}} {sum(lat):.4f}',
-                "# HELP bft_anchor_checkpoint_signed_by Which validators signed a checkpoint.",
-                "# TYPE bft_anchor_checkpoint_signed_by gauge",
-            ]
-            for txid, ids in self.signers.items():
-                for sid in ids:
-                    labels = f'txid="{txid}",signer="{_escape(sid)}"'
-                    lines.append(f"bft_anchor_checkpoint_signed_by{{{labels}}} 1")
-            return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()
+
+
+class MetricsServer(BoundedServerMixin, ThreadingHTTPServer):
+    max_connections = 32
+    lifetime = 10.0
+
+    def __init__(self, address: tuple[str, int], handler: Any, lifetime: float = 10.0) -> None:
+        self.lifetime = lifetime
+        self._bounded_init()
+        super().__init__(address, handler)
 
 
 def serve_metrics(
-    metrics: Metrics, status: Callable[[], dict[str, Any]], host: str, port: int
-) -> ThreadingHTTPServer:
+    metrics: Metrics,
+    status: Callable[[], dict[str, Any]],
+    host: str,
+    port: int,
+    status_token: str | None = None,
+    lifetime: float = 10.0,
+) -> MetricsServer:
+    """Serve /metrics to anyone who can reach the port, /status to loopback or token holders."""
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = min(5.0, lifetime)  # per read: an idle connection is closed
+        protocol_version = "HTTP/1.0"
+
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/metrics":
-                body, ctype = metrics.render().encode(), "text/plain; version=0.0.4"
+                body, ctype = metrics.render().encode(), CONTENT_TYPE_LATEST
             elif self.path == "/status":
+                if not self._may_see_status():
+                    self.send_error(403, "status needs a loopback client or the bearer token")
+                    return
                 body, ctype = json.dumps(status(), default=str).encode(), "application/json"
             else:
                 self.send_error(404)
@@ -124,9 +202,16 @@ def serve_metrics(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
+        def _may_see_status(self) -> bool:
+            if status_token:
+                given = self.headers.get("Authorization", "")
+                return hmac.compare_digest(given.encode(), f"Bearer {status_token}".encode())
+            return is_loopback(self.client_address[0])
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+        def log_message(self, *args: Any) -> None:
+            pass  # strangers' request lines never reach the log
+
+    warn_if_public("metrics and /status", host)
+    server = MetricsServer((host, port), Handler, lifetime)
+    serve_in_thread(server, "metrics")
     return server
