@@ -4,6 +4,10 @@ The view follows the coin's spends on the first PoW node that answers, keeps the
 records the QC source offers once each is certified by its predecessor, and
 derives the schedule's ChainState from both. Everything that changes it runs
 under `lock`, shared with the peer responder.
+
+Every checkpoint it sees confirmed goes into the node's CheckpointStore, so when a
+reorganisation takes checkpoints out of the chain and the mempools, the view can
+hand them to the PoW nodes again (`restore_dropped`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from embit.transaction import Transaction
+
+from anchornode.delivery import CheckpointFailed, deliver
 from anchornode.metrics import Metrics
 from anchornode.pow.follow import CoinFollower, Spend, confirmed_height
-from anchornode.pow.rpc import PowRpc, RpcError
+from anchornode.pow.rpc import PowRpc, RpcError, first_answer
 from anchornode.qcsource import QCSource
 from anchornode.schedule import ChainState
+from anchornode.store import CheckpointStore
 from appliance.lineage import quorum_signers
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
@@ -37,8 +45,10 @@ class ChainView:
         rpcs: list[PowRpc],
         source: QCSource,
         metrics: Metrics,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.deployment = deployment
+        self.store = store if store is not None else CheckpointStore()
         self.rpcs = rpcs
         self.source = source
         self.metrics = metrics
@@ -51,29 +61,24 @@ class ChainView:
         self.last_round: tuple[int, int] | None = None
         # Called with the outpoint a confirmed checkpoint spent (the ladder store forgets it).
         self.on_spent: list[Callable[[Outpoint], None]] = []
+        # When this node first saw each checkpoint seq become the next one (wall clock).
+        self.seq_seen: dict[int, float] = {}
 
     # --- reading the PoW nodes ---------------------------------------------------------
 
     def read(self, method: str, *args: Any) -> Any:
-        """A read from the first PoW node that answers."""
-        errors = []
-        for rpc in self.rpcs:
-            try:
-                return rpc.call(method, *args)
-            except RpcError as exc:
-                if exc.code is not None:  # the node answered: a real error
-                    raise
-                errors.append(str(exc))
-        raise RpcError("no PoW node answered: " + "; ".join(errors))
+        """A read from the first PoW node that is available (down, 401, 503: the next)."""
+        return first_answer(self.rpcs, method, *args)
 
     def reader(self) -> PowRpc:
+        errors = []
         for rpc in self.rpcs:
             try:
                 rpc.getblockcount()
                 return rpc
-            except RpcError:
-                continue
-        raise RpcError("no PoW node answered")
+            except RpcError as exc:
+                errors.append(str(exc))
+        raise RpcError("no PoW node answered: " + "; ".join(errors), unavailable=True)
 
     def tip(self) -> int:
         return int(self.read("getblockcount"))
@@ -107,6 +112,7 @@ class ChainView:
             new = list(self.follower.spends)
         for spend in new:
             self._on_confirmed(spend)
+        self.seq_seen.setdefault(self.seq, time.time())
 
     def _on_confirmed(self, spend: Spend) -> None:
         coin = self.coin
@@ -126,6 +132,7 @@ class ChainView:
             what = "unreadable payload"
         key_ids = {k.pubkey: k.validator_id for k in ms.keys}
         signers = [key_ids[p] for p in quorum_signers(spend.tx, coin, ms)]
+        self.store.add(spend.raw, spend.height)
         self.coin = Coin(Outpoint(spend.txid, 1), spend.tx.vout[1].value, dest_epoch)
         self.last_checkpoint = (spend.height, float(spend.block_time))
         self.metrics.confirmed(spend.height, time.time(), spend.txid, signers)
@@ -146,6 +153,24 @@ class ChainView:
             return self.read("gettxout", op.txid, op.vout, True) is None
         except RpcError:
             return False
+
+    def restore_dropped(self) -> str | None:
+        """Send again a known checkpoint that spends the coin when neither the chain nor
+        a mempool has one (a reorganisation dropped it); its txid, or None."""
+        for raw in self.store.children(self.coin.outpoint):
+            tx = Transaction.from_string(raw)
+            try:
+                deliver(tx, self.rpcs)
+            except CheckpointFailed as exc:
+                log.info("known checkpoint %s not accepted again: %s", tx.txid().hex(), exc)
+                continue
+            self.metrics.inc("rebroadcasts")
+            log.warning(
+                "checkpoint %s was dropped from the chain (reorganisation): sent it again",
+                tx.txid().hex(),
+            )
+            return tx.txid().hex()
+        return None
 
     def chain_state(self, tip: int) -> ChainState:
         """What the schedule needs to know about the chain (the coin is confirmed)."""

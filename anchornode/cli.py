@@ -82,7 +82,10 @@ def main_node(argv: list[str]) -> int:
     if cfg.metrics:
         from anchornode.metrics import serve_metrics
 
-        serve_metrics(service.metrics, service.status, *cfg.metrics)
+        token = (
+            cfg.status_token_file.read_text().strip() if cfg.status_token_file else None
+        )
+        serve_metrics(service.metrics, service.status, *cfg.metrics, status_token=token)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop_event.set())
     service.run()

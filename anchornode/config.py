@@ -18,9 +18,14 @@ bft_key_file = "bft.key"
 deployment = "deployment.json"
 # Where the BFT node publishes QCs and epoch records: a directory or an http:// URL.
 qc_source = "../bft"
-# Peer protocol listen address, and the /metrics and /status endpoint.
+# Peer protocol listen address, and the /metrics and /status endpoint. /status is
+# answered to loopback clients only, unless status_token_file names a bearer token.
 listen = "127.0.0.1:7300"
 metrics = "127.0.0.1:9300"
+# status_token_file = "status.token"
+# Where the node keeps every checkpoint it has seen and its peer replay cache
+# (default: this file's directory).
+# state_dir = "state"
 
 [appliance]
 # The serial link to this validator's appliance (or "inprocess:<appliance.toml>").
@@ -128,6 +133,8 @@ class NodeConfig:
     topup_wallet: str | None = None
     topup_below: int = 0
     topup_amount: int = 0
+    state_dir: Path | None = None  # None: nothing kept on disk (unit tests)
+    status_token_file: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -212,6 +219,11 @@ class NodeConfig:
                 topup_wallet=f.get("topup_wallet"),
                 topup_below=int(f.get("topup_below", 0)),
                 topup_amount=int(f.get("topup_amount", 0)),
+                state_dir=rel(data["state_dir"], "state_dir") if "state_dir" in data
+                else path.resolve().parent,
+                status_token_file=rel(data["status_token_file"], "status_token_file")
+                if "status_token_file" in data
+                else None,
                 raw=data,
             )
         except KeyError as exc:

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from typing import Any
@@ -78,6 +79,9 @@ class RateLimitedLog:
         self.logger.log(level, fmt, *args)
 
 
+_conn_log = RateLimitedLog(log)
+
+
 class BoundedServerMixin:
     """For socketserver.ThreadingMixIn servers: a connection cap and a lifetime per
     connection, enforced by one reaper thread (a per-recv timeout alone lets a slow
@@ -130,6 +134,11 @@ class BoundedServerMixin:
                     sock.shutdown(socket.SHUT_RDWR)  # the handler's recv/send fails at once
                 except OSError:
                     pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One short, rate-limited line instead of socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        _conn_log(logging.INFO, "connection from %s ended: %s", client_address[0], short(exc))
 
     def server_close(self) -> None:
         self._closing.set()

@@ -205,9 +205,10 @@ class ReplayCache:
             return len(self._mem)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ class Authenticator:
         body = loads(raw, f"body from {header.sender}")
         if not isinstance(body, dict):
             raise PeerError(f"body from {header.sender} is not a JSON object")
-        self.replay.add(header.digest, header.sender, header.ts, time.time() if now is None else now)
+        now = time.time() if now is None else now
+        self.replay.add(header.digest, header.sender, header.ts, now)
         return Message(header.type, header.sender, header.epoch, body, header.ts)
 
     def open(self, frame: bytes, now: float | None = None) -> Message:

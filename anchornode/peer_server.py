@@ -1,42 +1,67 @@
-"""The TCP listener that feeds peers' sealed messages to the responder."""
+"""The TCP listener that feeds peers' sealed messages to the responder.
+
+Bounded like every port a stranger can reach (listener.py): a connection cap, a
+lifetime per connection, and the message's signed header authenticated before its
+body is read. Every request gets a reply: an error reply for anything malformed or
+unauthenticated, never a dead thread.
+"""
 
 from __future__ import annotations
 
 import logging
 import socketserver
-import threading
-from collections.abc import Callable
+import struct
 
-from anchornode.peer_protocol import PeerError, read_frame, write_frame
+from anchornode.listener import (
+    BoundedTCPServer,
+    RateLimitedLog,
+    serve_in_thread,
+    short,
+    warn_if_public,
+)
+from anchornode.peer_protocol import Authenticator, PeerError, write_frame
+from anchornode.responder import PeerResponder
 
 log = logging.getLogger("bft_anchor.node")
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    # Set on this subclass only: ThreadingTCPServer's own attribute is process-wide.
-    allow_reuse_address = True
-    daemon_threads = True
+conn_log = RateLimitedLog(log)
 
 
 class PeerServer:
-    """One request frame per connection, answered by `handle`, in a thread each."""
+    """One request per connection, answered by the responder, in a thread each."""
 
     def __init__(
-        self, listen: tuple[str, int], handle: Callable[[bytes], bytes], timeout: float
+        self,
+        listen: tuple[str, int],
+        auth: Authenticator,
+        responder: PeerResponder,
+        timeout: float,
+        max_connections: int = 32,
     ) -> None:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock = self.request
                 sock.settimeout(timeout)
+                who = self.client_address[0]
                 try:
-                    raw = read_frame(sock)
-                    write_frame(sock, handle(raw))
+                    try:
+                        msg = auth.receive(sock)
+                    except (PeerError, struct.error) as exc:
+                        write_frame(sock, responder.reject(exc, who))
+                        return
+                    write_frame(sock, responder.respond(msg))
                 except (PeerError, OSError) as exc:
-                    log.info("peer connection from %s: %s", self.client_address[0], exc)
+                    conn_log(logging.INFO, "peer connection from %s: %s", who, short(exc))
 
-        self._server = _Server(listen, Handler)
+        warn_if_public("the peer protocol", listen[0])
+        self._server = BoundedTCPServer(
+            listen, Handler, max_connections=max_connections, lifetime=2 * timeout + 5
+        )
         self.address: tuple[str, int] = self._server.server_address[:2]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        serve_in_thread(self._server, "peer-server")
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections
 
     def close(self) -> None:
         self._server.shutdown()

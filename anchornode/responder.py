@@ -4,11 +4,20 @@ The node checks every proposal itself (the initiator's turn, the coin it sees on
 chain, the QC, the payload, where the coin goes, one proposal per attempt) before
 its appliance sees it; the appliance trusts none of that and checks everything
 again. Announced ladders are kept and relayed to this node's PoW nodes.
+
+A validator's message may only ever cost the others a bounded delay: a proposal
+must carry every field a proposal needs (bounded in number and size), its attempt
+may not run ahead of what this node itself would accept by now (`attempt_limit`),
+and nothing is recorded from it (the attempt it fixes, its txids) before the
+appliance has signed it. Whatever goes wrong inside, the peer gets an error reply.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +28,11 @@ from anchornode.appliance_client import ApplianceClient
 from anchornode.chainview import ChainView
 from anchornode.delivery import CheckpointFailed, deliver
 from anchornode.ladder import Ladder
+from anchornode.listener import RateLimitedLog, short
 from anchornode.metrics import Metrics
 from anchornode.peer_protocol import Authenticator, Message, PeerError, seal
 from anchornode.pow.rpc import RpcError
-from anchornode.round import sign_locally
+from anchornode.round import LINEAGE_MAX, sign_locally
 from anchornode.schedule import initiator_index
 from appliance.lineage import quorum_signers
 from bftanchor.descriptor import multisig_for
@@ -32,6 +42,10 @@ from bftanchor.qc import QC, verify_qc
 from bftanchor.template import Outpoint
 
 log = logging.getLogger("bft_anchor.node")
+stranger_log = RateLimitedLog(log)  # lines about unauthenticated input: rate-limited
+
+MAX_RUNGS = 8  # fee levels one proposal may carry
+MAX_RECORDS = 2  # the coin's epoch and the next
 
 
 @dataclass
@@ -51,6 +65,7 @@ class PeerResponder:
         metrics: Metrics,
         auth: Authenticator,
         ladders: dict[Outpoint, Ladder],
+        attempt_limit: Callable[[int, float], int] | None = None,
     ) -> None:
         self.me = me
         self.secret = secret
@@ -59,36 +74,76 @@ class PeerResponder:
         self.metrics = metrics
         self.auth = auth
         self.ladders = ladders
+        # Without a limit (a responder on its own): attempts 0 and 1 only.
+        self.attempt_limit = attempt_limit or (lambda seq, now: 1)
         self.accepted = PeerView()
+        self._signing = threading.Lock()  # one proposal at a time reaches the appliance
 
     def handle(self, raw: bytes) -> bytes:
         """One sealed request in, one sealed answer out."""
         try:
             msg = self.auth.open(raw)
         except PeerError as exc:
-            log.warning("dropped peer message: %s", exc)
-            self.metrics.refusal("unauthenticated message")
-            epoch = self.view.coin.epoch
-            return seal("error", self.me, epoch, {"reasons": [str(exc)]}, self.secret)
-        if msg.type == "propose":
-            reply_type, body = self.on_propose(msg)
-        elif msg.type == "broadcast":
-            reply_type, body = self.on_broadcast(msg)
-        elif msg.type == "ping":
-            reply_type, body = "pong", {"seq": self.view.seq}
-        else:
-            reply_type, body = "error", {"reasons": [f"unexpected {msg.type}"]}
+            return self.reject(exc, "a peer")
+        return self.respond(msg)
+
+    def reject(self, exc: Exception, who: str) -> bytes:
+        """The sealed error reply to input that did not authenticate (logged, rate-limited)."""
+        stranger_log(logging.WARNING, "dropped peer message from %s: %s", who, short(exc))
+        self.metrics.refusal("unauthenticated message")
+        return seal("error", self.me, self.view.coin.epoch, {"reasons": [short(exc)]}, self.secret)
+
+    def respond(self, msg: Message) -> bytes:
+        """Answer an authenticated message; an internal failure is an error reply too."""
+        try:
+            if msg.type == "propose":
+                reply_type, body = self.on_propose(msg)
+            elif msg.type == "broadcast":
+                reply_type, body = self.on_broadcast(msg)
+            elif msg.type == "ping":
+                reply_type, body = "pong", {"seq": self.view.seq}
+            else:
+                reply_type, body = "error", {"reasons": [f"unexpected {msg.type}"]}
+        except Exception as exc:  # a peer's message must never kill the handler silently
+            log.exception("error answering %s from %s", msg.type, msg.sender)
+            reply_type, body = "error", {"reasons": [f"internal error: {short(exc)}"]}
         return seal(reply_type, self.me, msg.epoch, body, self.secret)
 
-    def precheck(self, msg: Message) -> tuple[list[str], list[str]]:
-        """What this node checks before its appliance sees a proposal: (psbts, reasons)."""
-        b = msg.body
+    @staticmethod
+    def parse_proposal(b: dict[str, Any]) -> tuple[int, int, list[str], QC]:
+        """The fields every proposal must carry, each of the right type and size."""
+
+        def count(key: str) -> int:
+            v = b[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key} must be a non-negative integer")
+            return v
+
+        seq, attempt = count("seq"), count("attempt")
+        psbts, records, lineage = b["psbts"], b["records"], b["lineage"]
+        if not isinstance(psbts, list) or not 1 <= len(psbts) <= MAX_RUNGS:
+            raise ValueError(f"psbts must be a list of 1 to {MAX_RUNGS} PSBTs")
+        if not all(isinstance(x, str) for x in psbts):
+            raise ValueError("psbts must be base64 strings")
+        if not isinstance(records, list) or not 1 <= len(records) <= MAX_RECORDS:
+            raise ValueError(f"records must be a list of 1 to {MAX_RECORDS} epoch records")
+        if not isinstance(lineage, list) or len(lineage) > LINEAGE_MAX:
+            raise ValueError(f"lineage must be a list of at most {LINEAGE_MAX} transactions")
+        if not isinstance(b["qc"], dict):
+            raise ValueError("qc must be an object")
+        return seq, attempt, psbts, QC.from_json(b["qc"])
+
+    def precheck(self, msg: Message, now: float | None = None) -> tuple[list[str], list[str]]:
+        """What this node checks before its appliance sees a proposal: (psbts, reasons).
+
+        It records nothing: see `on_propose`."""
         try:
-            seq, attempt = int(b["seq"]), int(b["attempt"])
-            psbts = [str(p) for p in b["psbts"]]
-            qc = QC.from_json(b["qc"])
-        except (KeyError, TypeError, ValueError, CheckpointError) as exc:
-            return [], [f"malformed proposal: {exc}"]
+            seq, attempt, psbts, qc = self.parse_proposal(msg.body)
+        except KeyError as exc:
+            return [], [f"malformed proposal: lacks {short(exc, 40)}"]
+        except (TypeError, ValueError, CheckpointError) as exc:
+            return [], [f"malformed proposal: {short(exc)}"]
+        now = time.time() if now is None else now
         view = self.view
         with view.lock:
             try:
@@ -107,6 +162,9 @@ class PeerResponder:
                     f"{msg.sender} is not the initiator of attempt {attempt} (expected {expected})"
                 ]
             reasons: list[str] = []
+            limit = self.attempt_limit(seq, now)
+            if attempt > limit:
+                reasons.append(f"attempt {attempt} is ahead of this node's clock (at most {limit})")
             if qc.epoch != coin.epoch:
                 reasons.append(f"QC is for epoch {qc.epoch}, the coin belongs to {coin.epoch}")
             else:
@@ -123,8 +181,10 @@ class PeerResponder:
             for b64 in psbts:
                 try:
                     p = PSBT.from_string(b64)
+                    if not p.tx.vin or not p.tx.vout:
+                        raise ValueError("no inputs or no outputs")
                 except Exception as exc:
-                    reasons.append(f"malformed PSBT: {exc}")
+                    reasons.append(f"malformed PSBT: {short(exc)}")
                     break
                 tx = p.tx
                 if Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout) != coin.outpoint:
@@ -143,19 +203,27 @@ class PeerResponder:
                     reasons.append(f"a different proposal for attempt {attempt} was signed")
             if reasons:
                 return [], sorted(set(reasons))
-            self.accepted.accepted[seq] = (attempt, txids)
         return psbts, []
 
     def on_propose(self, msg: Message) -> tuple[str, dict[str, Any]]:
-        psbts, reasons = self.precheck(msg)
-        if reasons:
-            for r in reasons:
-                self.metrics.refusal(r)
-            log.warning("refused proposal from %s: %s", msg.sender, "; ".join(reasons))
-            return "refuse", {"reasons": reasons}
-        signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts))
-        if not signed:
-            return "refuse", {"reasons": ["the appliance refused (see its journal)"]}
+        with self._signing:
+            psbts, reasons = self.precheck(msg)
+            if reasons:
+                for r in reasons:
+                    self.metrics.refusal(r)
+                log.warning(
+                    "refused proposal from %s: %s", msg.sender, short("; ".join(reasons), 400)
+                )
+                return "refuse", {"reasons": reasons}
+            signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts))
+            if not signed:
+                return "refuse", {"reasons": ["the appliance refused (see its journal)"]}
+            # Only what the appliance signed fixes this checkpoint's attempt here.
+            txids = frozenset(PSBT.from_string(p).tx.txid().hex() for p in psbts)
+            with self.view.lock:
+                prior = self.accepted.accepted.get(msg.body["seq"])
+                if prior is None or msg.body["attempt"] >= prior[0]:
+                    self.accepted.accepted[msg.body["seq"]] = (msg.body["attempt"], txids)
         log.info(
             "signed proposal from %s: checkpoint %s attempt %s (%d fee levels)",
             msg.sender,
@@ -168,11 +236,14 @@ class PeerResponder:
     def on_broadcast(self, msg: Message) -> tuple[str, dict[str, Any]]:
         b = msg.body
         try:
-            rungs = [str(r) for r in b["rungs"]]
-            fees = [int(f) for f in b["fees"]]
+            rungs = [str(r) for r in b["rungs"]][:MAX_RUNGS]
+            fees = [int(f) for f in b["fees"]][: len(rungs)]
             txs = [Transaction.from_string(r) for r in rungs]
-        except (KeyError, TypeError, ValueError) as exc:
-            return "error", {"reasons": [f"malformed broadcast: {exc}"]}
+            index = int(b.get("index", 0))
+            if len(fees) != len(txs) or not 0 <= index < len(txs):
+                raise ValueError("rungs, fees and index do not agree")
+        except Exception as exc:  # embit's parse errors are not ValueErrors
+            return "error", {"reasons": [f"malformed broadcast: {short(exc)}"]}
         view = self.view
         with view.lock:
             op = view.coin.outpoint
@@ -181,11 +252,13 @@ class PeerResponder:
             ms = multisig_for(view.records[view.coin.epoch])
             if any(len(quorum_signers(t, view.coin, ms)) < ms.threshold for t in txs):
                 return "error", {"reasons": ["announced transactions are not fully signed"]}
+            for raw in rungs:  # quorum-signed: kept, a reorg may drop it later
+                view.store.add(raw)
             tip = view.tip()
-            self.ladders.setdefault(op, Ladder(op, rungs, fees, int(b.get("index", 0)), tip))
+            self.ladders.setdefault(op, Ladder(op, rungs, fees, index, tip))
         try:
-            deliver(txs[int(b.get("index", 0))], view.rpcs)
+            deliver(txs[index], view.rpcs)
         except CheckpointFailed as exc:
             log.info("relay of announced checkpoint failed: %s", exc)
-        log.info("announced by %s: txid %s", msg.sender, b.get("txid"))
+        log.info("announced by %s: txid %s", msg.sender, txs[index].txid().hex())
         return "pong", {"seq": view.seq}

@@ -185,6 +185,8 @@ class SigningRound:
                 - sum(o.value for o in tx.vout)
             )
         self.metrics.latency(time.monotonic() - t0)
+        for raw in rungs:  # kept before delivery: a reorg may drop it later
+            view.store.add(raw)
         tx = Transaction.from_string(rungs[0])
         reached = deliver(tx, view.rpcs)
         txid = tx.txid().hex()

@@ -21,13 +21,14 @@ from anchornode.config import NodeConfig
 from anchornode.delivery import CheckpointFailed, deliver
 from anchornode.ladder import Ladder
 from anchornode.metrics import Metrics
-from anchornode.peer_protocol import Authenticator
+from anchornode.peer_protocol import Authenticator, ReplayCache
 from anchornode.peer_server import PeerServer
 from anchornode.pow.rpc import PowRpc, RpcError
 from anchornode.qcsource import QCSource
 from anchornode.responder import PeerResponder
 from anchornode.round import PeerSend, SigningRound, tcp_send
 from anchornode.schedule import attempt_at, due, initiator_index
+from anchornode.store import CheckpointStore
 from bftanchor.deployment import Deployment
 from bftanchor.errors import CheckpointError
 from bftanchor.template import Outpoint
@@ -53,8 +54,15 @@ class NodeService:
         self.source = source
         self.metrics = Metrics(self.me)
         self.stop_event = threading.Event()
-        self.view = ChainView(deployment, rpcs, source, self.metrics)
-        self.auth = Authenticator(self.view.records)
+        state = cfg.state_dir
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+        self.store = CheckpointStore(state / "checkpoints.sqlite" if state else None)
+        self.view = ChainView(deployment, rpcs, source, self.metrics, self.store)
+        # Replays are refused across restarts too: the cache lives beside the store.
+        self.auth = Authenticator(
+            self.view.records, ReplayCache(state / "replay.sqlite" if state else None)
+        )
         self.ladders: dict[Outpoint, Ladder] = {}
         self.view.on_spent.append(lambda op: self.ladders.pop(op, None))
         self.pending_since: dict[Outpoint, int] = {}
@@ -67,7 +75,8 @@ class NodeService:
             self._pool, send,
         )
         self.responder = PeerResponder(
-            self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders
+            self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders,
+            self.attempt_limit,
         )
         self.server: PeerServer | None = None
 
@@ -84,6 +93,8 @@ class NodeService:
             tip = view.tip()
             if view.coin_spent_in_mempool():
                 self._pending(tip)
+                return None
+            if view.restore_dropped() is not None:
                 return None
             coin, seq = view.coin, view.seq
         try:
@@ -140,6 +151,14 @@ class NodeService:
             log.warning("checkpoint %d attempt %d failed: %s", seq, attempt, exc)
             return None
 
+    def attempt_limit(self, seq: int, now: float) -> int:
+        """The highest attempt this node accepts for checkpoint seq now: its own count
+        (from when it found the checkpoint due, else from when it first saw seq) plus
+        one for clock and poll skew. A proposal beyond it is refused, so no validator
+        can make the others wait longer than the time that has really passed."""
+        since = self.due_since.get(seq, self.view.seq_seen.get(seq, now))
+        return attempt_at(since, now, self.cfg.schedule.initiator_timeout) + 1
+
     def _pending(self, tip: int) -> None:
         """The coin is spent in the mempool: wait, or move up the fee ladder when stuck."""
         op = self.view.coin.outpoint
@@ -177,7 +196,7 @@ class NodeService:
 
     def start_server(self) -> None:
         timeout = max(5.0, self.cfg.schedule.initiator_timeout)
-        self.server = PeerServer(self.cfg.listen, self.responder.handle, timeout)
+        self.server = PeerServer(self.cfg.listen, self.auth, self.responder, timeout)
 
     def shutdown(self) -> None:
         self.stop_event.set()
@@ -185,6 +204,7 @@ class NodeService:
         if server is not None:
             server.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.auth.replay.close()
 
     def status(self) -> dict[str, Any]:
         return self.view.status(self.me)

@@ -57,7 +57,8 @@ def get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
 
 def test_idle_connections_are_closed_and_capped(server):
     port = server.server_address[1]
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(server.max_connections * 3)]
+    many = server.max_connections * 3
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(many)]
     try:
         # Over the cap: closed at accept. Under it: closed by the read timeout / lifetime.
         deadline = time.monotonic() + server.lifetime + 5

@@ -205,7 +205,8 @@ def test_precheck_accepts_the_honest_proposal_once_per_attempt(net: Net) -> None
     v1 = net.nodes["v1"].responder
     psbts, reasons = v1.precheck(msg("v0", body))
     assert reasons == [] and psbts == body["psbts"]
-    assert v1.precheck(msg("v0", body)) == (body["psbts"], [])  # the same again: fine
+    assert v1.precheck(msg("v0", body)) == (body["psbts"], [])  # prechecks record nothing
+    assert v1.on_propose(msg("v0", body))[0] == "signatures"  # signed: now it is recorded
     other = net.proposal("v0", net.qc(11))
     _, reasons = v1.precheck(msg("v0", other))
     assert reasons == ["a different proposal for attempt 0 was signed"]
@@ -220,7 +221,7 @@ def test_precheck_refuses_an_initiator_out_of_turn(net: Net) -> None:
 def test_precheck_refuses_a_stale_attempt_and_a_wrong_seq(net: Net) -> None:
     qc = net.qc(10)
     v1 = net.nodes["v1"].responder
-    assert v1.precheck(msg("v1", net.proposal("v0", qc, attempt=1)))[1] == []
+    assert v1.on_propose(msg("v1", net.proposal("v0", qc, attempt=1)))[0] == "signatures"
     _, reasons = v1.precheck(msg("v0", net.proposal("v0", qc, attempt=0)))
     assert reasons == ["attempt 0 is superseded by attempt 1"]
     _, reasons = v1.precheck(msg("v1", net.proposal("v0", qc, seq=1)))
@@ -247,10 +248,14 @@ def test_precheck_refuses_a_forged_qc_and_a_foreign_coin_and_payee(net: Net) -> 
 
 def test_precheck_refuses_malformed_proposals(net: Net) -> None:
     v1 = net.nodes["v1"].responder
-    for body in ({}, {"seq": "x", "attempt": 0, "psbts": [], "qc": {}}, {"seq": 0}):
-        _, reasons = v1.precheck(msg("v0", body))
-        assert len(reasons) == 1 and reasons[0].startswith("malformed proposal")
     body = net.proposal("v0", net.qc(10))
+    for bad in ({}, {"seq": "x", "attempt": 0, "psbts": [], "qc": {}}, {"seq": 0},
+                dict(body, psbts=[]), dict(body, psbts=body["psbts"] * 3),
+                dict(body, attempt=-1), dict(body, seq=True), dict(body, attempt=1.5),
+                dict(body, lineage=["00"] * 1000), dict(body, records=[]),
+                {k: v for k, v in body.items() if k != "lineage"}):
+        _, reasons = v1.precheck(msg("v0", bad))
+        assert len(reasons) == 1 and reasons[0].startswith("malformed proposal"), bad
     _, reasons = v1.precheck(msg("v0", dict(body, psbts=["not base64"])))
     assert reasons[0].startswith("malformed PSBT")
 
@@ -262,3 +267,93 @@ def test_sealed_proposal_from_an_outsider_is_dropped(net: Net) -> None:
     raw = seal("propose", "v0", 0, body, hashlib.sha256(b"not v0").digest())
     reply = net.nodes["v1"].auth.open(net.nodes["v1"].responder.handle(raw))
     assert reply.type == "error"
+
+
+def test_one_signed_message_cannot_halt_the_network(net: Net) -> None:
+    """Issue 12 item 1: an absurd attempt with no PSBTs was stored as the accepted one
+    and every honest proposal after it was refused as superseded."""
+    qc = net.qc(10)
+    v1 = net.nodes["v1"].responder
+    n = len(net.records[0].validators)
+    absurd = 10**6 * n + 2  # attempt whose initiator (seq 0) is v2
+    body = dict(net.proposal("v0", qc), attempt=absurd)
+    for liar_body in (dict(body, psbts=[]), body):
+        kind, reply = v1.on_propose(msg("v2", liar_body))
+        assert kind == "refuse"
+    assert any("ahead of this node's clock" in r for r in reply["reasons"])
+    assert v1.accepted.accepted == {}  # nothing recorded from a refused proposal
+    kind, _ = v1.on_propose(msg("v0", net.proposal("v0", qc)))
+    assert kind == "signatures"
+
+
+def test_an_appliance_refusal_records_nothing(net: Net) -> None:
+    qc = net.qc(10)
+    v1 = net.node("v1", Refusing())
+    assert v1.responder.on_propose(msg("v1", net.proposal("v0", qc, attempt=1)))[0] == "refuse"
+    assert v1.responder.accepted.accepted == {}
+    assert v1.responder.precheck(msg("v0", net.proposal("v0", qc)))[1] == []
+
+
+def test_attempt_limit_follows_this_nodes_own_clock(net: Net) -> None:
+    net.qc(10)
+    v1 = net.nodes["v1"]
+    v1.tick(now=1000.0)  # due from 1000 on: attempt 0 here
+    assert v1.attempt_limit(0, 1000.0) == 1
+    assert v1.attempt_limit(0, 1000.0 + 3 * 5.0) == 4  # three timeouts later
+
+
+def _ask(port: int, data: bytes) -> dict:
+    import socket
+
+    from anchornode.peer_protocol import read_frame, unverified
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return unverified(read_frame(s))
+
+
+def test_peer_port_answers_hostile_input_with_an_error_and_keeps_serving(net: Net) -> None:
+    """Issue 12 item 7: 1e400, Infinity, deep nesting killed the handler thread."""
+    import json
+    import struct
+
+    from anchornode.peer_protocol import seal, split_frame
+
+    v1 = net.nodes["v1"]
+    v1.start_server()
+    port = v1.server.address[1]
+    secret = next(v.bft_secret for v in net.sim.validators if v.id == "v2")
+
+    def member_frame(body: bytes) -> bytes:
+        head = json.loads(split_frame(seal("ping", "v2", 0, {}, secret))[0])
+        head.update(len=len(body), body_sha256=hashlib.sha256(body).hexdigest())
+        head.pop("sig")
+        from bftanchor.bftsig import sign_compact
+        from bftanchor.epoch import canonical_json
+
+        head["sig"] = sign_compact(
+            secret, hashlib.sha256(canonical_json(head).encode()).digest()).hex()
+        raw = canonical_json(head).encode()
+        return struct.pack(">I", len(raw)) + raw + body
+
+    def header_only(text: bytes) -> bytes:
+        return struct.pack(">I", len(text)) + text
+
+    hostile = [
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"\xff\xff\xff\xff" + b"x" * 100,
+        header_only(b'{"v": 2, "epoch": 1e400}'),
+        header_only(b'{"v": Infinity}'),
+        header_only(b"[" * 1000 + b"]" * 1000),
+        member_frame(b'{"x": 1e400}'),
+        member_frame(b'{"x": -Infinity}'),
+        member_frame(b"[" * 100_000 + b"]" * 100_000),
+    ]
+    for data in hostile:
+        reply = _ask(port, data)
+        assert reply["type"] == "error" and reply["body"]["reasons"], data[:40]
+    propose = seal("propose", "v2", 0, {"seq": 0, "attempt": 10**30}, secret)
+    reply = _ask(port, propose)
+    assert reply["type"] == "refuse"
+    assert _ask(port, seal("ping", "v2", 0, {}, secret))["type"] == "pong"
