@@ -23,7 +23,7 @@ from typing import Any
 from embit import bip39
 
 from anchornode.bftsim import SimulatedBFTChain
-from anchornode.pow.regtest import RegtestNode, free_port
+from anchornode.pow.regtest import MiningError, RegtestNode, free_port
 from anchornode.pow.rpc import PowRpc, RpcError, to_coin, to_sat
 from anchornode.procutil import die_with_parent
 from anchornode.qcsource import DirectoryWriter
@@ -34,6 +34,7 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.link.pty import PtyMasterSerial, open_pty_pair
 from bftanchor.network import network
+from bftanchor.secretfile import write_secret
 from bftanchor.template import Coin, Outpoint
 
 log = logging.getLogger("bft_anchor.cluster")
@@ -59,6 +60,9 @@ class ClusterOptions:
     genesis_value: int = 100_000_000
     topup_below: int = 0  # > 0: a fee wallet "fees" on the first PoW node tops the coin up
     topup_amount: int = 200_000
+    # Height the chain is mined to before the network starts (>= 101 for mature coins);
+    # on Litecoin a start just below 432 takes the network through MWEB's activation.
+    start_height: int = 101
 
 
 @dataclass
@@ -98,11 +102,14 @@ class Cluster:
         self.mining = threading.Event()
         self.mining.set()
         self._threads: list[threading.Thread] = []
+        self.error: str | None = None  # set when the world stopped moving (mining failed)
 
     # --- set-up --------------------------------------------------------------------
 
     def start(self) -> Cluster:
         o = self.opts
+        # Absolute: the nodes' configs name cookie files and run from other directories.
+        self.root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         for i in range(o.pow_nodes):
             node = RegtestNode(self.root / f"pow{i}", extra_args=o.pow_args).start()
@@ -111,7 +118,7 @@ class Cluster:
             a.connect(self.pow[0])
         miner = self.pow[0]
         wallet = miner.create_wallet("miner")
-        miner.mine(101)
+        miner.mine(max(101, o.start_height) - int(miner.rpc.getblockcount()))
         self.sim = SimulatedBFTChain.create(
             o.validators, o.rounds_per_epoch, seed=secrets.randbits(16)
         )
@@ -119,8 +126,8 @@ class Cluster:
             d = self.root / v.id
             d.mkdir(parents=True, exist_ok=True)
             mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
-            (d / "seed.txt").write_text(mnemonic + "\n")
-            (d / "bft.key").write_text(v.bft_secret.hex() + "\n")
+            write_secret(d / "seed.txt", mnemonic + "\n")
+            write_secret(d / "bft.key", v.bft_secret.hex() + "\n")
             self.members.append(
                 Member(
                     v.id,
@@ -284,16 +291,35 @@ class Cluster:
             self.stop_event.wait(o.round_interval)
 
     def _drive_blocks(self) -> None:
+        """A block every block_interval on the first running PoW node. A node that is
+        down or restarting passes the turn to the next; any other failure to mine is
+        kept in `error` and stops the cluster's waits (never swallowed)."""
         while not self.stop_event.wait(self.opts.block_interval):
             if not self.mining.is_set():
                 continue
             for node in self.pow:
-                try:
-                    if node.proc is not None and node.proc.poll() is None:
-                        node.mine(1)
-                        break
-                except RpcError:
+                if not node.running:
                     continue
+                try:
+                    node.mine(1)
+                    break
+                except MiningError as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, RpcError) and cause.unavailable:
+                        continue
+                    if not node.running:
+                        continue
+                    self.error = f"mining stopped: {exc}"
+                    log.error("%s", self.error)
+                    return
+
+    def restart_pow(self, index: int, extra_args: list[str] | None = None) -> None:
+        """Restart one PoW node (new cookie) and reconnect it to the others."""
+        node = self.pow[index]
+        node.restart(extra_args)
+        for other in self.pow:
+            if other is not node and other.running:
+                node.connect(other)
 
     @property
     def finished(self) -> bool:
@@ -301,14 +327,14 @@ class Cluster:
 
     def rpc(self) -> PowRpc:
         for node in self.pow:
-            if node.proc is not None and node.proc.poll() is None and node.rpc is not None:
+            if node.running and node.rpc is not None:
                 return node.rpc
         raise RpcError("no PoW node is running")
 
     def wait_synced(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            heights = {n.rpc.getblockcount() for n in self.pow if n.proc is not None}
+            heights = {n.rpc.getblockcount() for n in self.pow if n.running}
             if len(heights) <= 1:
                 return
             time.sleep(0.2)
@@ -328,6 +354,8 @@ class Cluster:
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.error:
+                raise RuntimeError(f"{self.error} (while waiting for {what})")
             value = predicate()
             if value:
                 return value

@@ -9,6 +9,7 @@ unauthenticated, never a dead thread.
 from __future__ import annotations
 
 import logging
+import socket
 import socketserver
 import struct
 
@@ -24,6 +25,22 @@ from anchornode.responder import PeerResponder
 
 log = logging.getLogger("bft_anchor.node")
 conn_log = RateLimitedLog(log)
+
+
+def _drain(sock: socket.socket, limit: int = 65536, wait: float = 0.5) -> None:
+    """Read (a bounded amount of) what the sender still has in flight, so that closing
+    does not reset the connection before our error reply has reached it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(wait)
+        got = 0
+        while got < limit:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += len(chunk)
+    except OSError:
+        pass
 
 
 class PeerServer:
@@ -47,6 +64,7 @@ class PeerServer:
                         msg = auth.receive(sock)
                     except (PeerError, struct.error) as exc:
                         write_frame(sock, responder.reject(exc, who))
+                        _drain(sock)
                         return
                     write_frame(sock, responder.respond(msg))
                 except (PeerError, OSError) as exc:

@@ -309,7 +309,6 @@ def _ask(port: int, data: bytes) -> dict:
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
         return unverified(read_frame(s))
 
 
