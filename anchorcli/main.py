@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if args.from_height is not None and args.from_height < 0:
         return fail(f"--from-height {args.from_height} is negative")
+    problem = _bad_rpc_url(args.rpc)
+    if problem:
+        shown = re.sub(r"//[^@/]*@", "//***@", args.rpc)  # never echo a password
+        return fail(f"--rpc {shown!r}: {problem}")
     try:
         url = url_with_auth(args.rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
     except OSError as exc:
@@ -107,6 +112,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if report.missing:
         return fail(report.missing[0])
     return EXIT_OK
+
+
+def _bad_rpc_url(url: str) -> str | None:
+    """What is wrong with a node's RPC URL, or None."""
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        port = parsed.port
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https"):
+        return f"the scheme must be http or https, not {parsed.scheme!r}"
+    if not parsed.hostname:
+        return "no host"
+    if port is None:
+        return "no port (e.g. http://127.0.0.1:19443)"
+    return None
 
 
 def cmd_appliance_sign(args: argparse.Namespace) -> int:

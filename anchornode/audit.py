@@ -223,11 +223,16 @@ def audit_chain(
     return report
 
 
+def _about(node: str, exc: Exception) -> str:
+    """One line naming the node, once."""
+    return str(exc) if node in str(exc) else f"node {node}: {exc}"
+
+
 def _poll(follower: CoinFollower, rpc: PowRpc) -> list[Any]:
     try:
         return follower.poll()
     except RpcError as exc:
-        raise AuditInputError(f"node {redact(rpc.url)}: {exc}") from exc
+        raise AuditInputError(_about(redact(rpc.url), exc)) from exc
 
 
 def _check_shape(
@@ -325,7 +330,7 @@ def check_node(rpc: PowRpc, deployment: Deployment) -> None:
         text = str(exc)
         if "401" in text or "403" in text:
             raise AuditInputError(f"node {node} refused the RPC credentials ({exc})") from exc
-        raise AuditInputError(f"node {node}: {exc}") from exc
+        raise AuditInputError(_about(node, exc)) from exc
     family, _, net = deployment.chain.rpartition("-")
     if info.get("chain") != NETWORKS.get(net, net):
         raise AuditInputError(
@@ -362,7 +367,7 @@ def _transaction(rpc: PowRpc, txid: str) -> dict[str, Any]:
     try:
         return rpc.getrawtransaction(txid, True)
     except RpcError as exc:
-        raise AuditInputError(f"node {redact(rpc.url)}: {exc}") from exc
+        raise AuditInputError(_about(redact(rpc.url), exc)) from exc
 
 
 def _in_block(rpc: PowRpc, txid: str, height: int) -> dict[str, Any]:

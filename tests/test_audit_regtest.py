@@ -285,3 +285,15 @@ def test_genesis_value_must_match_the_deployment(handed_over):
     report = audit(fleet, deployment=other)
     assert f"genesis {g.outpoint} holds {g.value} sat, the deployment says {g.value + 1}" in \
         report.violations
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("ftp://x", "the scheme must be http or https"),
+    ("127.0.0.1", "no port"),
+    ("http://u:secret@127.0.0.1:99999", "not a URL"),
+    ("http://[::1", "not a URL"),
+])
+def test_bad_rpc_url_is_one_line_exit_2(saved, url, expected):
+    out = cli("--rpc", url, "--deployment", str(saved / "deployment.json"))
+    line = one_line(out)
+    assert out.returncode == 2 and expected in line and "secret" not in line
