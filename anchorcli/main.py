@@ -138,17 +138,78 @@ def cmd_appliance_sign(args: argparse.Namespace) -> int:
 
     try:
         appliance = open_appliance(ApplianceConfig.load(args.config))
-        req = json.loads(
-            Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
-        )
-        outcome = appliance.handle_sign(
-            req.get("psbt"), req.get("qc"), req.get("records", []), req.get("lineage")
-        )
+        text = Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
     except (ConfigError, ValueError, OSError) as exc:
         print(f"bft-anchor appliance sign: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Whatever the request holds, it ends as a verdict: a request that is not a JSON
+    # object is a journaled refusal naming what was expected, not a usage error.
+    try:
+        req = json.loads(text)
+    except ValueError as exc:
+        outcome = appliance.refuse_request([f"the request is not JSON ({exc}), expected an "
+                                            "object {psbt, qc, records, lineage}"])
+    else:
+        if isinstance(req, dict):
+            outcome = appliance.handle_sign(
+                req.get("psbt"), req.get("qc"), req.get("records", []), req.get("lineage")
+            )
+        else:
+            outcome = appliance.refuse_request([
+                f"the request is a JSON {type(req).__name__}, expected an object "
+                "{psbt, qc, records, lineage}"])
     print(json.dumps(outcome.to_json(), indent=1))
     return EXIT_OK if outcome.signed else EXIT_FAIL
+
+
+def cmd_appliance_journal(args: argparse.Namespace) -> int:
+    from appliance.config import ApplianceConfig, ConfigError
+    from appliance.interchange import (
+        InterchangeError,
+        export_journal,
+        import_journal,
+        load_file,
+    )
+    from appliance.journal import Journal, JournalError
+    from bftanchor.deployment import Deployment, DeploymentError
+
+    name = f"bft-anchor appliance journal {args.journal_command}"
+    try:
+        cfg = ApplianceConfig.load(args.config)
+        deployment = Deployment.load(cfg.deployment)
+        journal = Journal(cfg.journal, deployment.genesis, cfg.journal_id)
+    except (ConfigError, DeploymentError, JournalError, OSError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.journal_command == "export":
+            text = json.dumps(export_journal(journal), indent=1, sort_keys=True) + "\n"
+            if args.out is None:
+                sys.stdout.write(text)
+            else:
+                import os
+
+                # Never overwrite: an export may be the only copy of a journal.
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                print(f"exported journal {cfg.journal} to {args.out}", file=sys.stderr)
+            return EXIT_OK
+        result = import_journal(journal, load_file(args.file))
+        journal.log("imported", {"file": str(args.file), **result})
+        print(f"imported {args.file}: {result['added']} new of {result['checkpoints']} "
+              f"checkpoint(s) into {cfg.journal}")
+        return EXIT_OK
+    except FileExistsError:
+        print(f"{name}: {args.out} exists; not overwriting it", file=sys.stderr)
+        return EXIT_USAGE
+    except (InterchangeError, JournalError, OSError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_FAIL if isinstance(exc, InterchangeError) else EXIT_USAGE
+    finally:
+        journal.close()
 
 
 def cmd_appliance_status(args: argparse.Namespace) -> int:
@@ -178,11 +239,11 @@ def cmd_appliance_serve(args: argparse.Namespace) -> int:
                              "use at least 16 (e.g. 32 random bytes, hex-encoded)")
         cfg = ApplianceConfig.load(args.config)
         appliance = open_appliance(cfg)
+        service = ApplianceService(appliance, cfg.validator_id or "appliance",
+                                   args.approval or cfg.approval)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"bft-anchor appliance serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    service = ApplianceService(appliance, cfg.validator_id or "appliance",
-                               args.approval or cfg.approval)
     control = args.control or cfg.path.parent / "control.sock"
     service.serve_control(control)
     for s in (sig.SIGTERM, sig.SIGINT):
@@ -263,6 +324,16 @@ def cmd_appliance_init(args: argparse.Namespace) -> int:
                 f.flush()
                 os.fsync(f.fileno())
             new_seed = True
+    # Bind the journal's identity into the config: from now on the appliance refuses to
+    # start without this very journal. An existing journal is kept, never overwritten.
+    from appliance.journal import Journal, JournalError
+
+    try:
+        journal_id = Journal.create(d / "journal.sqlite")
+    except JournalError as exc:
+        print(f"bft-anchor appliance init: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = text.replace('# journal_id = "..."', f'journal_id = "{journal_id}"')
     cfg.write_text(text)
     print(f"wrote {cfg}" + (f" and a new seed in {d / 'seed.txt'}" if new_seed else "")
           + (f" (kept the existing seed {d / 'seed.txt'})"
@@ -452,6 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, type=Path)
     s.add_argument("--request", required=True, help="request JSON file, or - for stdin")
     s.set_defaults(func=cmd_appliance_sign)
+    jn = apsub.add_parser(
+        "journal", help="move a journal to a new machine: export, then import",
+        description="Export this appliance's journal to one JSON file (every checkpoint it "
+        "signed or adopted, and its watermark), or import such a file into the journal of a "
+        "freshly initialized appliance. Import only adds (it never lowers a watermark) and "
+        "refuses a history that conflicts with the journal's own. Exit 1 when refused.")
+    jsub = jn.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    je = jsub.add_parser("export", help="write the journal's interchange file")
+    je.add_argument("--config", required=True, type=Path)
+    je.add_argument("--out", type=Path, help="file to write (never overwritten); default stdout")
+    ji = jsub.add_parser("import", help="merge an interchange file into this journal")
+    ji.add_argument("--config", required=True, type=Path)
+    ji.add_argument("file", type=Path)
+    jn.set_defaults(func=cmd_appliance_journal)
     st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
     st.add_argument("--config", required=True, type=Path)
     st.set_defaults(func=cmd_appliance_status)

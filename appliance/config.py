@@ -21,6 +21,9 @@ deployment = "deployment.json"
 # The anti-equivocation journal (SQLite). Never delete it: it is what stops this
 # appliance from ever signing two checkpoints for one (epoch, round).
 journal = "journal.sqlite"
+# The journal's identity, bound by `appliance init`: the appliance refuses to start with
+# a missing, empty, foreign or corrupt journal instead of silently starting a new one.
+# journal_id = "..."
 # Who may see the validator this appliance belongs to.
 validator_id = "v0"
 # auto: sign whatever the policy allows; manual: hold each request for an operator.
@@ -86,6 +89,7 @@ class ApplianceConfig:
     signer: SignerConfig
     limits: Limits
     raw: dict[str, Any] = field(default_factory=dict)
+    journal_id: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> ApplianceConfig:
@@ -125,8 +129,20 @@ class ApplianceConfig:
                 signer=signer,
                 limits=limits,
                 raw=data,
+                journal_id=_journal_id(data.get("journal_id"), path),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def _journal_id(value: Any, path: Path) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 32 or not all(
+        c in "0123456789abcdef" for c in value
+    ):
+        raise ConfigError(f"config {path}: journal_id must be 32 lowercase hex digits "
+                          f"(as `appliance init` writes it), found {value!r}")
+    return value

@@ -11,6 +11,7 @@ one (epoch, round) even if the Python above were wrong.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -310,20 +311,86 @@ def _locked(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class JournalError(ValueError):
+    """The journal file itself is unusable (missing, empty, foreign, corrupt, disk full):
+    one line that names the file and what is wrong."""
+
+
+class JournalFull(JournalError):
+    """The disk holding the journal is full: nothing can be signed until space is freed."""
+
+
+def _db_error(path: Path, exc: sqlite3.Error) -> JournalError:
+    text = str(exc)
+    if "full" in text.lower():
+        return JournalFull(f"journal {path}: disk full ({text}); free space, nothing is "
+                           "signed until then")
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return JournalError(f"journal {path} is corrupt or not a journal ({text}); restore it "
+                            "from a backup or an export (docs/operations.md)")
+    return JournalError(f"journal {path}: {text}")
+
+
+def new_journal_id() -> str:
+    return secrets.token_hex(16)
+
+
 class Journal:
-    def __init__(self, path: Path | str, genesis: Coin) -> None:
+    def __init__(self, path: Path | str, genesis: Coin, journal_id: str | None = None) -> None:
+        """Open the journal. With `journal_id` (what `appliance init` bound into the
+        config) the file must exist and carry that identity: a missing, empty, foreign or
+        corrupt journal is refused, never silently recreated (a fresh journal would let
+        the appliance sign again what it signed before)."""
         self.path = Path(path)
         self.genesis = genesis
         # One connection shared by the appliance's threads; this lock serialises it.
         self.lock = threading.RLock()
         self._snapshot: JournalState | None = None
         self._version = -1
+        if journal_id is not None:
+            if not self.path.exists():
+                raise JournalError(
+                    f"journal {self.path} is missing; this appliance was initialized with "
+                    f"journal {journal_id}: restore that file, or import an export of it "
+                    "(`bft-anchor appliance journal import`)"
+                )
+            if self.path.stat().st_size == 0:
+                raise JournalError(f"journal {self.path} is empty; this appliance was "
+                                   f"initialized with journal {journal_id}: restore it")
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, timeout=30, check_same_thread=False
             )
-        except sqlite3.OperationalError as exc:
-            raise ValueError(f"cannot open journal {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
+        try:
+            self._open(journal_id)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _db_error(self.path, exc) from exc
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _open(self, journal_id: str | None) -> None:
+        if journal_id is not None:
+            try:
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                row = None
+            if row is None:
+                raise JournalError(f"journal {self.path} has no identity: it is not the "
+                                   f"journal {journal_id} this appliance was initialized with")
+            if row[0] != journal_id:
+                raise JournalError(f"journal {self.path} is journal {row[0]}, another "
+                                   f"appliance's: this one was initialized with {journal_id}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise JournalError(f"journal {self.path} is corrupt ({check}); restore it "
+                                   "from a backup or an export")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         # No automatic checkpoints while the journal is in use. With synchronous=FULL every
@@ -348,16 +415,37 @@ class Journal:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         stored = self.get_meta("genesis")
-        mine = json.dumps(
-            {"outpoint": str(genesis.outpoint), "value": genesis.value, "epoch": genesis.epoch}
-        )
+        g = self.genesis
+        mine = json.dumps({"outpoint": str(g.outpoint), "value": g.value, "epoch": g.epoch})
         if stored is None:
             self.set_meta("genesis", mine)
-        elif json.loads(stored)["outpoint"] != str(genesis.outpoint):
-            raise ValueError(
+        elif json.loads(stored)["outpoint"] != str(self.genesis.outpoint):
+            raise JournalError(
                 f"journal {self.path} belongs to genesis {json.loads(stored)['outpoint']}, "
-                f"not {genesis.outpoint}"
+                f"not {self.genesis.outpoint}"
             )
+
+    @classmethod
+    def create(cls, path: Path | str) -> str:
+        """`appliance init`: a journal with a new identity, or the identity of the journal
+        already there (never overwritten). Returns the journal id to bind in the config."""
+        path = Path(path)
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+                row = db.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+                if row is not None:
+                    return str(row[0])
+                jid = new_journal_id()
+                db.execute("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (jid,))
+                return jid
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise _db_error(path, exc) from exc
 
     @_locked
     def close(self) -> None:
@@ -370,7 +458,10 @@ class Journal:
         For a quiet moment: the serving appliance calls it at start, before it answers.
         Returns SQLite's (busy, wal frames, frames checkpointed).
         """
-        row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        try:
+            row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
         return int(row[0]), int(row[1]), int(row[2])
 
     # --- reading -------------------------------------------------------------
@@ -462,10 +553,13 @@ class Journal:
             self._insert(c, request_hash, "signed")
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise JournalRefusal([str(exc)]) from exc
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _db_error(self.path, exc) from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._take_new_rows()
         entry = self.state().by_txid(c.txid)
@@ -493,11 +587,66 @@ class Journal:
         try:
             added = self._write_adopted(entries)
             db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _db_error(self.path, exc) from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._snapshot = None
         return added
+
+    @_locked
+    def import_rows(
+        self,
+        rows: list[tuple[Candidate, str, bool]],
+        records: list[EpochRecord],
+        watermark: tuple[int, int] | None,
+    ) -> int:
+        """Merge another journal's rows (appliance/interchange.py) in one transaction.
+
+        Own signatures keep kind 'signed', so the triggers refuse a history that
+        conflicts with this one; rows already held are skipped; the watermark only rises.
+        """
+        db = self._db
+        added = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for c, kind, proven in rows:
+                if self._db.execute("SELECT 1 FROM signed WHERE txid = ?",
+                                    (c.txid,)).fetchone() is None:
+                    added += self._insert(c, "imported", kind)
+                if proven:
+                    db.execute("INSERT OR IGNORE INTO proven (txid) VALUES (?)", (c.txid,))
+            for r in records:
+                db.execute("INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
+                           (r.epoch, json.dumps(r.to_json(), sort_keys=True)))
+            old = db.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
+            marks = [tuple(json.loads(old[0]))] if old else []
+            marks += [watermark] if watermark else []
+            marks += [(c.epoch, c.round) for c, kind, _ in rows if kind == "signed"]
+            if marks:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('watermark', ?)",
+                           (json.dumps(list(max(marks))),))
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback()
+            raise JournalRefusal([str(exc)]) from exc
+        except BaseException:
+            self._rollback()
+            raise
+        self._snapshot = None
+        return added
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open: SQLite itself ends it on some errors
+        (a full disk), and a ROLLBACK then would hide the real cause behind "cannot
+        rollback"."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _write_adopted(self, entries: Iterable[Candidate]) -> int:
         """Inside a transaction: adopted rows, and own rows now proven."""
@@ -512,10 +661,13 @@ class Journal:
     @_locked
     def attach_signature(self, txid: str, signed_psbt: str) -> None:
         """Keep the signed PSBT so a repeated request is answered without the device."""
-        cur = self._db.execute(
-            "UPDATE signed SET signed_psbt = ? WHERE txid = ? AND signed_psbt IS NULL",
-            (signed_psbt, txid),
-        )
+        try:
+            cur = self._db.execute(
+                "UPDATE signed SET signed_psbt = ? WHERE txid = ? AND signed_psbt IS NULL",
+                (signed_psbt, txid),
+            )
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
         snap = self._snapshot
         if cur.rowcount and snap is not None:
             self._snapshot = JournalState(
@@ -536,18 +688,25 @@ class Journal:
         epoch: int | None = None,
         round: int | None = None,
     ) -> None:
-        self._db.execute(
-            "INSERT INTO decisions (ts, decision, txid, epoch, round, detail) VALUES (?,?,?,?,?,?)",
-            (time.time(), decision, txid, epoch, round, json.dumps(detail, sort_keys=True)),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO decisions (ts, decision, txid, epoch, round, detail) "
+                "VALUES (?,?,?,?,?,?)",
+                (time.time(), decision, txid, epoch, round, json.dumps(detail, sort_keys=True)),
+            )
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
 
     @_locked
     def store_records(self, records: Iterable[EpochRecord]) -> None:
-        for r in records:
-            self._db.execute(
-                "INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
-                (r.epoch, json.dumps(r.to_json(), sort_keys=True)),
-            )
+        try:
+            for r in records:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
+                    (r.epoch, json.dumps(r.to_json(), sort_keys=True)),
+                )
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
 
     @_locked
     def records(self) -> list[EpochRecord]:
@@ -561,7 +720,11 @@ class Journal:
 
     @_locked
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
 
 
 _COLUMNS = (

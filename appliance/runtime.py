@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from appliance.config import ApplianceConfig, ConfigError
 from appliance.journal import Journal
-from appliance.signers.base import Signer
+from appliance.signers.base import Signer, SignerError
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
@@ -26,5 +26,10 @@ def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
 def open_appliance(config: ApplianceConfig) -> Appliance:
     deployment = Deployment.load(config.deployment)
     coin_type = deployment.epoch0.validators[0].origin_path[1] - HARDENED
-    journal = Journal(config.journal, deployment.genesis)
-    return Appliance(deployment, journal, make_signer(config, coin_type), config.limits)
+    journal = Journal(config.journal, deployment.genesis, config.journal_id)
+    try:
+        signer = make_signer(config, coin_type)
+    except SignerError as exc:
+        journal.close()
+        raise ConfigError(f"signer: {exc}") from exc
+    return Appliance(deployment, journal, signer, config.limits)

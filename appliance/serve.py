@@ -14,6 +14,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from bftanchor.link.messages import MsgType
 from bftanchor.link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
 
 log = logging.getLogger("bft_anchor.appliance")
+
+LINK_EVENTS_PER_MINUTE = 60
 
 
 class ApplianceService:
@@ -36,6 +39,9 @@ class ApplianceService:
         self.queue = ApprovalQueue(appliance, mode)
         self.stop_event = threading.Event()
         self.link_connected = False
+        self._event_window = time.monotonic()
+        self._events_logged = 0
+        self._events_dropped = 0
 
     # --- the link ----------------------------------------------------------------
 
@@ -71,6 +77,20 @@ class ApplianceService:
             return MsgType.INSTALL_REPLY, {"epoch": int(payload["record"]["epoch"])}
         raise ValueError(f"unexpected request type {msg_type}")
 
+    def _link_event(self, event: Any) -> None:
+        """Log link trouble, rate-limited: noise on the line must not fill the disk."""
+        now = time.monotonic()
+        if now - self._event_window >= 60.0:
+            if self._events_dropped:
+                log.warning("link: %d further event(s) in the last minute not logged",
+                            self._events_dropped)
+            self._event_window, self._events_logged, self._events_dropped = now, 0, 0
+        if self._events_logged < LINK_EVENTS_PER_MINUTE:
+            self._events_logged += 1
+            log.warning("link: %s", str(event.message)[:300])
+        else:
+            self._events_dropped += 1
+
     def status(self) -> dict[str, Any]:
         s = self.appliance.status()
         s["approval_mode"] = self.queue.mode
@@ -93,7 +113,7 @@ class ApplianceService:
     def serve_link(self, port: str, secret: bytes | None = None) -> None:
         ser = open_serial(port)
         endpoint = LinkEndpoint(ser, secret=secret)
-        server = LinkServer(endpoint, on_event=lambda e: log.warning("link: %s", e.message))
+        server = LinkServer(endpoint, on_event=self._link_event)
         self.link_connected = True
         log.info("appliance %s serving on %s", self.appliance_id, port)
         try:

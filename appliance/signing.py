@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from embit.psbt import PSBT
 
-from appliance.journal import Journal, JournalRefusal, SignedEntry
+from appliance.journal import Journal, JournalError, JournalFull, JournalRefusal, SignedEntry
 from appliance.lineage import verify_lineage
 from appliance.policy import Limits, Verdict, evaluate, trusted_records
 from appliance.signers.base import Signer, SignerError
@@ -31,6 +32,19 @@ from bftanchor.qc import QC
 from bftanchor.template import verify_partial_sig
 
 log = logging.getLogger("bft_anchor.appliance")
+
+# Refusals journaled: a burst of this many, then this many per second (see _refuse).
+REFUSAL_BURST = 50
+REFUSALS_PER_SECOND = 2.0
+
+
+def _bounded(reasons: list[str], limit: int = 20, width: int = 500) -> list[str]:
+    """Reasons as journaled: at most `limit`, each at most `width` characters."""
+    out = [r if len(r) <= width else r[:width] + "..." for r in reasons[:limit]]
+    if len(reasons) > limit:
+        out.append(f"... and {len(reasons) - limit} more")
+    return out
+
 
 # Tests set this to a named point to have the process SIGKILL itself there.
 CRASH_ENV = "BFT_ANCHOR_CRASH_AT"
@@ -78,6 +92,9 @@ class Appliance:
         self.signer = signer
         self.limits = limits
         self.approve = approve
+        self._tokens = float(REFUSAL_BURST)
+        self._refill_at = time.monotonic()
+        self._suppressed = 0
         journal.store_records([deployment.epoch0])
 
     def held_records(self) -> dict[int, EpochRecord]:
@@ -172,7 +189,13 @@ class Appliance:
     ) -> SignOutcome:
         # One decision at a time: the journal check and the signature must not interleave.
         with self.journal.lock:
-            return self._handle_sign(psbt_b64, qc_json, records_json, lineage)
+            try:
+                return self._handle_sign(psbt_b64, qc_json, records_json, lineage)
+            except JournalError as exc:
+                # Nothing leaves without its journal row; a full disk says so plainly.
+                log.error("%s", exc)
+                reason = "disk full" if isinstance(exc, JournalFull) else "journal unusable"
+                return SignOutcome(False, [f"{reason}: {exc}"])
 
     def _handle_sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
@@ -253,6 +276,15 @@ class Appliance:
         )
         return SignOutcome(True, [], out, summary)
 
+    def refuse_request(self, reasons: list[str]) -> SignOutcome:
+        """A request that could not even be read as one: a journaled refusal all the same."""
+        try:
+            with self.journal.lock:
+                self._refuse(reasons, {})
+        except JournalError as exc:
+            log.error("%s", exc)
+        return SignOutcome(False, reasons)
+
     def _signed_before(self, psbt: PSBT | None) -> SignedEntry | None:
         """The journal's entry for this PSBT's transaction if this appliance signed it."""
         if psbt is None:
@@ -267,14 +299,38 @@ class Appliance:
         return entry
 
     def _refuse(self, reasons: list[str], summary: dict[str, Any]) -> None:
-        log.warning("refused: %s", "; ".join(reasons))
-        self.journal.log(
-            "refused",
-            {"reasons": reasons, **summary},
-            summary.get("txid"),
-            summary.get("epoch"),
-            summary.get("round"),
-        )
+        """Journal a refusal, rate-limited: a compromised node can send junk as fast as the
+        link carries it, and each journaled row costs an fsync and WAL space (the WAL is
+        not folded back while serving, see Journal). A burst is journaled in full; beyond
+        it, refusals are counted and the next one journaled says how many were dropped.
+        Refusals commit the appliance to nothing, so none of this touches safety."""
+        now = time.monotonic()
+        self._tokens = min(REFUSAL_BURST,
+                           self._tokens + (now - self._refill_at) * REFUSALS_PER_SECOND)
+        self._refill_at = now
+        if self._tokens < 1:
+            self._suppressed += 1
+            return
+        self._tokens -= 1
+        detail: dict[str, Any] = {"reasons": _bounded(reasons), **summary}
+        if self._suppressed:
+            detail["suppressed_before"] = self._suppressed
+            log.warning("%d further refusal(s) were not journaled (rate limit)",
+                        self._suppressed)
+            self._suppressed = 0
+        log.warning("refused: %s", "; ".join(detail["reasons"])[:2000])
+        try:
+            self.journal.log(
+                "refused",
+                detail,
+                summary.get("txid"),
+                summary.get("epoch"),
+                summary.get("round"),
+            )
+        except JournalError as exc:  # the refusal stands; say why it is not journaled
+            log.error("%s", exc)
+            reasons.append(f"{'disk full' if isinstance(exc, JournalFull) else 'journal'}: "
+                           f"this refusal could not be journaled: {exc}")
 
     def status(self) -> dict[str, Any]:
         state = self.journal.state()

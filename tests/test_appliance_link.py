@@ -615,8 +615,11 @@ def test_appliance_init_writes_a_working_directory(tmp_path):
 
     forced = init("--force", "--validator-id", "v3")
     assert forced.returncode == 0, forced.stderr
-    assert (d / "seed.txt").read_text() != seed_text  # --force writes a new seed
-    assert ApplianceConfig.load(d / "appliance.toml").validator_id == "v3"
+    assert (d / "seed.txt").read_text() == seed_text  # a seed is never overwritten
+    again_cfg = ApplianceConfig.load(d / "appliance.toml")
+    assert again_cfg.validator_id == "v3"
+    # The journal is kept too, and stays bound: same identity before and after.
+    assert again_cfg.journal_id == cfg.journal_id and cfg.journal_id is not None
 
 
 def test_short_pairing_secret_is_a_clear_usage_error(tmp_path):

@@ -109,9 +109,10 @@ def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest):
     forged = TopUp(((honest.inputs[0][0], forged_utxo),) + honest.inputs[1:], honest.amount,
                    honest.change_script)
     attack, ms = topped_up_psbt(fleet, forged, qc, fee=2_000)
-    attack.tx.vout[1].value -= lie + honest.amount   # the coin shrinks ...
-    attack.tx.vout[2].value += honest.amount + lie - lie  # ... "change" keeps the lie
-    attack.tx.vout[2].value += lie
+    # The coin shrinks by `lie`, which "change" takes (embit builds psbt.tx from the maps).
+    attack.outputs[1].value -= lie
+    attack.outputs[2].value += lie
+    assert attack.tx.vout[1].value == fleet.coin.value + honest.amount - lie
     b64 = attack.to_string()
     for vid, appliance in fleet.appliances.items():
         out = appliance.handle_sign(*fleet.request(b64, qc))
