@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import MAGIC, seed_for
 
+from anchorharness.proposal import propose
 from anchornode.bftsim import SimulatedBFTChain
-from anchornode.initiator import propose
 from appliance.config import ApplianceConfig
 from appliance.signers.software import SoftwareSigner
 from bftanchor.deployment import Deployment

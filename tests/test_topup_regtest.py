@@ -129,7 +129,7 @@ def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest):
 
     before = regtest.rpc.gettxout(fleet.coin.outpoint.txid, fleet.coin.outpoint.vout)
     psbt, ms = topped_up_psbt(fleet, honest, qc)
-    from anchornode.initiator import Proposal
+    from anchorharness.proposal import Proposal
 
     proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
     signed, signed_by, refusals = collect(proposal, fleet.peers())
