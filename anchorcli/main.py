@@ -2,7 +2,8 @@
 
 Logs go to standard error; results (and --json reports) to standard output.
 Exit status: 0 success, 1 the job ran and found a problem (audit violation, refusal),
-2 bad usage or input.
+2 bad usage or input. A failure is ONE line on standard error naming the input
+(anchorcli/errors.py); `--debug` adds the traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ import re
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from anchorcli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, report
+from bftanchor.usage import (
+    ArgumentParser,
+    InputError,
+    UsageError,
+    float_range,
+    int_range,
+    read_text,
+)
+
+EXIT_FAIL = EXIT_PROBLEM
 
 
 def _setup_logging(verbose: int) -> None:
@@ -26,20 +37,41 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
+def _check_datadir(datadir: Path) -> None:
+    """A devnet's --datadir must be a new or empty directory: it never overwrites seeds."""
+    import os
+
+    subject = f"--datadir {datadir}"
+    if datadir.exists() and not datadir.is_dir():
+        raise UsageError(subject, "is a file, not a directory")
+    if datadir.is_dir():
+        if any((datadir / "pow").glob("*/*.pid")) or any((datadir / "pow").glob("*.pid")):
+            raise UsageError(subject, "is in use by a running PoW node (a .pid file in pow/)")
+        if (datadir / "deployment.json").exists() or any(datadir.glob("*/*/seed.txt")):
+            raise UsageError(subject, "already holds a devnet (deployment.json, seeds); "
+                             "use a new directory: a devnet never overwrites seeds")
+        if not os.access(datadir, os.W_OK | os.X_OK):
+            raise UsageError(subject, "is not writable")
+        return
+    try:
+        datadir.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(subject, f"cannot be created ({exc.strerror or exc})") from None
+
+
 def cmd_devnet(args: argparse.Namespace) -> int:
     from anchornode.devnet import DevnetOptions, print_progress, run_devnet, stderr_progress
     from anchornode.fees import FeePolicy
 
-    if args.validators < 1 or args.validators > 20:
-        print("bft-anchor devnet: --validators must be 1..20 (wsh sortedmulti)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.signer == "hwi" and args.validators > 15:
-        print("bft-anchor devnet: a Jade signs multisigs of at most 15 keys (its 520-byte "
-              "script buffer); use --signer software for more", file=sys.stderr)
-        return EXIT_USAGE
-    if args.epochs < 1:
-        print("bft-anchor devnet: --epochs must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    if args.signer == "hwi" and args.validators > 15 and not args.nodes:
+        raise UsageError("--validators", f"{args.validators} with --signer hwi: a Jade signs "
+                         "multisigs of at most 15 keys (its 520-byte script buffer); use "
+                         "--signer software for more")
+    if args.handover_margin >= args.rounds_per_epoch:
+        raise UsageError("--handover-margin", f"{args.handover_margin} must be less than "
+                         f"--rounds-per-epoch ({args.rounds_per_epoch})")
+    if args.datadir is not None:
+        _check_datadir(args.datadir)
     opts = DevnetOptions(
         validators=args.validators,
         epochs=args.epochs,
@@ -132,16 +164,38 @@ def _bad_rpc_url(url: str) -> str | None:
     return None
 
 
-def cmd_appliance_sign(args: argparse.Namespace) -> int:
+def _open_appliance(config: Path):
+    """The appliance a config names, or an InputError naming the config or its device."""
     from appliance.config import ApplianceConfig, ConfigError
     from appliance.runtime import open_appliance
+    from appliance.signers.base import SignerError
+    from bftanchor.deployment import DeploymentError
 
+    if config.is_dir():
+        raise InputError(f"--config {config}", "is a directory, not a file")
+    if not config.exists():
+        raise InputError(f"--config {config}", "no such file")
     try:
-        appliance = open_appliance(ApplianceConfig.load(args.config))
-        text = Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"bft-anchor appliance sign: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        cfg = ApplianceConfig.load(config)
+    except ConfigError as exc:
+        raise InputError(None, str(exc)) from exc
+    try:
+        return cfg, open_appliance(cfg)
+    except SignerError as exc:
+        raise InputError(f"signer of {config}", str(exc)) from exc
+    except (ConfigError, DeploymentError) as exc:
+        raise InputError(f"--config {config}", str(exc)) from exc
+    except OSError as exc:
+        raise InputError(f"{exc.filename or config}", exc.strerror or str(exc)) from exc
+
+
+def cmd_appliance_sign(args: argparse.Namespace) -> int:
+    # An unreadable request file is bad input (exit 2), named before the appliance opens.
+    if args.request == "-":
+        text = sys.stdin.read()
+    else:
+        text = read_text(args.request, "--request")
+    _, appliance = _open_appliance(args.config)
     # Whatever the request holds, it ends as a verdict: a request that is not a JSON
     # object is a journaled refusal naming what was expected, not a usage error.
     try:
@@ -213,39 +267,53 @@ def cmd_appliance_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_appliance_status(args: argparse.Namespace) -> int:
-    from appliance.config import ApplianceConfig, ConfigError
-    from appliance.runtime import open_appliance
-
-    try:
-        appliance = open_appliance(ApplianceConfig.load(args.config))
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"bft-anchor appliance status: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    _, appliance = _open_appliance(args.config)
     print(json.dumps(appliance.status(), indent=1))
     return EXIT_OK
+
+
+def _read_secret(path: Path | None, what: str = "--secret-file") -> bytes | None:
+    if path is None:
+        return None
+    from bftanchor.usage import read_text
+
+    secret = read_text(path, what).strip().encode()
+    if len(secret) < 16:
+        raise InputError(f"{what} {path}", f"holds {len(secret)} bytes; use at least 16 "
+                         "(e.g. 32 random bytes, hex-encoded)")
+    return secret
+
+
+def _check_link(link: str) -> None:
+    """Open and close the serial link once, so a wrong --link is named before serving."""
+    import serial
+
+    from bftanchor.link.transport import open_serial
+
+    try:
+        open_serial(link).close()
+    except (OSError, serial.SerialException, ValueError) as exc:
+        raise InputError(f"--link {link}", str(exc).split(": ", 1)[-1] or "cannot open") from exc
 
 
 def cmd_appliance_serve(args: argparse.Namespace) -> int:
     import signal as sig
 
-    from appliance.config import ApplianceConfig, ConfigError
-    from appliance.runtime import open_appliance
     from appliance.serve import ApplianceService
 
+    secret = _read_secret(args.secret_file)
+    cfg, appliance = _open_appliance(args.config)
+    _check_link(args.link)
     try:
-        secret = args.secret_file.read_bytes().strip() if args.secret_file else None
-        if secret is not None and len(secret) < 16:
-            raise ValueError(f"pairing secret in {args.secret_file} is {len(secret)} bytes; "
-                             "use at least 16 (e.g. 32 random bytes, hex-encoded)")
-        cfg = ApplianceConfig.load(args.config)
-        appliance = open_appliance(cfg)
         service = ApplianceService(appliance, cfg.validator_id or "appliance",
                                    args.approval or cfg.approval)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"bft-anchor appliance serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ValueError, OSError) as exc:
+        raise InputError(f"--config {args.config}", str(exc)) from exc
     control = args.control or cfg.path.parent / "control.sock"
-    service.serve_control(control)
+    try:
+        service.serve_control(control)
+    except OSError as exc:
+        raise InputError(f"--control {control}", exc.strerror or str(exc)) from exc
     for s in (sig.SIGTERM, sig.SIGINT):
         sig.signal(s, lambda *_: service.stop_event.set())
     logging.getLogger("bft_anchor.appliance").warning(
@@ -254,14 +322,33 @@ def cmd_appliance_serve(args: argparse.Namespace) -> int:
     try:
         service.serve_link(args.link, secret)
     except OSError as exc:
-        print(f"bft-anchor appliance serve: link {args.link}: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        raise InputError(f"--link {args.link}", exc.strerror or str(exc)) from exc
     return EXIT_OK
 
 
-def cmd_appliance_control(args: argparse.Namespace) -> int:
+def _control(path: Path, req: dict) -> dict:
+    """One request to a running appliance's control socket, failures named."""
     from appliance.serve import control_call
 
+    subject = f"--control {path}"
+    if not path.exists():
+        raise InputError(subject, "no such socket (is `bft-anchor appliance serve` running?)")
+    if not path.is_socket():
+        raise InputError(subject, "is not a socket")
+    try:
+        reply = control_call(path, req)
+    except ConnectionRefusedError:
+        raise InputError(subject, "nobody is listening (the appliance has stopped)") from None
+    except OSError as exc:
+        raise InputError(subject, exc.strerror or str(exc) or type(exc).__name__) from None
+    except ValueError as exc:
+        raise InputError(subject, f"answered something that is not JSON ({exc})") from None
+    if not isinstance(reply, dict):
+        raise InputError(subject, "answered something that is not a JSON object")
+    return reply
+
+
+def cmd_appliance_control(args: argparse.Namespace) -> int:
     req: dict = {"cmd": args.appliance_command}
     if args.appliance_command in ("approve", "refuse"):
         req["id"] = args.id
@@ -269,33 +356,38 @@ def cmd_appliance_control(args: argparse.Namespace) -> int:
         req["mode"] = args.mode
     if args.appliance_command == "history":
         req["limit"] = args.limit
-    try:
-        reply = control_call(args.control, req)
-    except OSError as exc:
-        print(f"bft-anchor appliance: control socket {args.control}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    reply = _control(args.control, req)
     print(json.dumps(reply, indent=1))
     return EXIT_OK if reply.get("ok") else EXIT_FAIL
 
 
 def cmd_appliance_init(args: argparse.Namespace) -> int:
+    import os
+
     from embit import bip39
 
     from appliance.config import EXAMPLE
 
     d = args.dir
-    d.mkdir(parents=True, exist_ok=True)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"directory {d}", "is a file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"directory {d}", exc.strerror or str(exc)) from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"directory {d}", "is not writable")
     cfg = d / "appliance.toml"
     if cfg.exists() and not args.force:
-        print(f"bft-anchor appliance init: {cfg} exists (--force to overwrite)", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(cfg), "exists (--force to overwrite the config; the seed is "
+                         "never overwritten)")
+    if cfg.is_dir():
+        raise InputError(str(cfg), "is a directory")
     text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{args.validator_id}"')
     text = text.replace("max_fee_sat = 100000", f"max_fee_sat = {args.max_fee_sat}")
     text = text.replace("max_fee_rate = 200.0", f"max_fee_rate = {args.max_fee_rate}")
     if bool(args.device_type) != bool(args.device_path):
-        print("bft-anchor appliance init: --device-type and --device-path go together",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("--device-type/--device-path", "go together")
     device = args.fingerprint or args.device_path
     if device:
         text = text.replace('kind = "software"', 'kind = "hwi"')
@@ -431,7 +523,7 @@ DELEGATED.update({
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="bft-anchor",
         description="Anchor a BFT chain's quorum certificates in a proof-of-work chain.",
     )
@@ -443,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="more log output on standard error (repeat for debug)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--debug", action="store_true",
+                   help="on failure, print the traceback too (accepted anywhere on the line)")
+    p.add_argument("--version", action="version", version=f"bft-anchor {_version()}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser(
@@ -452,24 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints with a handover before each epoch's end, then audit the "
         "chain. Exit 0 only when the audit passes.",
     )
-    d.add_argument("--validators", type=int, default=4, metavar="N", help="validators (default 4)")
-    d.add_argument("--epochs", type=int, default=3, metavar="E", help="epochs (default 3)")
+    d.add_argument("--validators", type=int_range(1, 20), default=4, metavar="N",
+                   help="validators, 1..20 (default 4)")
+    d.add_argument("--epochs", type=int_range(1, 1000), default=3, metavar="E",
+                   help="epochs, 1..1000 (default 3)")
     d.add_argument(
         "--datadir",
         type=Path,
         help="keep the node's data (DIR/pow) and the "
-        "deployment files (DIR) here instead of a temporary directory",
+        "deployment files (DIR) here instead of a temporary directory; DIR must be new or "
+        "empty (a devnet never overwrites seeds)",
     )
     d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    d.add_argument("--rounds-per-epoch", type=int, default=20, help="BFT rounds per epoch")
-    d.add_argument("--interval", type=int, default=5, help="rounds between checkpoints")
+    d.add_argument("--rounds-per-epoch", type=int_range(2, 100000), default=20, metavar="R",
+                   help="BFT rounds per epoch, 2..100000 (default 20)")
+    d.add_argument("--interval", type=int_range(1, 100000), default=5, metavar="I",
+                   help="rounds between checkpoints, at least 1 (default 5)")
     d.add_argument(
         "--handover-margin",
-        type=int,
+        type=int_range(1, 100000),
         default=3,
-        help="rounds before an epoch's end at which the coin is handed over",
+        metavar="M",
+        help="rounds before an epoch's end at which the coin is handed over; at least 1 and "
+        "less than --rounds-per-epoch (default 3)",
     )
-    d.add_argument("--fee-rate", type=float, help="override the fee rate (sat/vB)")
+    d.add_argument("--fee-rate", type=float_range(1.0, 200.0), metavar="SAT_PER_VB",
+                   help="override the fee rate, 1..200 sat/vB (the devnet appliances refuse "
+                   "more than 200)")
     d.add_argument("--signer", choices=["hwi", "software"], default="hwi",
                    help="sign through HWI on one Jade emulator per validator (default), or "
                    "with software keys")
@@ -505,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         "certificate back to the deployment's epoch 0",
     )
     a.add_argument(
-        "--from-height", type=int, metavar="H",
+        "--from-height", type=int_range(0), metavar="H",
         help="the height of the genesis transaction's block: start there (for a node "
         "without -txindex)",
     )
@@ -520,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read {psbt, qc, records} and answer with the signed PSBT "
         "or the refusal's reasons. Exit 1 when refused.",
     )
-    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     s.add_argument("--request", required=True, help="request JSON file, or - for stdin")
     s.set_defaults(func=cmd_appliance_sign)
     jn = apsub.add_parser(
@@ -538,27 +643,29 @@ def build_parser() -> argparse.ArgumentParser:
     ji.add_argument("file", type=Path)
     jn.set_defaults(func=cmd_appliance_journal)
     st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
-    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     st.set_defaults(func=cmd_appliance_status)
     sv = apsub.add_parser("serve", help="run the headless appliance on its serial link",
                           description="Answer the node over the serial link and the operator "
                           "over a local control socket. Manual approval holds every request "
                           "the policy allows until an operator approves it.")
-    sv.add_argument("--config", required=True, type=Path)
+    sv.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     sv.add_argument("--link", required=True, help="serial port (/dev/ttyUSB0, a pty, fd:N)")
     sv.add_argument("--secret-file", type=Path, help="pairing secret: every frame is MACed")
     sv.add_argument("--control", type=Path, help="control socket (default: beside the config)")
     sv.add_argument("--approval", choices=["auto", "manual"], help="override the config")
     sv.set_defaults(func=cmd_appliance_serve)
     it = apsub.add_parser("init", help="write a fresh appliance directory")
-    it.add_argument("dir", type=Path)
-    it.add_argument("--validator-id", default="v0")
+    it.add_argument("dir", type=Path, help="the directory to write (created if missing)")
+    it.add_argument("--validator-id", default="v0", help="this validator's id (default v0)")
     it.add_argument("--fingerprint", help="use a hardware wallet with this fingerprint")
     it.add_argument("--device-type", help="or the device's HWI type (jade, ...) with its path")
     it.add_argument("--device-path", help="e.g. /dev/ttyACM0, or tcp:127.0.0.1:30121 for an "
                     "emulator")
-    it.add_argument("--max-fee-sat", type=int, default=100000)
-    it.add_argument("--max-fee-rate", type=float, default=200.0)
+    it.add_argument("--max-fee-sat", type=int_range(1, 10**8), default=100000,
+                    help="refuse a fee above this many satoshi (default 100000)")
+    it.add_argument("--max-fee-rate", type=float_range(1.0, 10000.0), default=200.0,
+                    help="refuse a fee rate above this, sat/vB (default 200)")
     it.add_argument("--force", action="store_true",
                     help="rewrite the config; never the seed or the journal")
     it.set_defaults(func=cmd_appliance_init)
@@ -571,28 +678,69 @@ def build_parser() -> argparse.ArgumentParser:
         c = apsub.add_parser(name, help=helptext)
         c.add_argument("--control", required=True, type=Path, help="the appliance's socket")
         if name in ("approve", "refuse"):
-            c.add_argument("id")
+            c.add_argument("id", help="the request's id, as `pending` lists it")
         if name == "mode":
-            c.add_argument("mode", choices=["auto", "manual"])
+            c.add_argument("mode", choices=["auto", "manual"], help="the new approval mode")
         if name == "history":
-            c.add_argument("--limit", type=int, default=50)
+            c.add_argument("--limit", type=int_range(1, 100000), default=50,
+                           help="how many decisions to show (default 50)")
         c.set_defaults(func=cmd_appliance_control)
 
     for name, (module, func, helptext) in DELEGATED.items():
         e = sub.add_parser(name, help=helptext, add_help=False)
-        e.add_argument("rest", nargs=argparse.REMAINDER)
+        e.add_argument("rest", nargs=argparse.REMAINDER, help=f"see bft-anchor {name} --help")
         e.set_defaults(func=_delegate(module, func))
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bft-anchor")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _prog(argv: list[str]) -> str:
+    """`bft-anchor` and the command words in argv, for naming what failed."""
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is None:
+        return "bft-anchor"
+    words = ["bft-anchor", argv[first]]
+    nxt = argv[first + 1] if first + 1 < len(argv) else ""
+    if argv[first] in ("appliance", "device", "udev", "emulator", "journal") and \
+            nxt[:1].isalpha():
+        words.append(nxt)
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere: no command has an argument of that name
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv)
+    except SystemExit as exc:  # --help, --version, or a delegated command's own exit
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return EXIT_USAGE
+        return int(exc.code or 0)
+    except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes a line
+        return report(_prog(argv), exc, debug)
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     # Delegated commands parse their own arguments (their --help included).
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is not None and argv[first] in DELEGATED:
         module, func = DELEGATED[argv[first]][:2]
         flags = argv[:first]
+        unknown = [f for f in flags if f not in ("-q", "--quiet", "--verbose")
+                   and not (f.startswith("-") and set(f[1:]) == {"v"})]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         verbose = sum(a.count("v") for a in flags if a.startswith("-") and set(a[1:]) == {"v"})
         verbose += flags.count("--verbose")
         _setup_logging(0 if ("-q" in flags or "--quiet" in flags) else verbose)
@@ -600,11 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(module, func)(ns)
     args = parser.parse_args(argv)
     _setup_logging(0 if args.quiet else args.verbose)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from anchornode.config import EXAMPLE, NodeConfig, NodeConfigError
 from anchornode.pow.rpc import PowRpc, RpcError, url_with_auth
 from anchornode.qcsource import open_source
 from bftanchor.deployment import Deployment, DeploymentError
+from bftanchor.usage import ArgumentParser, int_range
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -47,8 +48,8 @@ def _appliance_client(cfg: NodeConfig) -> Any:
     return LinkApplianceClient(link, secret=secret)
 
 
-def main_node(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+def build_node_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
         prog="bft-anchor node",
         description="Run one validator's online process: follow the checkpoint coin on the "
         "PoW nodes, propose checkpoints when this validator is the initiator, check and "
@@ -57,6 +58,11 @@ def main_node(argv: list[str]) -> int:
     p.add_argument("--config", type=Path, help="node TOML config")
     p.add_argument("--example-config", action="store_true", help="print an example config")
     p.add_argument("--fee-rate", type=float, help="operator override of the fee rate (sat/vB)")
+    return p
+
+
+def main_node(argv: list[str]) -> int:
+    p = build_node_parser()
     args = p.parse_args(argv)
     if args.example_config:
         print(EXAMPLE, end="")
@@ -92,22 +98,27 @@ def main_node(argv: list[str]) -> int:
     return 0
 
 
-def main_status(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+def build_status_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
         prog="bft-anchor status",
         description="The checkpoint coin, the last checkpoints with who signed and who "
         "missed them, and an alert when the current epoch has none for too long.",
     )
     p.add_argument("--config", type=Path, required=True, help="a node's TOML config")
-    p.add_argument("--last", type=int, default=10, help="checkpoints to show")
+    p.add_argument("--last", type=int_range(1, 10000), default=10,
+                   help="checkpoints to show (default 10)")
     p.add_argument(
         "--alert-blocks",
-        type=int,
+        type=int_range(1),
         default=50,
         help="alert when the coin's epoch has no checkpoint after this many blocks",
     )
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    return p
+
+
+def main_status(argv: list[str]) -> int:
+    args = build_status_parser().parse_args(argv)
     from anchornode.status import chain_status, format_status
     from bftanchor.epoch import verify_chain
 

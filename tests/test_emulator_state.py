@@ -149,8 +149,16 @@ def test_cli_help_and_usage_errors(capsys):
     for option in ("--host", "--port", "--mnemonic-file", "--state", "--require-registration",
                    "--confirm {approve,refuse,wait}", "--network {testnet,mainnet,localtest}"):
         assert option in out
-    assert main(["--confirm", "maybe"]) == 2
-    assert main(["--port", "0", "--mnemonic-file", "/nonexistent/seed.txt"]) == 2
+    # Usage and input errors are one line through the command line's error layer.
+    from anchorcli.main import main as cli
+
+    assert cli(["emulator", "jade", "--confirm", "maybe"]) == 2
+    assert cli(["emulator", "jade", "--port", "0", "--mnemonic-file", "/nonexistent/seed"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["bft-anchor emulator jade: argument --confirm: invalid choice: 'maybe' "
+                   "(choose from 'approve', 'refuse', 'wait') "
+                   "(see bft-anchor emulator jade --help)",
+                   "bft-anchor emulator jade: --mnemonic-file /nonexistent/seed: no such file"]
 
 
 def test_cli_serves_hwi_until_sigterm(tmp_path):

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from bftanchor.usage import ArgumentParser, float_range
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -28,7 +30,7 @@ def _log_to_file(path: Path, verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bft-anchor tui", description=__doc__)
+    p = ArgumentParser(prog="bft-anchor tui", description=__doc__)
     p.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     p.add_argument("--control", type=Path, metavar="SOCK",
                    help="attach to a running `appliance serve` through its control socket "
@@ -40,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approval", choices=["auto", "manual"],
                    help="start the appliance in this mode (journaled); not with --control")
     p.add_argument("--log", type=Path, help="log file (default: tui.log beside the config)")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--device-poll", type=float, default=3.0,
+    p.add_argument("--poll", type=float_range(0.05, 3600), default=1.0,
+                   help="seconds between refreshes")
+    p.add_argument("--device-poll", type=float_range(0.1, 3600), default=3.0,
                    help="seconds between device checks")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail in the log file (repeat for debug)")
     return p
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from appliance.devices.profiles import check_capability, load_profiles, match_profile
+from bftanchor.usage import ArgumentParser, InputError, read_text
 
 
 def _firmware_of(device: dict[str, Any], chain: Any) -> str | None:
@@ -58,16 +58,23 @@ def list_devices(allow_emulators: bool, testnet: bool = True) -> list[dict[str, 
     return out
 
 
-def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
+def load_epoch(epoch_file: Path):
+    """The epoch record in a file, or an InputError naming the file (exit 2, not "cannot sign")."""
     from bftanchor.descriptor import EpochMultisig
     from bftanchor.epoch import EpochRecord
     from bftanchor.errors import CheckpointError
 
+    text = read_text(epoch_file, "--epoch")
     try:
-        record = EpochRecord.from_json(Path(epoch_file).read_text())
+        record = EpochRecord.from_json(text)
         EpochMultisig(record)
-    except (OSError, CheckpointError) as exc:
-        return [f"epoch file {epoch_file}: {exc}"]
+    except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--epoch {epoch_file}", f"not a valid epoch record ({exc})") from None
+    return record
+
+
+def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
+    record = load_epoch(epoch_file)
     reasons = []
     if device.get("fingerprint") not in {v.fingerprint.hex() for v in record.validators}:
         reasons.append(
@@ -88,18 +95,24 @@ def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
     return reasons
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bft-anchor device", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="bft-anchor device", description=__doc__)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="connected devices with their matching profile")
     ls.add_argument("--emulators", action="store_true", help="include emulators (HWI's probe)")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the devices as JSON")
     ck = sub.add_parser("check", help="can the device sign this epoch's multisig, and if not why")
     ck.add_argument("--epoch", type=Path, required=True, metavar="FILE", help="epoch record JSON")
     ck.add_argument("--fingerprint", help="which device (default: the only one)")
-    ck.add_argument("--emulators", action="store_true")
-    ck.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    ck.add_argument("--emulators", action="store_true", help="include emulators (HWI's probe)")
+    ck.add_argument("--json", action="store_true", help="print the answer as JSON")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.action == "check":
+        load_epoch(args.epoch)  # a bad file is named before any device is probed
     devices = list_devices(args.emulators)
     if args.action == "list":
         if args.json:
@@ -115,11 +128,10 @@ def main(argv: list[str]) -> int:
         return 0
     chosen = [d for d in devices if args.fingerprint in (None, d["fingerprint"])]
     if len(chosen) != 1:
-        print(
-            f"bft-anchor device check: {len(chosen)} matching devices; name one with --fingerprint",
-            file=sys.stderr,
-        )
-        return 2
+        subject = f"--fingerprint {args.fingerprint}" if args.fingerprint else "device"
+        raise InputError(subject, f"{len(chosen)} matching devices" +
+                         ("; name one with --fingerprint" if len(chosen) > 1 else
+                          " (plug one in and unlock it; --emulators to include them)"))
     reasons = check_epoch(chosen[0], args.epoch)
     if args.json:
         print(

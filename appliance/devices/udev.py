@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bftanchor.usage import ArgumentParser
+
 SYSTEM_RULES_DIR = Path("/etc/udev/rules.d")
 # Directories udev reads rules from; installing into one of them warrants a reload.
 _UDEV_RULE_DIRS = frozenset(
@@ -293,7 +295,7 @@ def install_rules(
 
 def build_parser(prog: str = "bft-anchor udev") -> argparse.ArgumentParser:
     """The argparse parser for ``bft-anchor udev``; exposed so the CLI can show its help."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Manage the udev rules for bft-anchor's signing devices and serial link.",
     )

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from appliance.emulator.jade import DEFAULT_HOST, DEFAULT_PORT, JadeEmulator
+from bftanchor.usage import ArgumentParser, InputError, read_text, tcp_port
 
 DESCRIPTION = """\
 Serve a Blockstream Jade emulator over TCP for HWI (device path tcp:HOST:PORT).
@@ -31,12 +32,12 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="bft-anchor emulator jade", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=tcp_port, default=DEFAULT_PORT,
                         help=f"TCP port; 0 picks a free one (default {DEFAULT_PORT}, "
                              "the port HWI probes for a Jade emulator)")
     parser.add_argument("--mnemonic-file", type=Path, metavar="F",
@@ -63,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_mnemonic(path: Path) -> tuple[str, str | None]:
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "--mnemonic-file").splitlines()
     if not lines or not lines[0].strip():
-        raise ValueError(f"{path}: no mnemonic on the first line")
+        raise InputError(f"--mnemonic-file {path}", "no mnemonic on the first line")
     passphrase = lines[1] if len(lines) > 1 and lines[1] else None
     return lines[0].strip(), passphrase
 
@@ -86,27 +87,38 @@ def _console_buttons(emulator: JadeEmulator) -> None:
         prompt.approve() if answer in ("y", "yes") else prompt.refuse()
 
 
+MODELS = ("jade",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`bft-anchor emulator [jade] ...`: the model word is optional (Jade is the only one)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODELS:
+        argv = argv[1:]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     mnemonic = passphrase = None
+    if args.mnemonic_file is not None:
+        mnemonic, passphrase = _read_mnemonic(args.mnemonic_file)
     try:
-        if args.mnemonic_file is not None:
-            mnemonic, passphrase = _read_mnemonic(args.mnemonic_file)
         emulator = JadeEmulator(args.host, args.port, mnemonic=mnemonic, passphrase=passphrase,
                                 state_path=args.state, network=args.network,
                                 confirm=args.confirm,
                                 require_registration=args.require_registration,
                                 firmware_script_limit=not args.allow_large_scripts)
-        port = emulator.start()
     except (OSError, ValueError) as exc:
-        print(f"bft-anchor emulator jade: {exc}", file=sys.stderr)
-        return 2
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"--state {args.state}" if args.state else None, reason) from None
+    try:
+        port = emulator.start()
+    except OSError as exc:
+        raise InputError(f"--host/--port {args.host}:{args.port}",
+                         exc.strerror or str(exc)) from None
 
     print(f"Jade emulator on tcp:{args.host}:{port} fingerprint={emulator.fingerprint}",
           file=sys.stderr, flush=True)

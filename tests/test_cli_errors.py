@@ -1,0 +1,209 @@
+"""Every subcommand meets the exit-status contract on bad input: one line naming the input.
+
+A table of bad inputs of every kind (missing, empty, wrong type, directory for a file,
+malformed JSON/TOML, out-of-range numbers, unreachable sockets and nodes, occupied ports)
+runs through `anchorcli.main.main` in this process: no PoW node, no device. Each row
+asserts the exit status, that standard error is exactly one line starting with the
+command and naming the input, and that no traceback leaked.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from anchorcli.main import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("bad-inputs")
+    out = {"dir": str(d), "missing": str(d / "missing.json")}
+    for name, text in {
+        "empty.json": "",
+        "blank.toml": "  \n",
+        "bad.json": "{not json",
+        "list.json": "[1, 2]",
+        "string.json": '"psbt"',
+        "bad.toml": "x = [",
+        "obj.json": '{"a": 1}',
+        "badreq.json": '{"psbt": 5, "qc": {}}',
+        "noqc.json": '{"psbt": "cHNidP8="}',
+        "cookie": "no-colon-here",
+        "short.secret": "tooshort",
+        "seed.txt": "",
+        "binary.bin": "",
+    }.items():
+        (d / name).write_text(text)
+        out[name] = str(d / name)
+    (d / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 8)
+    # An appliance config whose deployment file does not exist.
+    (d / "app").mkdir()
+    (d / "app" / "appliance.toml").write_text(
+        'deployment = "deployment.json"\njournal = "journal.sqlite"\nvalidator_id = "v0"\n'
+        '[signer]\nkind = "software"\nseed_file = "seed.txt"\n'
+        "[limits]\nmax_fee_sat = 1000\nmax_fee_rate = 10.0\n"
+    )
+    out["app.toml"] = str(d / "app" / "appliance.toml")
+    (d / "file-not-dir").write_text("x")
+    out["file"] = str(d / "file-not-dir")
+    # A unix socket path nobody listens on any more.
+    dead = d / "dead.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(dead))
+    s.close()
+    out["dead.sock"] = str(dead)
+    # A devnet datadir that already holds a devnet.
+    used = d / "used"
+    (used / "validators" / "v0").mkdir(parents=True)
+    (used / "deployment.json").write_text("{}")
+    (used / "validators" / "v0" / "seed.txt").write_text("words\n")
+    out["used"] = str(used)
+    return out
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+# (argv with {placeholders}, exit status, text the one line must contain)
+CASES: list[tuple[str, int, str]] = [
+    # top level
+    ("", 2, "required: COMMAND"),
+    ("bogus", 2, "invalid choice: 'bogus'"),
+    ("--nope devnet", 2, "--nope"),
+    ("-x status --config {missing}", 2, "-x"),
+    # devnet: numbers out of range, options that cannot work together, bad datadir
+    ("devnet --validators 0", 2, "--validators: 0 is out of range"),
+    ("devnet --validators 21", 2, "--validators: 21 is out of range"),
+    ("devnet --validators four", 2, "--validators: 'four' is not an integer"),
+    ("devnet --epochs 0", 2, "--epochs"),
+    ("devnet --interval 0", 2, "--interval: 0 is out of range"),
+    ("devnet --rounds-per-epoch 1", 2, "--rounds-per-epoch: 1 is out of range"),
+    ("devnet --handover-margin 30", 2, "--handover-margin: 30 must be less than"),
+    ("devnet --handover-margin 0", 2, "--handover-margin: 0 is out of range"),
+    ("devnet --fee-rate 1000000", 2, "--fee-rate: 1000000 is out of range"),
+    ("devnet --fee-rate nan", 2, "--fee-rate: nan is out of range"),
+    ("devnet --fee-rate abc", 2, "--fee-rate: 'abc' is not a number"),
+    ("devnet --validators 16", 2, "--validators: 16 with --signer hwi"),
+    ("devnet --signer trezor", 2, "--signer: invalid choice"),
+    ("devnet --datadir {file}", 2, "--datadir {file}: is a file"),
+    ("devnet --datadir {used}", 2, "--datadir {used}: already holds a devnet"),
+    ("devnet --datadir /proc/bft-anchor-x", 2, "--datadir /proc/bft-anchor-x: cannot be created"),
+    # appliance sign
+    ("appliance sign --config {app.toml}", 2, "required: --request"),
+    ("appliance sign --config {app.toml} --request {missing}", 2, "--request {missing}: no such"),
+    ("appliance sign --config {app.toml} --request {dir}", 2, "--request {dir}: is a directory"),
+    ("appliance sign --config {app.toml} --request {empty.json}", 2, "{empty.json}: is empty"),
+    ("appliance sign --config {app.toml} --request {binary.bin}", 2, "is not a text file"),
+    # (a request whose content is wrong is a journaled refusal, exit 1: test_safety's)
+    ("appliance sign --config {missing} --request {obj.json}", 2, "--config {missing}: no such"),
+    ("appliance sign --config {app.toml} --request {obj.json}", 2, "deployment"),
+    # appliance status / serve: config problems
+    ("appliance status --config {missing}", 2, "--config {missing}: no such file"),
+    ("appliance status --config {dir}", 2, "--config {dir}: is a directory"),
+    ("appliance status --config {bad.toml}", 2, "{bad.toml}"),
+    ("appliance status --config {app.toml}", 2, "deployment"),
+    ("appliance serve --config {app.toml}", 2, "required: --link"),
+    ("appliance serve --config {app.toml} --link /dev/nope --secret-file {short.secret}", 2,
+     "--secret-file {short.secret}: holds 8 bytes"),
+    ("appliance serve --config {app.toml} --link /dev/nope --secret-file {missing}", 2,
+     "--secret-file {missing}: no such file"),
+    ("appliance serve --config {app.toml} --link /dev/nope", 2, "deployment"),
+    ("appliance serve --config {app.toml} --link /dev/nope --approval sometimes", 2,
+     "--approval: invalid choice"),
+    # appliance init
+    ("appliance init {file}", 2, "directory {file}: is a file"),
+    ("appliance init /proc/bft-anchor-x/y", 2, "directory /proc/bft-anchor-x/y"),
+    ("appliance init {dir} --max-fee-sat -5", 2, "--max-fee-sat: -5 is out of range"),
+    ("appliance init {dir} --max-fee-rate x", 2, "--max-fee-rate: 'x' is not a number"),
+    # appliance control socket
+    ("appliance pending --control {missing}", 2, "--control {missing}: no such socket"),
+    ("appliance pending --control {obj.json}", 2, "--control {obj.json}: is not a socket"),
+    ("appliance pending --control {dead.sock}", 2, "--control {dead.sock}: nobody is listening"),
+    ("appliance approve --control {dead.sock}", 2, "required: id"),
+    ("appliance mode --control {dead.sock} sometimes", 2, "invalid choice: 'sometimes'"),
+    ("appliance history --control {dead.sock} --limit 0", 2, "--limit: 0 is out of range"),
+    ("appliance history --control {dead.sock}", 2, "--control {dead.sock}: nobody"),
+    # emulator
+    ("emulator jade --port 99999", 2, "--port: 99999 is out of range"),
+    ("emulator jade --port http", 2, "--port: 'http' is not an integer"),
+    ("emulator jade --port {busy_port} --host 127.0.0.1", 2,
+     "--host/--port 127.0.0.1:{busy_port}: Address already in use"),
+    ("emulator jade --port 0 --mnemonic-file {missing}", 2, "--mnemonic-file {missing}: no such"),
+    ("emulator jade --port 0 --mnemonic-file {seed.txt}", 2,
+     "--mnemonic-file {seed.txt}: is empty"),
+    ("emulator --port 0 --state {bad.json}", 2, "--state {bad.json}"),
+    # device
+    ("device check --epoch {missing}", 2, "--epoch {missing}: no such file"),
+    ("device check --epoch {obj.json}", 2, "--epoch {obj.json}: not a valid epoch record"),
+    ("device check --epoch {dir}", 2, "--epoch {dir}: is a directory"),
+    ("device frobnicate", 2, "invalid choice: 'frobnicate'"),
+    # udev
+    ("udev", 2, "required: COMMAND"),
+    ("udev install --dest", 2, "--dest: expected one argument"),
+    # node / status
+    ("node", 2, "--config is required"),
+    ("node --config {missing}", 2, "{missing}"),
+    ("node --config {bad.toml}", 2, "{bad.toml} is not valid TOML"),
+    ("status --config {bad.toml}", 2, "{bad.toml} is not valid TOML"),
+    ("status --config {dir}", 2, "{dir}"),
+    ("status --config {missing} --last 0", 2, "--last: 0 is out of range"),
+    # tui
+    ("tui", 2, "required: --config"),
+    ("tui --config {missing}", 2, "{missing}"),
+    ("tui --config {app.toml} --poll 0", 2, "--poll: 0 is out of range"),
+    ("tui --config {app.toml} --control x.sock --link /dev/x", 2, "--link and --approval"),
+]
+
+
+def _fill(text: str, files: dict[str, str], port: int) -> str:
+    for key, value in files.items():
+        text = text.replace("{" + key + "}", value)
+    return text.replace("{busy_port}", str(port))
+
+
+@pytest.mark.parametrize("template,status,needle", CASES, ids=[c[0] or "(none)" for c in CASES])
+def test_bad_input_is_one_line_naming_it(template, status, needle, files, busy_port, capsys):
+    argv = [_fill(w, files, busy_port) for w in template.split()]
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bft-anchor"), err
+    assert _fill(needle, files, busy_port) in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(files, capsys):
+    assert main(["--debug", "appliance", "status", "--config", files["app.toml"]]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("bft-anchor appliance")
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"bft-anchor {version('bft-anchor')}"
+
+
+def test_emulator_takes_the_readmes_model_word(capsys):
+    assert main(["emulator", "jade", "--help"]) == 0
+    assert "usage: bft-anchor emulator jade" in capsys.readouterr().out
+
+
+def test_init_never_overwrites_a_seed(tmp_path: Path, capsys):
+    assert main(["appliance", "init", str(tmp_path)]) == 0
+    seed = (tmp_path / "seed.txt").read_text()
+    assert main(["appliance", "init", str(tmp_path)]) == 2
+    assert "exists (--force" in capsys.readouterr().err
+    assert main(["appliance", "init", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "seed.txt").read_text() == seed
