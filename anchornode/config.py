@@ -73,6 +73,8 @@ SCHEMA = {
     "qc_source": None,
     "listen": None,
     "metrics": None,
+    "status_token_file": None,
+    "state_dir": None,
     "appliance": {"link": None, "secret_file": None},
     "peers": [{"id": None, "address": None}],
     "pow": {"nodes": [{"url": None, "cookie": None, "user": None, "password": None}]},
