@@ -29,6 +29,10 @@ def cli(*args):
                           capture_output=True, text=True, timeout=60)
 
 
+def node_args(node):
+    return ["--rpc", node.url, "--rpc-cookie", str(node.datadir / "regtest" / ".cookie")]
+
+
 def one_line(out):
     assert "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -157,7 +161,7 @@ def test_no_certificate_at_all_is_refused(handed_over, tmp_path):
     dep, epochs = tmp_path / "deployment.json", tmp_path / "epochs.json"
     fleet.deployment.save(dep)
     epochs.write_text(json.dumps([fleet.records[0].to_json(), data]))
-    out = cli("--rpc", fleet.node.rpc.url, "--deployment", str(dep), "--epochs", str(epochs))
+    out = cli(*node_args(fleet.node), "--deployment", str(dep), "--epochs", str(epochs))
     assert out.returncode == 1, out.stderr
     assert "epoch 1's record is refused" in out.stdout and "0 signature(s)" in out.stdout
 
@@ -177,7 +181,7 @@ def test_missing_record_is_named_not_called_a_violation(handed_over, tmp_path):
     assert len(report.missing) == 1 and "no record for epoch 1" in report.missing[0]
     dep = tmp_path / "deployment.json"
     fleet.deployment.save(dep)
-    out = cli("--rpc", fleet.node.rpc.url, "--deployment", str(dep))
+    out = cli(*node_args(fleet.node), "--deployment", str(dep))
     assert out.returncode == 2
     assert "the epochs file has no record for epoch 1" in one_line(out)
 
@@ -187,7 +191,7 @@ def test_cli_passes_the_honest_chain(handed_over, tmp_path):
     dep, epochs = tmp_path / "deployment.json", tmp_path / "epochs.json"
     fleet.deployment.save(dep)
     epochs.write_text(json.dumps([r.to_json() for r in fleet.records.values()]))
-    out = cli("--rpc", fleet.node.rpc.url, "--deployment", str(dep), "--epochs", str(epochs),
+    out = cli(*node_args(fleet.node), "--deployment", str(dep), "--epochs", str(epochs),
               "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -209,7 +213,7 @@ def test_unusable_node_is_named(handed_over, tmp_path):
     assert "wrong" not in line  # the password is not echoed
     other = dataclasses.replace(fleet.deployment, chain="litecoin-test")
     other.save(tmp_path / "test.json")
-    chain = cli("--rpc", fleet.node.rpc.url, "--deployment", str(tmp_path / "test.json"))
+    chain = cli(*node_args(fleet.node), "--deployment", str(tmp_path / "test.json"))
     assert chain.returncode == 2 and "is on chain 'regtest'" in one_line(chain)
 
 
@@ -258,7 +262,7 @@ def test_bad_input_is_one_line_exit_2(handed_over, saved, name):
     rec1["certificate"] = {"v0": "not hex"}
     (d / "hex.json").write_text(json.dumps([dep["epoch0"], rec1]))
     args, expected = BAD_INPUTS[name]
-    out = cli("--rpc", handed_over.node.rpc.url, *[a.format(d=d) for a in args])
+    out = cli(*node_args(handed_over.node), *[a.format(d=d) for a in args])
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert expected in one_line(out)
     assert not out.stdout
