@@ -61,6 +61,7 @@ SIGNER_KEYS = (
 SCHEMA = {
     "deployment": None,
     "journal": None,
+    "journal_id": None,
     "validator_id": None,
     "approval": None,
     "signer": dict.fromkeys(SIGNER_KEYS),
