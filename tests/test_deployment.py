@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anchornode.bftsim import SimulatedBFTChain
 from appliance.signers.software import SoftwareSigner
-from bftanchor.deployment import Deployment, DeploymentError, in_window
+from bftanchor.deployment import Deployment, DeploymentError, in_window, load_epochs
 from bftanchor.template import Coin, Outpoint
 
 
@@ -60,3 +62,38 @@ def test_window_of_the_wrong_type_is_refused(record, value):
 
 def test_in_window_is_the_last_w_rounds(record):
     assert [r for r in range(0, 60) if in_window(r, record, 3)] == [47, 48, 49]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+FIXTURE = HealthCheck.function_scoped_fixture
+FIELDS = ["chain", "magic", "genesis", "epoch0", "handover_window"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE])
+@given(field=st.sampled_from(FIELDS), value=JSON, drop=st.booleans())
+def test_any_field_mutation_is_a_clear_refusal_or_a_deployment(record, field, value, drop):
+    data = deployment(record).to_json()
+    if drop:
+        del data[field]
+    else:
+        data[field] = value
+    try:
+        Deployment.from_json(data)
+    except DeploymentError as exc:
+        assert "\n" not in str(exc) and str(exc)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[FIXTURE])
+@given(value=JSON)
+def test_any_epochs_file_is_records_or_one_clear_line(tmp_path, value):
+    path = tmp_path / "epochs.json"
+    path.write_text(json.dumps(value))
+    try:
+        load_epochs(path)
+    except DeploymentError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
