@@ -67,9 +67,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         raise UsageError("--validators", f"{args.validators} with --signer hwi: a Jade signs "
                          "multisigs of at most 15 keys (its 520-byte script buffer); use "
                          "--signer software for more")
-    if args.handover_margin >= args.rounds_per_epoch:
+    if args.handover_margin + 1 >= args.rounds_per_epoch:
+        # The deployment's handover window is M + 1 rounds, and must be shorter than an epoch.
         raise UsageError("--handover-margin", f"{args.handover_margin} must be less than "
-                         f"--rounds-per-epoch ({args.rounds_per_epoch})")
+                         f"--rounds-per-epoch - 1 ({args.rounds_per_epoch - 1})")
     if args.datadir is not None:
         _check_datadir(args.datadir)
     opts = DevnetOptions(
@@ -569,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_range(1, 100000),
         default=3,
         metavar="M",
-        help="rounds before an epoch's end at which the coin is handed over; at least 1 and "
-        "less than --rounds-per-epoch (default 3)",
+        help="rounds before an epoch's end at which the coin is handed over (the deployment's "
+        "handover_window is M + 1 rounds); at least 1 and less than --rounds-per-epoch - 1 "
+        "(default 3)",
     )
     d.add_argument("--fee-rate", type=float_range(1.0, 200.0), metavar="SAT_PER_VB",
                    help="override the fee rate, 1..200 sat/vB (the devnet appliances refuse "
