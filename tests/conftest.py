@@ -19,6 +19,14 @@ def vectors() -> dict:
     return json.loads(path.read_text())
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the session's PoW node is an integration test, whether or
+    not its module says so (modules that start nodes themselves mark it explicitly)."""
+    for item in items:
+        if "regtest" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 def _have_pow_node() -> bool:
     return bool(shutil.which("litecoind") or shutil.which("bitcoind"))
 

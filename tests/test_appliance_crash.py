@@ -314,6 +314,7 @@ class Incarnation:
         return by_itself
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_never_equivocates_or_forgets(regtest, tmp_path, short_dir):
     rng = random.Random(20240531)
     fleet = Fleet(regtest, tmp_path / "fleet", tag="kill", rounds=100_000)
@@ -430,6 +431,7 @@ def copy_files(journal: Path, dest: Path, rng: random.Random) -> tuple[str, int]
     return main, wal.stat().st_size if wal.exists() else 0
 
 
+@pytest.mark.slow
 def test_copies_taken_while_signing_keep_every_signature_that_left(regtest, tmp_path,
                                                                     short_dir):
     """A power cut leaves what reached the disk; SQLite with synchronous=FULL has fsynced

@@ -20,6 +20,9 @@ from anchornode.peer_protocol import exchange, seal, unverified
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.template import build_checkpoint_psbt
 
+# Separate processes and two PoW nodes; long fault scenarios.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 OPTS = ClusterOptions(validators=4, epochs=3, rounds_per_epoch=160, round_interval=0.25,
                       block_interval=1.0, interval_blocks=2, handover_margin=12,
                       initiator_timeout=6.0)

@@ -13,6 +13,8 @@ from embit.transaction import Transaction
 from anchornode.pow.regtest import RegtestNode
 from bftanchor.payload import Payload
 
+pytestmark = pytest.mark.integration  # every devnet starts a PoW node
+
 
 def run(*args, timeout=240):
     return subprocess.run(
@@ -126,6 +128,7 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
         node.stop()
 
 
+@pytest.mark.slow
 def test_devnet_with_node_processes(tmp_path):
     out = run("devnet", "--nodes", "--epochs", "2", "--json", "--datadir", str(tmp_path),
               timeout=180)
