@@ -19,6 +19,7 @@ from anchorcli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, report
 from bftanchor.usage import (
     ArgumentParser,
     InputError,
+    ProblemFound,
     UsageError,
     float_range,
     int_range,
@@ -349,6 +350,55 @@ def _control(path: Path, req: dict) -> dict:
     return reply
 
 
+def iso8601(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 in UTC (what operators paste into tickets and logs)."""
+    from datetime import UTC, datetime
+
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in cells]
+    return "\n".join(lines)
+
+
+def format_pending(items: list[dict]) -> str:
+    if not items:
+        return "no request is waiting"
+    rows = []
+    for it in items:
+        sm = it.get("summary") or {}
+        rate = sm.get("fee_rate")
+        rows.append([it.get("id"), it.get("created"), it.get("state"),
+                     sm.get("epoch"), sm.get("round"),
+                     f"{sm['fee']} sat ({rate} sat/vB)" if sm.get("fee") is not None else None,
+                     ("yes -> epoch " + str(sm.get("dest_epoch"))) if sm.get("handover")
+                     else "no", sm.get("txid")])
+    return _table(["id", "created (UTC)", "state", "epoch", "round", "fee", "handover",
+                   "txid"], rows)
+
+
+def format_history(rows: list[dict]) -> str:
+    if not rows:
+        return "the journal holds no decision yet"
+    out = []
+    for r in rows:
+        detail = r.get("detail")
+        reasons = detail.get("reasons") if isinstance(detail, dict) else None
+        why = "; ".join(reasons) if isinstance(reasons, list) else (
+            detail.get("reason") if isinstance(detail, dict) else None)
+        out.append([r.get("seq"), r.get("ts"), r.get("decision"), r.get("epoch"),
+                    r.get("round"), r.get("txid"), why])
+    return _table(["seq", "time (UTC)", "decision", "epoch", "round", "txid", "why"], out)
+
+
 def cmd_appliance_control(args: argparse.Namespace) -> int:
     req: dict = {"cmd": args.appliance_command}
     if args.appliance_command in ("approve", "refuse"):
@@ -358,8 +408,21 @@ def cmd_appliance_control(args: argparse.Namespace) -> int:
     if args.appliance_command == "history":
         req["limit"] = args.limit
     reply = _control(args.control, req)
-    print(json.dumps(reply, indent=1))
-    return EXIT_OK if reply.get("ok") else EXIT_FAIL
+    if not reply.get("ok"):
+        raise ProblemFound(f"{args.appliance_command} {getattr(args, 'id', '')}".strip(),
+                           str(reply.get("error") or reply.get("problems") or "refused"))
+    # Times in ISO 8601, in the table and in --json alike.
+    for item in reply.get("pending", []):
+        item["created"] = iso8601(item.get("created"))
+    for row in reply.get("history", []):
+        row["ts"] = iso8601(row.get("ts"))
+    if getattr(args, "json", False) or args.appliance_command not in ("pending", "history"):
+        print(json.dumps(reply, indent=1))
+    elif args.appliance_command == "pending":
+        print(format_pending(reply["pending"]))
+    else:
+        print(format_history(reply["history"]))
+    return EXIT_OK
 
 
 def cmd_appliance_init(args: argparse.Namespace) -> int:
@@ -686,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "history":
             c.add_argument("--limit", type=int_range(1, 100000), default=50,
                            help="how many decisions to show (default 50)")
+        if name in ("pending", "history"):
+            c.add_argument("--json", action="store_true",
+                           help="print JSON instead of a table (times in ISO 8601 either way)")
         c.set_defaults(func=cmd_appliance_control)
 
     for name, (module, func, helptext) in DELEGATED.items():

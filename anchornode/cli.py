@@ -12,9 +12,9 @@ from typing import Any
 
 from anchornode.config import EXAMPLE, NodeConfig, NodeConfigError
 from anchornode.pow.rpc import PowRpc, RpcError, url_with_auth
-from anchornode.qcsource import open_source
+from anchornode.qcsource import DirectorySource, open_source
 from bftanchor.deployment import Deployment, DeploymentError
-from bftanchor.usage import ArgumentParser, int_range
+from bftanchor.usage import ArgumentParser, InputError, int_range
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -125,22 +125,27 @@ def main_status(argv: list[str]) -> int:
     try:
         cfg = NodeConfig.load(args.config)
         deployment = Deployment.load(cfg.deployment)
-        records = {
-            r.epoch: r
-            for r in verify_chain(open_source(cfg.qc_source).records(), deployment.epoch0)
-        }
     except (NodeConfigError, DeploymentError, OSError, ValueError) as exc:
         print(f"bft-anchor status: {exc}", file=sys.stderr)
         return 2
+    # An unreadable QC source is bad input, not "no epoch after 0": without the records
+    # the coin's epoch and who missed which checkpoint cannot be judged.
+    subject = f"qc_source {cfg.qc_source} (from {args.config})"
+    source = open_source(cfg.qc_source)
+    if isinstance(source, DirectorySource) and not (source.root / "epochs").is_dir():
+        raise InputError(subject, "no epochs/ directory there (is the path right?)")
+    try:
+        records = {r.epoch: r for r in verify_chain(source.records(), deployment.epoch0)}
+    except (OSError, ValueError) as exc:
+        raise InputError(subject, f"cannot read the epoch records ({exc})") from None
     errors = []
     for rpc in _rpcs(cfg):
         try:
             st = chain_status(rpc, deployment, records, args.last, args.alert_blocks)
             break
-        except RpcError as exc:
+        except (RpcError, OSError, ValueError) as exc:
             errors.append(str(exc))
     else:
-        print("bft-anchor status: no PoW node answered: " + "; ".join(errors), file=sys.stderr)
-        return 2
+        raise InputError("[pow] nodes", "none answered: " + "; ".join(errors))
     print(json.dumps(st.to_json(), indent=1) if args.json else format_status(st))
     return 1 if st.alerts else 0

@@ -22,3 +22,15 @@ def test_signers_missed_and_epoch_alert(fleet, regtest):
     assert "HANDOVER" in text and "ALERT" in text
     quiet = chain_status(regtest.rpc, fleet.deployment, fleet.records, alert_blocks=50)
     assert quiet.alerts == []
+
+
+@pytest.mark.integration
+def test_a_handover_to_an_unknown_record_is_named_not_blamed_on_signers(fleet, regtest):
+    fleet.checkpoint(fleet.qc(5))
+    fleet.checkpoint(fleet.qc(90), handover=True)
+    regtest.mine(1)
+    only_epoch0 = {0: fleet.records[0]}
+    st = chain_status(regtest.rpc, fleet.deployment, only_epoch0, alert_blocks=50)
+    assert not st.coin_epoch_known and st.checkpoints[-1]["handover"]
+    assert any("no record for epoch 1?" in a for a in st.alerts)
+    assert "epoch unknown" in format_status(st)
