@@ -539,9 +539,10 @@ def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
     sh = apsub.add_parser("share", help="write this validator's key share for an epoch",
                           description="Read the epoch's BIP48 key from the device (or seed) "
                           "and write a share file for the coordinator.")
-    sh.add_argument("--config", required=True, type=Path)
+    sh.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     sh.add_argument("--chain", required=True, help="litecoin-test, bitcoin-signet, ...")
-    sh.add_argument("--epoch", type=int, default=0)
+    sh.add_argument("--epoch", type=int_range(0), default=0,
+                    help="the epoch whose key to share (default 0)")
     sh.add_argument("--bft-pubkey", help="the validator's BFT public key (66 hex)")
     sh.add_argument("--bft-key-file", type=Path, help="or the BFT key file to derive it from")
     sh.add_argument("--out", type=Path, help="default share-<id>-e<epoch>.json")
@@ -550,8 +551,9 @@ def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
                            description="Check the deployment against this appliance and the "
                            "wallet fingerprint received out of band, register epoch 0's "
                            "multisig on the device, and put the file where the config says.")
-    ins.add_argument("--config", required=True, type=Path)
-    ins.add_argument("--deployment", required=True, type=Path)
+    ins.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    ins.add_argument("--deployment", required=True, type=Path,
+                     help="the deployment file the coordinator sent")
     ins.add_argument("--fingerprint", required=True,
                      help="the wallet fingerprint as received out of band, e.g. 'ABCD 1234'")
     ins.set_defaults(func=cmd_appliance_install)
@@ -701,11 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
         "refuses a history that conflicts with the journal's own. Exit 1 when refused.")
     jsub = jn.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
     je = jsub.add_parser("export", help="write the journal's interchange file")
-    je.add_argument("--config", required=True, type=Path)
+    je.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
     je.add_argument("--out", type=Path, help="file to write (never overwritten); default stdout")
     ji = jsub.add_parser("import", help="merge an interchange file into this journal")
-    ji.add_argument("--config", required=True, type=Path)
-    ji.add_argument("file", type=Path)
+    ji.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    ji.add_argument("file", type=Path, help="the interchange file `journal export` wrote")
     jn.set_defaults(func=cmd_appliance_journal)
     st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
     st.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")

@@ -43,6 +43,7 @@ from bftanchor.share import (
     write_new,
 )
 from bftanchor.template import Coin, Outpoint
+from bftanchor.usage import ArgumentParser
 
 log = logging.getLogger("bft_anchor.bootstrap")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -285,7 +286,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bft-anchor deploy", description=__doc__,
+    p = ArgumentParser(prog="bft-anchor deploy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = sub.add_parser("draft", help="epoch 0's record and a deployment draft from N shares")
@@ -294,37 +295,46 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--chain", required=True, help="litecoin-test, bitcoin-signet, ...")
     d.add_argument("--magic", default=DEFAULT_MAGIC.decode(),
                    help="payload magic: 4 ASCII characters or 8 hex digits (default BFTA)")
-    d.add_argument("--epoch-length", type=int, required=True, metavar="ROUNDS")
-    d.add_argument("--start-round", type=int, default=0, metavar="ROUND")
-    d.add_argument("--handover-window", type=int, required=True, metavar="ROUNDS")
-    d.add_argument("--script", choices=sorted(SCRIPT_TYPES), default="wsh-sortedmulti")
-    d.add_argument("--out", type=Path, default=Path("deployment-draft.json"))
+    d.add_argument("--epoch-length", type=int, required=True, metavar="ROUNDS",
+                   help="BFT rounds per epoch")
+    d.add_argument("--start-round", type=int, default=0, metavar="ROUND",
+                   help="epoch 0's first round (default 0)")
+    d.add_argument("--handover-window", type=int, required=True, metavar="ROUNDS",
+                   help="rounds before an epoch's end in which the handover is signed")
+    d.add_argument("--script", choices=sorted(SCRIPT_TYPES), default="wsh-sortedmulti",
+                   help="the coin's script type (default wsh-sortedmulti)")
+    d.add_argument("--out", type=Path, default=Path("deployment-draft.json"),
+                   help="file to write (default deployment-draft.json)")
     d.set_defaults(func=cmd_draft)
     g = sub.add_parser("genesis", help="fund epoch 0's multisig and write the deployment file")
-    g.add_argument("--draft", type=Path, required=True)
+    g.add_argument("--draft", type=Path, required=True, help="the draft `deploy draft` wrote")
     g.add_argument("--rpc", help="PoW node RPC URL, e.g. http://127.0.0.1:9332")
-    g.add_argument("--rpc-cookie", type=Path)
-    g.add_argument("--rpc-user")
-    g.add_argument("--rpc-password")
+    g.add_argument("--rpc-cookie", type=Path, help="the node's .cookie file")
+    g.add_argument("--rpc-user", help="RPC user name (or --rpc-cookie)")
+    g.add_argument("--rpc-password", help="RPC password, with --rpc-user")
     g.add_argument("--amount", type=int, metavar="SAT", help="the coin's value")
     g.add_argument("--wallet", help="fund from this wallet of the PoW node")
     g.add_argument("--outpoint", metavar="TXID:VOUT", help="the funding output, already sent")
-    g.add_argument("--confirmations", type=int, default=1)
+    g.add_argument("--confirmations", type=int, default=1,
+                   help="confirmations the funding needs (default 1)")
     g.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for the confirmations (default: do not wait)")
-    g.add_argument("--out", type=Path, default=Path("deployment.json"))
+    g.add_argument("--out", type=Path, default=Path("deployment.json"),
+                   help="file to write (default deployment.json)")
     g.set_defaults(func=cmd_genesis)
     s = sub.add_parser("show", help="descriptor, address and wallet fingerprint of a file")
-    s.add_argument("file", type=Path)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("file", type=Path, help="a deployment file, draft or share")
+    s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_show)
     e = sub.add_parser("epochs", help="the epochs file for the audit, from the QC source")
-    e.add_argument("--deployment", type=Path, required=True)
+    e.add_argument("--deployment", type=Path, required=True, help="the deployment file")
     e.add_argument("--qc-source", required=True, help="the BFT node's directory or http URL")
-    e.add_argument("--out", type=Path, default=Path("epochs.json"))
+    e.add_argument("--out", type=Path, default=Path("epochs.json"),
+                   help="file to write (default epochs.json)")
     e.set_defaults(func=cmd_epochs)
     k = sub.add_parser("keygen", help="a BFT key file for a test deployment")
-    k.add_argument("--out", type=Path, default=Path("bft.key"))
+    k.add_argument("--out", type=Path, default=Path("bft.key"),
+                   help="file to write (default bft.key)")
     k.set_defaults(func=cmd_keygen)
     return p
 

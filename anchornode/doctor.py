@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bftanchor.usage import ArgumentParser
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 CLOCK_SKEW_MAX = 60.0  # seconds; peers drop messages 300 s off (peer_protocol.MAX_SKEW)
 FUTURE_BLOCK_MAX = 2 * 3600  # consensus: a block's time at most 2 h ahead of the network
@@ -487,12 +489,12 @@ def _check_capability(rep: Report, signer: Any, record: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bft-anchor doctor", description=__doc__,
+    p = ArgumentParser(prog="bft-anchor doctor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--node", type=Path, metavar="NODE_TOML", help="check this node's set-up")
     p.add_argument("--appliance", type=Path, metavar="APPLIANCE_TOML",
                    help="check this appliance's set-up")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
