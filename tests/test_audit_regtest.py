@@ -244,7 +244,7 @@ BAD_INPUTS = {
     "malformed cookie": (["--deployment", "{d}/deployment.json", "--rpc-cookie", "{d}/garbage"],
                          "does not hold USER:PASSWORD"),
     "negative height": (["--deployment", "{d}/deployment.json", "--from-height", "-4"],
-                        "--from-height -4"),
+                        "-4"),
 }
 
 
@@ -264,7 +264,8 @@ def test_bad_input_is_one_line_exit_2(handed_over, saved, name):
     args, expected = BAD_INPUTS[name]
     out = cli(*node_args(handed_over.node), *[a.format(d=d) for a in args])
     assert out.returncode == 2, (out.stdout, out.stderr)
-    assert expected in one_line(out)
+    line = one_line(out)
+    assert expected in line and ("--from-height" in line if "height" in name else True)
     assert not out.stdout
 
 
