@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in MODELS:
         argv = argv[1:]
     parser = build_parser()
+    if argv and argv[0] == "jade":  # `bft-anchor emulator jade ...`: the device family
+        argv = argv[1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help
