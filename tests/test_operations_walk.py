@@ -79,8 +79,9 @@ class Walk:
         return proc
 
     def config_files(self, text: str) -> None:
-        """Files a config names (values ending in a file name)."""
-        for value in re.findall(r'=\s*"([^"]+)"', text):
+        """Files a config names (values ending in a file name; comments are not used)."""
+        live = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+        for value in re.findall(r'=\s*"([^"]+)"', live):
             name = Path(value).name
             if "." in name and not value.startswith(("http", "/dev/", "127.", "tcp:")):
                 self.files.add(name)
