@@ -102,17 +102,21 @@ class ChainView:
             if start is None:
                 return
             self.follower = CoinFollower(rpc, self.deployment.genesis.outpoint, start)
-            self.coin = self.deployment.genesis
-            self.epochs_with_checkpoint.clear()
+            self._forget()
         before = len(self.follower.spends)
         new = self.follower.poll()
         if len(self.follower.spends) < before + len(new):  # reorganised: rebuild the view
-            self.coin = self.deployment.genesis
-            self.epochs_with_checkpoint.clear()
+            self._forget()
             new = list(self.follower.spends)
         for spend in new:
             self._on_confirmed(spend)
         self.seq_seen.setdefault(self.seq, time.time())
+
+    def _forget(self) -> None:
+        self.coin = self.deployment.genesis
+        self.epochs_with_checkpoint.clear()
+        self.last_checkpoint = None
+        self.last_round = None
 
     def _on_confirmed(self, spend: Spend) -> None:
         coin = self.coin
@@ -183,6 +187,7 @@ class ChainView:
             last_h,
             last_t,
             self.coin.epoch in self.epochs_with_checkpoint,
+            self.last_round,  # nothing at or below the last anchored (epoch, round) is due
         )
 
     # --- the epoch records -------------------------------------------------------------

@@ -452,7 +452,7 @@ class Journal:
         self._db.close()
 
     @_locked
-    def checkpoint(self) -> tuple[int, int, int]:
+    def wal_checkpoint(self) -> tuple[int, int, int]:
         """Fold the WAL into journal.sqlite and truncate it (see wal_autocheckpoint above).
 
         For a quiet moment: the serving appliance calls it at start, before it answers.

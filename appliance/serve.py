@@ -35,7 +35,7 @@ class ApplianceService:
         # Fold the last run's WAL into the journal now, before any request: while serving,
         # the journal never checkpoints (see Journal's wal_autocheckpoint), so a copy of
         # its files taken at any moment is consistent.
-        appliance.journal.checkpoint()
+        appliance.journal.wal_checkpoint()
         self.queue = ApprovalQueue(appliance, mode)
         self.stop_event = threading.Event()
         self.link_connected = False

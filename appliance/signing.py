@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +84,11 @@ class Appliance:
         journal: Journal,
         signer: Signer,
         limits: Limits,
-        approve: Callable[[Verdict], bool] | None = None,
     ) -> None:
         self.deployment = deployment
         self.journal = journal
         self.signer = signer
         self.limits = limits
-        self.approve = approve
         self._tokens = float(REFUSAL_BURST)
         self._refill_at = time.monotonic()
         self._suppressed = 0
@@ -220,9 +217,6 @@ class Appliance:
         if existing is not None and existing.signed_psbt is not None:
             log.info("answered from journal: txid %s", cand.txid)
             return SignOutcome(True, [], existing.signed_psbt, summary, from_journal=True)
-        if existing is None and self.approve is not None and not self.approve(verdict):
-            self._refuse(["refused by the operator"], summary)
-            return SignOutcome(False, ["refused by the operator"], summary=summary)
         try:
             self.journal.reserve(
                 cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted

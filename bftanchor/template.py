@@ -243,15 +243,3 @@ def finalize(psbt: PSBT, multisig: EpochMultisig) -> Transaction:
             raise TemplateError(f"top-up input {i} is not finalized")
         tx.vin[i].witness = final
     return tx
-
-
-def merge_signatures(base: PSBT, signed: PSBT) -> int:
-    """Copy partial signatures for input 0 from `signed` into `base`; return how many."""
-    if signed.tx.txid() != base.tx.txid():
-        raise TemplateError("signed PSBT is for a different transaction")
-    added = 0
-    for pub, sig in signed.inputs[0].partial_sigs.items():
-        if pub not in base.inputs[0].partial_sigs:
-            base.inputs[0].partial_sigs[pub] = sig
-            added += 1
-    return added

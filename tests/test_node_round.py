@@ -356,3 +356,17 @@ def test_peer_port_answers_hostile_input_with_an_error_and_keeps_serving(net: Ne
     reply = _ask(port, propose)
     assert reply["type"] == "refuse"
     assert _ask(port, seal("ping", "v2", 0, {}, secret))["type"] == "pong"
+
+
+def test_nothing_newer_to_anchor_waits_for_a_newer_qc(net: Net) -> None:
+    net.qc(10)
+    assert net.nodes["v0"].tick(now=1000.0) is not None
+    net.chain.mine()
+    net.chain.mine([])
+    net.chain.mine([])  # interval_blocks = 1: a checkpoint is due by height...
+    v1 = net.nodes["v1"]
+    assert v1.tick(now=1001.0) is None  # ...but round 10 is anchored already
+    assert v1.view.last_round == (0, 10) and len(net.chain.sent) == 1
+    net.qc(11)
+    assert v1.tick(now=1002.0) is not None
+    assert len(net.chain.sent) == 2

@@ -40,22 +40,6 @@ def _chain_for(coin_type: int) -> Any:
     return Chain.MAIN if coin_type in (0, 2) else Chain.TEST
 
 
-def coldcard_multisig_file(multisig: EpochMultisig, name: str | None = None) -> str:
-    """The text a Coldcard imports (Settings > Multisig Wallets > Import from File)."""
-    rec = multisig.record
-    lines = [
-        f"Name: {name or f'bft-anchor-e{rec.epoch}'}"[:22],
-        f"Policy: {rec.threshold} of {rec.n}",
-        f"Derivation: m/48h/{rec.coin_type}h/{rec.epoch}h/2h",
-        "Format: P2WSH",
-        "",
-    ]
-    for v in rec.validators:
-        key = v.key
-        lines.append(f"{key.origin.fingerprint.hex().upper()}: {key.key.to_base58()}")
-    return "\n".join(lines) + "\n"
-
-
 class HWISigner:
     def __init__(
         self,
@@ -193,8 +177,9 @@ class HWISigner:
                 log.info("registered epoch %d multisig on %s", multisig.epoch, self.label)
             elif kind == "multisig-file":
                 raise SignerError(
-                    f"{self.label} needs the epoch {multisig.epoch} multisig imported from a "
-                    "file first: write it with `bft-anchor device coldcard-file` and import it"
+                    f"{self.label} registers a multisig only from a file imported on the device "
+                    f"(Settings > Multisig Wallets), which HWI cannot do: import epoch "
+                    f"{multisig.epoch}'s multisig there first"
                 )
             else:
                 address = None
