@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 VENV="${BFT_ANCHOR_VENV:-.venv}"
-"$VENV/bin/ruff" check bftanchor appliance anchornode anchorcli tui tests bench
+"$VENV/bin/ruff" check bftanchor appliance anchornode anchorcli anchorharness tui tests bench
 "$VENV/bin/lint-imports"
 exec "$VENV/bin/python" -m pytest -q "$@"
