@@ -108,7 +108,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
                               args.script, device_caps(shares, args.script))
         draft = Draft(args.chain, magic, args.handover_window, record)
         s = summary(args.chain, record)
-        write_new(args.out, json.dumps(draft.to_json(), indent=1, sort_keys=True) + "\n")
+        write_draft(args.out, draft)
     except (ShareError, ValueError) as exc:
         print(f"bft-anchor deploy draft: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -175,6 +175,18 @@ def fund_from_wallet(
     return Outpoint(txid, int(vout))
 
 
+def write_deployment(path: Path, draft: Draft, outpoint: Outpoint, value: int) -> Deployment:
+    """The final deployment file: the draft plus its checked genesis coin; never overwritten."""
+    deployment = Deployment(draft.chain, draft.magic, Coin(outpoint, value, 0), draft.epoch0,
+                            draft.handover_window)
+    write_new(Path(path), json.dumps(deployment.to_json(), indent=1, sort_keys=True) + "\n")
+    return deployment
+
+
+def write_draft(path: Path, draft: Draft) -> None:
+    write_new(Path(path), json.dumps(draft.to_json(), indent=1, sort_keys=True) + "\n")
+
+
 def cmd_genesis(args: argparse.Namespace) -> int:
     name = "bft-anchor deploy genesis"
     try:
@@ -213,9 +225,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
                 return EXIT_FAIL
             time.sleep(min(1.0, max(0.2, args.wait / 20)))
             coin = check_coin(rpc, outpoint, ms, args.amount)
-        deployment = Deployment(draft.chain, draft.magic, Coin(outpoint, coin["value"], 0),
-                                draft.epoch0, draft.handover_window)
-        write_new(args.out, json.dumps(deployment.to_json(), indent=1, sort_keys=True) + "\n")
+        write_deployment(args.out, draft, outpoint, coin["value"])
     except (ShareError, ValueError, CheckpointError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,23 +25,29 @@ from embit.transaction import Transaction
 from anchornode.appliance_client import InProcessAppliance
 from anchornode.audit import audit_chain
 from anchornode.bftsim import SimulatedBFTChain
+from anchornode.bootstrap import (
+    check_coin,
+    device_caps,
+    fund_from_wallet,
+    write_deployment,
+    write_draft,
+)
 from anchornode.delivery import CheckpointFailed
 from anchornode.fees import FeePolicy
 from anchornode.localnet import LocalNet, local_node
 from anchornode.pow.regtest import RegtestNode
-from anchornode.pow.rpc import to_coin, to_sat
 from anchornode.procutil import die_with_parent
 from anchornode.qcsource import MemorySource
 from anchornode.schedule import ScheduleConfig
 from anchornode.service import NodeService
 from appliance.config import EXAMPLE, ApplianceConfig
 from appliance.runtime import open_appliance
-from appliance.signers.software import SoftwareSigner
-from bftanchor.deployment import Deployment
+from appliance.share import make_share
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.network import network
 from bftanchor.payload import Payload
-from bftanchor.template import Coin, Outpoint
+from bftanchor.share import Draft, KeyShare, build_epoch0
+from bftanchor.template import Outpoint
 
 log = logging.getLogger("bft_anchor.devnet")
 
@@ -166,20 +172,18 @@ def _run(
     t0 = time.monotonic()
     chain_name = node.chain
     net = network(chain_name)
-    wallet = node.create_wallet("devnet")
+    node.create_wallet("devnet")  # mines the coins the genesis is funded from
     node.mine(101)
     sim = SimulatedBFTChain.create(opts.validators, opts.rounds_per_epoch, opts.seed)
 
     # Validators: a fresh BIP39 seed each, held by a Jade emulator that HWI drives
     # (or, with signer="software", by the appliance itself).
     configs: dict[str, Path] = {}
-    signers: dict[str, Any] = {}
     for v in sim.validators:
         mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
         device_path = None
         if opts.signer == "hwi":
             from appliance.emulator.jade import JadeEmulator
-            from appliance.signers.hwi import HWISigner
 
             emu = JadeEmulator(
                 port=0,
@@ -191,29 +195,36 @@ def _run(
             emulators.append(emu)
             emu.start()
             device_path = emu.path
-            signers[v.id] = HWISigner(device_type="jade", device_path=device_path)
-        else:
-            signers[v.id] = SoftwareSigner.from_mnemonic(mnemonic)
         configs[v.id] = _write_validator(root / "validators" / v.id, v.id, mnemonic, device_path)
 
-    def pow_keys(epoch: int) -> dict[str, str]:
-        return {vid: s.pow_key(epoch) for vid, s in signers.items()}
+    # The deployment is made as operators make theirs (docs/operations.md): each appliance
+    # writes its key share from its device (`appliance share`), the coordinator drafts
+    # epoch 0 from the shares (`deploy draft`) and funds the genesis coin from a wallet of
+    # the PoW node (`deploy genesis --wallet`), which is checked on the node before the
+    # deployment file is written.
+    def shares(epoch: int) -> list[KeyShare]:
+        return [
+            make_share(ApplianceConfig.load(configs[v.id]), chain_name, epoch, v.bft_pubkey)
+            for v in sim.validators
+        ]
 
-    rec0 = sim.make_record(0, pow_keys(0))
+    def pow_keys(epoch: int) -> dict[str, str]:
+        return {s.validator_id: s.pow_key for s in shares(epoch)}
+
+    shares0 = shares(0)
+    rec0 = build_epoch0(shares0, chain_name, opts.rounds_per_epoch, 0,
+                        device_max_n=device_caps(shares0, "wsh-sortedmulti"))
+    sim.records[0] = rec0
+    draft = Draft(chain_name, opts.magic, opts.handover_margin + 1, rec0)
+    write_draft(root / "deployment-draft.json", draft)
     ms0 = EpochMultisig(rec0)
     addr = ms0.address(net)
-    gtxid = wallet.sendtoaddress(addr, float(to_coin(opts.genesis_value)))
-    gtx = node.rpc.getrawtransaction(gtxid, True)
-    vout = next(
-        o["n"] for o in gtx["vout"] if o["scriptPubKey"]["hex"] == ms0.script_pubkey.data.hex()
-    )
-    value = to_sat(gtx["vout"][vout]["value"])
+    outpoint = fund_from_wallet(node.rpc, "devnet", addr, ms0.script_pubkey.data.hex(),
+                                opts.genesis_value)
     node.mine(1)
-    genesis = Coin(Outpoint(gtxid, vout), value, 0)
-    deployment = Deployment(
-        chain_name, opts.magic, genesis, rec0, opts.handover_margin + 1
-    )
-    deployment.save(root / "deployment.json")
+    value = check_coin(node.rpc, outpoint, ms0, opts.genesis_value)["value"]
+    deployment = write_deployment(root / "deployment.json", draft, outpoint, value)
+    genesis = deployment.genesis
     log.info(
         "genesis coin %s (%d sat) locked by epoch 0's %d-of-%d multisig %s",
         genesis.outpoint,

@@ -140,3 +140,22 @@ def test_devnet_with_node_processes(tmp_path):
     # The node processes made them: each was broadcast by one of the validators.
     assert all(c["initiator"] in {"v0", "v1", "v2", "v3"} for c in cps)
     assert len({c["initiator"] for c in cps}) > 1
+
+
+def test_the_deployment_is_built_as_operators_build_theirs(devnet):
+    """Issue 13 item 8: shares from the devices, the coordinator's draft, the genesis coin
+    checked on the node; and a --datadir holding a deployment is refused, not reused."""
+    from bftanchor.deployment import Deployment
+    from bftanchor.share import Draft
+
+    report, datadir = devnet
+    draft = Draft.load(datadir / "deployment-draft.json")
+    deployment = Deployment.load(datadir / "deployment.json")
+    assert deployment.epoch0 == draft.epoch0 and report["epochs"][0] == draft.epoch0.to_json()
+    assert deployment.handover_window == draft.handover_window
+    shown = [json.loads(run("deploy", "show", str(f), "--json").stdout)
+             for f in (datadir / "deployment-draft.json", datadir / "deployment.json")]
+    assert shown[0] == shown[1]
+    again = run("devnet", "--datadir", str(datadir), timeout=60)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "deployment" in again.stderr and len(again.stderr.strip().splitlines()) == 1
