@@ -16,6 +16,7 @@ from embit.transaction import Transaction
 
 from anchornode.pow.follow import CoinFollower
 from anchornode.pow.rpc import PowRpc, RpcError, redact, to_sat
+from bftanchor.coinpath import paid_epoch
 from bftanchor.deployment import Deployment, DeploymentError, check_window
 from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord, verify_certificate
@@ -163,11 +164,9 @@ def audit_chain(
             report.violations.append(f"{where} spends the coin without a coin output")
             break
         _check_shape(rpc, tx, spend.spent, where, report)
-        dest = tx.vout[1].script_pubkey.data
-        if dest == scripts.get(coin_epoch):
-            handover = False
-        elif coin_epoch + 1 in verified and dest == scripts.get(coin_epoch + 1):
-            handover = True
+        paid = paid_epoch(tx.vout[1].script_pubkey, coin_epoch, verified)
+        if paid is not None:
+            handover = paid != coin_epoch
         elif coin_epoch + 1 not in verified:
             status = report.records.get(coin_epoch + 1)
             if status is None:

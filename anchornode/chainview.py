@@ -28,6 +28,7 @@ from anchornode.qcsource import QCSource
 from anchornode.schedule import ChainState
 from anchornode.store import CheckpointStore
 from appliance.lineage import quorum_signers
+from bftanchor.coinpath import paid_epoch
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord, verify_certificate
@@ -121,10 +122,8 @@ class ChainView:
     def _on_confirmed(self, spend: Spend) -> None:
         coin = self.coin
         ms = multisig_for(self.records[coin.epoch])
-        dest_epoch = coin.epoch
-        nxt = self.records.get(coin.epoch + 1)
-        if nxt is not None and multisig_for(nxt).script_pubkey == spend.tx.vout[1].script_pubkey:
-            dest_epoch = coin.epoch + 1
+        paid = paid_epoch(spend.tx.vout[1].script_pubkey, coin.epoch, self.records)
+        dest_epoch = coin.epoch if paid is None else paid
         try:
             payload = Payload.from_script(
                 spend.tx.vout[0].script_pubkey.data, self.deployment.magic

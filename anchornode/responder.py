@@ -35,6 +35,7 @@ from anchornode.pow.rpc import RpcError
 from anchornode.round import LINEAGE_MAX, sign_locally
 from anchornode.schedule import initiator_index
 from appliance.lineage import quorum_signers
+from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
@@ -174,9 +175,6 @@ class PeerResponder:
                     reasons.append(f"QC does not verify: {type(exc).__name__}: {exc}")
             magic = view.deployment.magic
             payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic)
-            allowed = {multisig_for(record).script_pubkey}
-            if coin.epoch + 1 in view.records:
-                allowed.add(multisig_for(view.records[coin.epoch + 1]).script_pubkey)
             parsed = []
             for b64 in psbts:
                 try:
@@ -191,7 +189,9 @@ class PeerResponder:
                     reasons.append("the PSBT does not spend the coin this node sees")
                 if tx.vout[0].script_pubkey.data != payload.script():
                     reasons.append("output 0 is not the QC's payload")
-                if len(tx.vout) < 2 or tx.vout[1].script_pubkey not in allowed:
+                if len(tx.vout) < 2 or (
+                    paid_epoch(tx.vout[1].script_pubkey, coin.epoch, view.records) is None
+                ):
                     reasons.append("output 1 pays the coin elsewhere")
                 parsed.append(tx.txid().hex())
             txids = frozenset(parsed)

@@ -14,6 +14,7 @@ from typing import Any
 from anchornode.pow.follow import CoinFollower, confirmed_height
 from anchornode.pow.rpc import PowRpc
 from appliance.lineage import quorum_signers
+from bftanchor.coinpath import next_coin
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord
@@ -62,12 +63,9 @@ def chain_status(
         ms = multisig_for(rec)
         ids = {k.pubkey: k.validator_id for k in ms.keys}
         signed = sorted(ids[p] for p in quorum_signers(spend.tx, coin, ms))
-        dest_epoch = coin.epoch
-        nxt = records.get(coin.epoch + 1)
-        dest_script = spend.tx.vout[1].script_pubkey if len(spend.tx.vout) > 1 else None
-        if nxt is not None and multisig_for(nxt).script_pubkey == dest_script:
-            dest_epoch = coin.epoch + 1
-        elif dest_script != ms.script_pubkey:
+        moved = next_coin(coin, spend.tx, records)
+        dest_epoch = coin.epoch if moved is None else moved.epoch
+        if moved is None:
             # The coin went to a wallet no known record builds: most likely a handover to
             # an epoch whose record the QC source does not (yet) hold. Say so; do not judge
             # the spends after it by the wrong epoch's keys.

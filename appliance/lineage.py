@@ -13,6 +13,7 @@ from embit.ec import PublicKey, Signature
 from embit.transaction import SIGHASH, Transaction
 
 from appliance.journal import Candidate, JournalState
+from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.payload import Payload
@@ -140,14 +141,8 @@ def _judge(
                 f"{where} ({txid}): epoch {payload.epoch} round {payload.round} does not "
                 f"advance on the coin's epoch {parent.epoch} round {parent.round}"
             ), True
-        dest_spk = tx.vout[1].script_pubkey
-        if dest_spk == ms.script_pubkey:
-            dest_epoch = coin.epoch
-        elif coin.epoch + 1 in records and (
-            multisig_for(records[coin.epoch + 1]).script_pubkey == dest_spk
-        ):
-            dest_epoch = coin.epoch + 1
-        else:
+        dest_epoch = paid_epoch(tx.vout[1].script_pubkey, coin.epoch, records)
+        if dest_epoch is None:
             return None, f"{where} ({txid}) pays the coin to an unknown script", True
     except Exception as exc:  # a lineage entry must never break a decision
         return None, f"{where}: {type(exc).__name__}: {exc}", True

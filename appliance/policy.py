@@ -16,6 +16,7 @@ from embit.script import Script
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from appliance.journal import Candidate, JournalState, signing_conflicts
+from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord, verify_certificate
 from bftanchor.errors import CheckpointError
@@ -223,24 +224,23 @@ def _evaluate(
     dest: EpochMultisig | None = None
     handover = False
     nxt = records.get(qc.epoch + 1)
-    if dest_spk == source.script_pubkey:
+    paid = paid_epoch(dest_spk, qc.epoch, records)
+    if paid == qc.epoch:
         dest = source
+    elif paid is not None and nxt is not None:
+        dest, handover = multisig_for(nxt), True
     else:
-        nxt_ms = None
         if nxt is not None:
             try:
-                nxt_ms = multisig_for(nxt)
+                multisig_for(nxt)
             except CheckpointError as exc:
                 v.refuse(f"epoch {qc.epoch + 1}'s record cannot lock a coin: {exc}")
-        if nxt_ms is not None and nxt_ms.script_pubkey == dest_spk:
-            dest, handover = nxt_ms, True
-        else:
-            v.refuse(
-                f"output 1 pays the coin to {dest_spk.data.hex()}, expected epoch "
-                f"{qc.epoch}'s multisig or, for a handover, a certified epoch "
-                f"{qc.epoch + 1} multisig"
-                + ("" if nxt is not None else f" (no epoch {qc.epoch + 1} record held)")
-            )
+        v.refuse(
+            f"output 1 pays the coin to {dest_spk.data.hex()}, expected epoch "
+            f"{qc.epoch}'s multisig or, for a handover, a certified epoch "
+            f"{qc.epoch + 1} multisig"
+            + ("" if nxt is not None else f" (no epoch {qc.epoch + 1} record held)")
+        )
     if handover_window is not None:
         inside = in_window(record, qc.round, handover_window)
         window = (f"({record.end_round - handover_window}, {record.end_round}]")

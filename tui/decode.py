@@ -16,6 +16,7 @@ from embit.psbt import PSBT
 
 from appliance.policy import trusted_records
 from bftanchor.bftsig import verify_compact
+from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
@@ -174,7 +175,6 @@ def decode_request(
         total_in = None if value is None or total_in is None else total_in + value
 
     source = EpochMultisig(records[qc.epoch]) if qc and qc.epoch in records else None
-    nxt = EpochMultisig(records[qc.epoch + 1]) if qc and qc.epoch + 1 in records else None
     for i, out in enumerate(tx.vout):
         spk = out.script_pubkey
         if spk.data[:1] == b"\x6a":
@@ -199,12 +199,13 @@ def decode_request(
             address = spk.address(net)
         except Exception:
             address = None
-        if source is not None and spk == source.script_pubkey:
-            role = f"coin -> epoch {source.epoch} multisig"
-        elif nxt is not None and spk == nxt.script_pubkey:
-            role = f"coin -> epoch {nxt.epoch} multisig (HANDOVER)"
+        paid = paid_epoch(spk, qc.epoch, records) if qc is not None else None
+        if paid is not None and paid == qc.epoch:
+            role = f"coin -> epoch {paid} multisig"
+        elif paid is not None:
+            role = f"coin -> epoch {paid} multisig (HANDOVER)"
             view.handover = True
-            view.dest_epoch = nxt.epoch
+            view.dest_epoch = paid
         elif i == 1:
             role = "coin -> a script of no epoch held (!)"
         else:
