@@ -38,19 +38,26 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
-def _check_datadir(datadir: Path) -> None:
+def _check_datadir(datadir: Path, resume: bool = False) -> None:
     """A devnet's --datadir must be a new or empty directory: it never overwrites seeds."""
     import os
 
     subject = f"--datadir {datadir}"
     if datadir.exists() and not datadir.is_dir():
         raise UsageError(subject, "is a file, not a directory")
+    if resume and not datadir.is_dir():
+        raise UsageError(subject, "does not exist: nothing to resume")
     if datadir.is_dir():
         if any((datadir / "pow").glob("*/*.pid")) or any((datadir / "pow").glob("*.pid")):
             raise UsageError(subject, "is in use by a running PoW node (a .pid file in pow/)")
-        if (datadir / "deployment.json").exists() or any(datadir.glob("*/*/seed.txt")):
+        if resume:
+            for name in ("deployment.json", "epochs.json"):
+                if not (datadir / name).is_file():
+                    raise UsageError(subject, f"holds no {name}: nothing to resume")
+        elif (datadir / "deployment.json").exists() or any(datadir.glob("*/*/seed.txt")):
             raise UsageError(subject, "already holds a devnet (deployment.json, seeds); "
-                             "use a new directory: a devnet never overwrites seeds")
+                             "--resume continues it, or use a new directory: a devnet "
+                             "never overwrites seeds")
         if not os.access(datadir, os.W_OK | os.X_OK):
             raise UsageError(subject, "is not writable")
         return
@@ -72,8 +79,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         # The deployment's handover window is M + 1 rounds, and must be shorter than an epoch.
         raise UsageError("--handover-margin", f"{args.handover_margin} must be less than "
                          f"--rounds-per-epoch - 1 ({args.rounds_per_epoch - 1})")
+    if args.resume and (args.datadir is None or args.nodes):
+        raise UsageError("--resume", "needs --datadir DIR of a kept devnet (not with --nodes)")
     if args.datadir is not None:
-        _check_datadir(args.datadir)
+        _check_datadir(args.datadir, args.resume)
     opts = DevnetOptions(
         validators=args.validators,
         epochs=args.epochs,
@@ -84,6 +93,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         appliances=args.appliances,
         signer=args.signer,
         fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
+        resume=args.resume,
     )
     progress = stderr_progress if args.json else print_progress
     if args.nodes:
@@ -625,6 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
         "deployment files (DIR) here instead of a temporary directory; DIR must be new or "
         "empty (a devnet never overwrites seeds)",
     )
+    d.add_argument("--resume", action="store_true",
+                   help="continue the devnet kept in --datadir DIR: its chain, validators, "
+                   "journals and deployment, for --epochs more epochs after the coin's "
+                   "(its validators, rounds per epoch and window are the kept deployment's)")
     d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     d.add_argument("--rounds-per-epoch", type=int_range(2, 100000), default=20, metavar="R",
                    help="BFT rounds per epoch, 2..100000 (default 20)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import subprocess
 import sys
@@ -43,7 +44,9 @@ from anchornode.service import NodeService
 from appliance.config import EXAMPLE, ApplianceConfig
 from appliance.runtime import open_appliance
 from appliance.share import make_share
+from bftanchor.deployment import Deployment, load_epochs
 from bftanchor.descriptor import EpochMultisig, multisig_for
+from bftanchor.epoch import verify_chain
 from bftanchor.network import network
 from bftanchor.payload import Payload
 from bftanchor.share import Draft, KeyShare, build_epoch0
@@ -67,6 +70,7 @@ class DevnetOptions:
     appliances: str = "process"  # "process": each over a pty link; "inprocess"
     signer: str = "hwi"  # "hwi": a Jade emulator per validator, driven through HWI
     ladder: int = 3  # fee levels each round signs (the node's default)
+    resume: bool = False  # continue the devnet kept in datadir for `epochs` more epochs
 
 
 class LinkAppliance:
@@ -143,6 +147,17 @@ def _write_validator(vdir: Path, vid: str, mnemonic: str, device_path: str | Non
     return cfg
 
 
+def _point_at_device(cfg: Path, device_path: str | None) -> Path:
+    """A resumed validator's config, its emulator now at a new port (nothing else changes)."""
+    if device_path is not None:
+        text = cfg.read_text()
+        text = re.sub(r'(?m)^device_path = ".*"$', f'device_path = "{device_path}"', text)
+        tmp = cfg.with_name(cfg.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(cfg)
+    return cfg
+
+
 def run_devnet(opts: DevnetOptions, progress=None) -> dict[str, Any]:
     """Run the whole devnet and return the report DESIGN.md fixes."""
     say = progress or (lambda line: None)
@@ -173,14 +188,26 @@ def _run(
     chain_name = node.chain
     net = network(chain_name)
     node.create_wallet("devnet")  # mines the coins the genesis is funded from
-    node.mine(101)
+    kept: Deployment | None = None
+    if opts.resume:
+        kept = Deployment.load(root / "deployment.json")
+        opts.validators = kept.epoch0.n
+        opts.rounds_per_epoch = kept.epoch0.end_round - kept.epoch0.start_round + 1
+        opts.handover_margin = kept.handover_window - 1
+    else:
+        node.mine(101)
     sim = SimulatedBFTChain.create(opts.validators, opts.rounds_per_epoch, opts.seed)
 
     # Validators: a fresh BIP39 seed each, held by a Jade emulator that HWI drives
-    # (or, with signer="software", by the appliance itself).
+    # (or, with signer="software", by the appliance itself). Resuming, each keeps its
+    # seed, device state, appliance config and journal.
     configs: dict[str, Path] = {}
     for v in sim.validators:
-        mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
+        vdir = root / "validators" / v.id
+        if opts.resume:
+            mnemonic = (vdir / "seed.txt").read_text().strip()
+        else:
+            mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(32))
         device_path = None
         if opts.signer == "hwi":
             from appliance.emulator.jade import JadeEmulator
@@ -195,7 +222,10 @@ def _run(
             emulators.append(emu)
             emu.start()
             device_path = emu.path
-        configs[v.id] = _write_validator(root / "validators" / v.id, v.id, mnemonic, device_path)
+        if opts.resume:
+            configs[v.id] = _point_at_device(vdir / "appliance.toml", device_path)
+        else:
+            configs[v.id] = _write_validator(vdir, v.id, mnemonic, device_path)
 
     # The deployment is made as operators make theirs (docs/operations.md): each appliance
     # writes its key share from its device (`appliance share`), the coordinator drafts
@@ -211,19 +241,31 @@ def _run(
     def pow_keys(epoch: int) -> dict[str, str]:
         return {s.validator_id: s.pow_key for s in shares(epoch)}
 
-    shares0 = shares(0)
-    rec0 = build_epoch0(shares0, chain_name, opts.rounds_per_epoch, 0,
-                        device_max_n=device_caps(shares0, "wsh-sortedmulti"))
-    sim.records[0] = rec0
-    draft = Draft(chain_name, opts.magic, opts.handover_margin + 1, rec0)
-    write_draft(root / "deployment-draft.json", draft)
-    ms0 = EpochMultisig(rec0)
-    addr = ms0.address(net)
-    outpoint = fund_from_wallet(node.rpc, "devnet", addr, ms0.script_pubkey.data.hex(),
-                                opts.genesis_value)
-    node.mine(1)
-    value = check_coin(node.rpc, outpoint, ms0, opts.genesis_value)["value"]
-    deployment = write_deployment(root / "deployment.json", draft, outpoint, value)
+    if kept is not None:
+        deployment = kept
+        rec0 = kept.epoch0
+        if [v.bft_pubkey for v in rec0.validators] != [v.bft_pubkey for v in sim.validators]:
+            raise CheckpointFailed(f"{root} holds a devnet of other BFT keys: cannot resume it")
+        held = verify_chain(load_epochs(root / "epochs.json"), rec0)
+        records = {r.epoch: r for r in held}
+        sim.records.update(records)
+        value = kept.genesis.value
+        addr = EpochMultisig(rec0).address(net)
+    else:
+        shares0 = shares(0)
+        rec0 = build_epoch0(shares0, chain_name, opts.rounds_per_epoch, 0,
+                            device_max_n=device_caps(shares0, "wsh-sortedmulti"))
+        sim.records[0] = rec0
+        draft = Draft(chain_name, opts.magic, opts.handover_margin + 1, rec0)
+        write_draft(root / "deployment-draft.json", draft)
+        ms0 = EpochMultisig(rec0)
+        addr = ms0.address(net)
+        outpoint = fund_from_wallet(node.rpc, "devnet", addr, ms0.script_pubkey.data.hex(),
+                                    opts.genesis_value)
+        node.mine(1)
+        value = check_coin(node.rpc, outpoint, ms0, opts.genesis_value)["value"]
+        deployment = write_deployment(root / "deployment.json", draft, outpoint, value)
+        records = {0: rec0}
     genesis = deployment.genesis
     log.info(
         "genesis coin %s (%d sat) locked by epoch 0's %d-of-%d multisig %s",
@@ -244,7 +286,8 @@ def _run(
             for vid, cfg in configs.items()
         }
     source = MemorySource()
-    source.publish_record(rec0)
+    for e in sorted(records):
+        source.publish_record(records[e])
     localnet = LocalNet()
     nodes = {
         v.id: local_node(
@@ -263,13 +306,27 @@ def _run(
         for v in sim.validators
     }
     try:
-        records = {0: rec0}
         checkpoints: list[dict[str, Any]] = []
-        for epoch in range(opts.epochs):
+        first_epoch, first_round, last_epoch, prior = 0, 0, opts.epochs - 1, []
+        if kept is not None:
+            # Resuming: the chain goes on from the coin where the last run left it, with
+            # rounds above its last checkpoint's, for `epochs` epochs after the coin's.
+            before = audit_chain(node.rpc, deployment, [records[e] for e in sorted(records)])
+            if not before.ok:
+                raise CheckpointFailed(f"the kept chain does not audit: {before.violations}")
+            prior = [c.txid for c in before.checkpoints]
+            first_epoch = before.coin_epoch or 0
+            if before.checkpoints:
+                first_round = before.checkpoints[-1].round + 1
+            last_epoch = first_epoch + opts.epochs
+            say(f"resuming at epoch {first_epoch} round {first_round}: {len(prior)} "
+                f"checkpoints kept, coin {before.coin}")
+        for epoch in range(first_epoch, last_epoch + 1):
             start, end = sim.epoch_rounds(epoch)
-            if epoch + 1 < opts.epochs:
+            start = max(start, first_round)
+            if epoch + 1 <= last_epoch:
                 # The BFT chain certifies the next epoch's record; each operator arms it.
-                nxt = sim.make_record(epoch + 1, pow_keys(epoch + 1))
+                nxt = records.get(epoch + 1) or sim.make_record(epoch + 1, pow_keys(epoch + 1))
                 records[epoch + 1] = nxt
                 source.publish_record(nxt)
                 for vid, a in appliances.items():
@@ -298,7 +355,7 @@ def _run(
         )
         report = audit_chain(node.rpc, deployment, [records[e] for e in sorted(records)])
         # The report lists the chain as the audit found it; the run's own view must agree.
-        if [c.txid for c in report.checkpoints] != [c["txid"] for c in checkpoints]:
+        if [c.txid for c in report.checkpoints] != prior + [c["txid"] for c in checkpoints]:
             report.violations.append("the chain's checkpoints differ from those the devnet made")
         log.info(
             "devnet done in %.1f s: %d checkpoints, audit %s",

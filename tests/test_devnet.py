@@ -159,3 +159,30 @@ def test_the_deployment_is_built_as_operators_build_theirs(devnet):
     again = run("devnet", "--datadir", str(datadir), timeout=60)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "deployment" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_resume_continues_a_kept_devnet(tmp_path):
+    """`--resume` goes on from the kept chain: same deployment, validators and journals,
+    rounds above the last checkpoint's, a handover into one more epoch; audited whole."""
+    fast = ["--signer", "software", "--appliances", "inprocess", "--rounds-per-epoch", "12",
+            "--interval", "3", "--handover-margin", "2", "--json", "--datadir", str(tmp_path)]
+    first = run("devnet", "--epochs", "1", *fast)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads(first.stdout)
+    deployment = (tmp_path / "deployment.json").read_bytes()
+    seeds = {p: p.read_bytes() for p in tmp_path.glob("validators/*/seed.txt")}
+    assert run("devnet", "--epochs", "1", *fast).returncode == 2  # not without --resume
+    again = run("devnet", "--epochs", "1", "--resume", *fast)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = json.loads(again.stdout)
+    assert after["audit"] == {"ok": True, "violations": []}
+    assert after["genesis"] == before["genesis"]
+    kept = [c["txid"] for c in before["checkpoints"]]
+    assert [c["txid"] for c in after["checkpoints"]][: len(kept)] == kept
+    assert [c["epoch"] for c in after["checkpoints"] if c["handover"]] == [0]
+    assert max(c["epoch"] for c in after["checkpoints"]) == 1
+    assert (tmp_path / "deployment.json").read_bytes() == deployment
+    assert {p: p.read_bytes() for p in seeds} == seeds
+    empty = run("devnet", "--resume", "--datadir", str(tmp_path / "nothing"), timeout=60)
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr
+    assert "nothing to resume" in empty.stderr and not (tmp_path / "nothing").exists()
