@@ -23,8 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.serve import ApplianceService, control_call
-from appliance.signers.base import Signer, SignerError
+from appliance.api import (
+    ApplianceConfig,
+    ApplianceService,
+    HWISigner,
+    Signer,
+    SignerError,
+    cannot_sign,
+    control_call,
+    load_profiles,
+    make_signer,
+    match_profile,
+    open_appliance,
+)
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
@@ -32,7 +43,6 @@ from bftanchor.errors import CheckpointError
 
 log = logging.getLogger("bft_anchor.tui")
 
-SCRIPT_TYPE = "wsh-sortedmulti"
 JADE_VARIANT = "wsh(multi(k))"  # how HWI's Jade client names a wsh multisig registration
 
 
@@ -164,8 +174,6 @@ class Backend:
 
     def device(self, records: dict[int, EpochRecord], epochs: list[int]) -> DeviceView:
         """Read the device; never raises for a missing device (connected=False says so)."""
-        from appliance.signers.hwi import HWISigner
-
         signer = self.signer
         if not isinstance(signer, HWISigner):
             view = DeviceView(
@@ -177,7 +185,7 @@ class Backend:
             )
             for e in epochs:
                 if e in records:
-                    view.capability[e] = self._key_reasons(records[e], view.fingerprint)
+                    view.capability[e] = cannot_sign(records[e], view.fingerprint, hardware=False)
             return view
         view = DeviceView(connected=False, kind="hwi", path=signer.device_path)
         try:
@@ -206,8 +214,6 @@ class Backend:
         view.model = (view.device_type or "?") + ("_simulator" if path.startswith("tcp:") else "")
         profile = None
         try:
-            from appliance.devices.profiles import load_profiles, match_profile
-
             profile = match_profile(view.device_type or "", view.model, view.firmware,
                                     profiles=load_profiles())
         except Exception as exc:  # a broken profile directory is shown, not fatal
@@ -218,30 +224,17 @@ class Backend:
             rec = records.get(e)
             if rec is None:
                 continue
-            reasons = self._key_reasons(rec, view.fingerprint)
-            if profile is None:
-                reasons.append(
-                    f"no firmware profile matches {view.device_type} {view.model} "
-                    f"firmware {view.firmware}"
-                )
-            else:
-                from appliance.devices.profiles import check_capability
-
-                reasons += check_capability(profile, SCRIPT_TYPE, rec.n, view.firmware,
-                                            account=rec.epoch)
-            view.capability[e] = reasons
+            view.capability[e] = cannot_sign(
+                rec,
+                view.fingerprint,
+                profile=profile,
+                device=f"{view.device_type} {view.model}",
+                firmware=view.firmware,
+            )
         return view
-
-    @staticmethod
-    def _key_reasons(record: EpochRecord, fingerprint: str | None) -> list[str]:
-        if fingerprint not in {v.fingerprint.hex() for v in record.validators}:
-            return [f"the device ({fingerprint}) holds none of epoch {record.epoch}'s keys"]
-        return []
 
     def probe_device(self) -> str:
         """Connect to the device and read its fingerprint (SignerError if it is gone)."""
-        from appliance.signers.hwi import HWISigner
-
         if not isinstance(self.signer, HWISigner):
             return self.signer.fingerprint.hex()
         with self._device_lock(), self.signer._client() as client:
@@ -263,9 +256,6 @@ class InProcessBackend(Backend):
 
     @classmethod
     def from_config(cls, config_path: Path) -> InProcessBackend:
-        from appliance.config import ApplianceConfig
-        from appliance.runtime import open_appliance
-
         cfg = ApplianceConfig.load(config_path)
         appliance = open_appliance(cfg)
         return cls(ApplianceService(appliance, cfg.validator_id or "appliance", cfg.approval))
@@ -356,8 +346,6 @@ class RemoteBackend(Backend):
 
     @classmethod
     def from_config(cls, config_path: Path, control: Path) -> RemoteBackend:
-        from appliance.config import ApplianceConfig
-        from appliance.runtime import make_signer
         from bftanchor.epoch import HARDENED
 
         cfg = ApplianceConfig.load(config_path)

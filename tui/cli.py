@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bft-anchor tui: log file: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    from appliance.config import ConfigError
-    from appliance.signers.base import SignerError
+    from appliance.api import ConfigError, SignerError
     from bftanchor.deployment import DeploymentError
     from tui.app import OperatorConsole
     from tui.backend import Backend, InProcessBackend, RemoteBackend

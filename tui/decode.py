@@ -14,7 +14,7 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from appliance.policy import trusted_records
+from appliance.api import trusted_records
 from bftanchor.bftsig import verify_compact
 from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from appliance.devices.profiles import check_capability, load_profiles, match_profile
+from appliance.devices.capability import cannot_sign
+from appliance.devices.profiles import load_profiles, match_profile
 from bftanchor.usage import ArgumentParser, InputError, read_text
 
 
@@ -75,24 +76,16 @@ def load_epoch(epoch_file: Path):
 
 def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
     record = load_epoch(epoch_file)
-    reasons = []
-    if device.get("fingerprint") not in {v.fingerprint.hex() for v in record.validators}:
-        reasons.append(
-            f"device {device.get('fingerprint')} holds none of epoch {record.epoch}'s keys"
-        )
     profile = None
     if device.get("profile"):
         profile = next(p for p in load_profiles() if p.id == device["profile"])
-    if profile is None:
-        reasons.append(
-            f"no firmware profile matches {device.get('type')} {device.get('model')} "
-            f"firmware {device.get('firmware')}"
-        )
-    else:
-        reasons += check_capability(
-            profile, "wsh-sortedmulti", record.n, device.get("firmware"), account=record.epoch
-        )
-    return reasons
+    return cannot_sign(
+        record,
+        device.get("fingerprint"),
+        profile=profile,
+        device=f"{device.get('type')} {device.get('model')}",
+        firmware=device.get("firmware"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
