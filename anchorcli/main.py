@@ -30,12 +30,16 @@ EXIT_FAIL = EXIT_PROBLEM
 
 
 def _setup_logging(verbose: int) -> None:
+    from anchorcli.logformat import formatter
+
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    root = logging.getLogger()
+    if root.handlers:  # configured already (as logging.basicConfig would leave it)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(sys.stderr))  # journald priorities under systemd
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.DEBUG))
 
 
 def _check_datadir(datadir: Path, resume: bool = False) -> None:

@@ -279,3 +279,37 @@ def test_install_checks_fingerprint_member_and_key(team, pow_node, tmp_path):
     assert_refused(run(*inst, other, "--fingerprint", fp), "already holds another deployment")
     assert installed.read_bytes() == dep.read_bytes()
     installed.unlink()
+
+
+def test_show_and_epochs_refuse_malformed_or_foreign_input(team, tmp_path):
+    root, shares, draft, _ = team
+    for text in ("{", "[1]", '{"format": 3}'):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        assert_refused(run("deploy", "show", bad), "bad.json")
+    assert_refused(run("deploy", "show", tmp_path / "missing.json"), "cannot read")
+    assert_refused(run("deploy", "show", shares[0]), "share")
+    # The epochs file is built only from records that verify back to this epoch 0.
+    from bftanchor.deployment import Deployment
+    from bftanchor.publish import Publisher
+    from bftanchor.share import Draft
+    from bftanchor.template import Coin, Outpoint
+
+    d = Draft.load(draft)
+    dep = Deployment(d.chain, d.magic, Coin(Outpoint("ab" * 32, 0), 1000, 0), d.epoch0,
+                     d.handover_window)
+    dep_file = tmp_path / "deployment.json"
+    dep.save(dep_file)
+    ours = Publisher(tmp_path / "ours", d.epoch0)
+    out = tmp_path / "epochs.json"
+    rc, text, err = run("deploy", "epochs", "--deployment", dep_file, "--qc-source",
+                        ours.root, "--out", out)
+    assert rc == 0, err
+    assert json.loads(out.read_text()) == [d.epoch0.to_json()]
+    other = d.epoch0.to_json()
+    other["end_round"] += 5
+    Publisher(tmp_path / "theirs").publish_record(other)
+    assert_refused(run("deploy", "epochs", "--deployment", dep_file, "--qc-source",
+                       tmp_path / "theirs", "--out", tmp_path / "e2.json"), "differs")
+    assert_refused(run("deploy", "epochs", "--deployment", draft, "--qc-source", ours.root,
+                       "--out", tmp_path / "e3.json"), "genesis")
