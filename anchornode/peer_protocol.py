@@ -298,22 +298,35 @@ class Authenticator:
         head, body = split_frame(frame)
         return self.open_body(self.open_header(head, now), body, now)
 
-    def receive(self, sock: socket.socket, now: float | None = None) -> Message:
-        """Read one message from a socket: the header, authenticated, then its body."""
-        (h,) = struct.unpack(">I", _read_exact(sock, 4))
+    def receive(
+        self, sock: socket.socket, header_within: float = 2.0, now: float | None = None
+    ) -> Message:
+        """Read one message from a socket: the header (all of it within header_within
+        seconds, so a stranger holds a connection that long at most), authenticated,
+        then its body (under the socket's own timeout)."""
+        deadline = time.monotonic() + header_within
+        (h,) = struct.unpack(">I", _read_exact(sock, 4, deadline))
         if h > MAX_HEADER:
             raise PeerError(f"peer announced a header of {h} bytes, more than {MAX_HEADER}")
-        header = self.open_header(_read_exact(sock, h), now)
+        header = self.open_header(_read_exact(sock, h, deadline), now)
         return self.open_body(header, _read_exact(sock, header.length), now)
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def _read_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     buf = bytearray()
+    timeout = sock.gettimeout()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerError("peer too slow to send a message header")
+            sock.settimeout(left if timeout is None else min(left, timeout))
         chunk = sock.recv(min(n - len(buf), 65536))
         if not chunk:
             raise PeerError("connection closed mid-message")
         buf += chunk
+    if deadline is not None:
+        sock.settimeout(timeout)
     return bytes(buf)
 
 

@@ -62,7 +62,7 @@ class PeerServer:
                 try:
                     try:
                         msg = auth.receive(sock)
-                    except (PeerError, struct.error) as exc:
+                    except (PeerError, struct.error, TimeoutError) as exc:
                         write_frame(sock, responder.reject(exc, who))
                         _drain(sock)
                         return

@@ -2,7 +2,8 @@
 
 Read straight from the PoW chain (not from any node's memory): the coin, the last
 checkpoints with who signed and who missed them, how long since the last one, and
-an alert when the coin's epoch has gone too many blocks without a checkpoint.
+an alert when no checkpoint has confirmed for too many blocks (a stall, mid-epoch
+or not) and when the coin's epoch has gone too many blocks without one.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def chain_status(
             break
     status.coin, status.coin_epoch, status.coin_value = str(coin.outpoint), coin.epoch, coin.value
     status.checkpoints = rows[-last:]
+    # A stall anywhere, mid-epoch included: no checkpoint for alert_blocks blocks.
+    last_height = rows[-1]["height"] if rows else start
+    if tip - last_height >= alert_blocks:
+        status.alerts.append(
+            f"ALERT: no checkpoint for {tip - last_height} blocks, since height {last_height} "
+            f"(limit {alert_blocks})"
+        )
     if status.coin_epoch_known and coin.epoch not in seen_epochs and \
             tip - epoch_entered >= alert_blocks:
         status.alerts.append(
