@@ -214,10 +214,12 @@ class PeerResponder:
                 log.warning(
                     "refused proposal from %s: %s", msg.sender, short("; ".join(reasons), 400)
                 )
-                return "refuse", {"reasons": reasons}
+                return "refuse", self._refusal(reasons)
             signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts))
+            coin = self.view.coin.outpoint
             if not signed:
-                return "refuse", {"reasons": ["the appliance refused (see its journal)"]}
+                return "refuse", self._refusal(["the appliance refused (see its journal)"])
+            self.view.store.bind_qc(coin, msg.body["qc"])
             # Only what the appliance signed fixes this checkpoint's attempt here.
             txids = frozenset(PSBT.from_string(p).tx.txid().hex() for p in psbts)
             with self.view.lock:
@@ -232,6 +234,15 @@ class PeerResponder:
             len(signed),
         )
         return "signatures", {"psbts": signed}
+
+    def _refusal(self, reasons: list[str]) -> dict[str, Any]:
+        """A refusal's body; it names the QC this node's appliance is bound to for the
+        coin, so that an initiator not yet bound can propose that one (round.py)."""
+        body: dict[str, Any] = {"reasons": reasons}
+        bound = self.view.store.bound_qc(self.view.coin.outpoint)
+        if bound is not None:
+            body["bound_qc"] = bound
+        return body
 
     def on_broadcast(self, msg: Message) -> tuple[str, dict[str, Any]]:
         b = msg.body

@@ -1,14 +1,22 @@
 """The initiator's signing round: propose a fee ladder, collect k signatures, deliver.
 
-The initiator signs on its own appliance first, asks every peer in parallel and
-stops as soon as k valid signatures are in (a slow or silent peer catches up later
-from the lineage the next proposal carries). Each returned signature is checked
+The initiator asks every peer in parallel, signs on its own appliance once k - 1
+peers have, and stops as soon as k valid signatures are in (a slow or silent peer
+catches up later from the lineage the next proposal carries).
+
+An appliance never signs two payloads for one coin, so a node proposes the QC its
+appliance is already bound to for the coin (CheckpointStore.bound_qc), and an
+initiator not yet bound that is refused by peers bound to another QC proposes that
+one instead, once, in the same attempt. Without this, a stall that left some
+appliances signed for one QC and others for a newer one would stop the network
+for good. Each returned signature is checked
 against the epoch's key before it is kept; then every rung is finalized, the lowest
 is delivered to every PoW node and the whole ladder is announced to the peers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +37,7 @@ from anchornode.metrics import Metrics
 from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.errors import CheckpointError
-from bftanchor.qc import QC
+from bftanchor.qc import QC, verify_qc
 from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
 
 log = logging.getLogger("bft_anchor.node")
@@ -38,6 +46,14 @@ LINEAGE_MAX = 32
 
 # How a sealed message reaches a peer and its answer comes back (TCP by default).
 PeerSend = Callable[[PeerConfig, bytes, float], bytes]
+
+
+class Adopt(Exception):
+    """Peers are bound to another QC for this coin, and this node is not: propose it."""
+
+    def __init__(self, qc: QC) -> None:
+        super().__init__(f"adopt epoch {qc.epoch} round {qc.round}")
+        self.qc = qc
 
 
 def tcp_send(peer: PeerConfig, data: bytes, timeout: float) -> bytes:
@@ -113,6 +129,50 @@ class SigningRound:
     def run(self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool) -> str:
         """One attempt at checkpoint `seq`; the txid delivered, or CheckpointFailed."""
         t0 = time.monotonic()
+        bound = self.view.store.bound_qc(coin.outpoint)
+        if bound is not None and bound != qc.to_json():
+            qc = QC.from_json(bound)
+            handover = self.is_handover(coin, qc)
+            log.info("coin %s: proposing epoch %d round %d, the QC this appliance signed for it",
+                     coin.outpoint, qc.epoch, qc.round)
+        try:
+            return self._attempt(seq, attempt, coin, qc, handover, t0)
+        except Adopt as adopt:
+            log.warning(
+                "peers are bound to epoch %d round %d for coin %s: proposing that QC",
+                adopt.qc.epoch, adopt.qc.round, coin.outpoint,
+            )
+            return self._attempt(seq, attempt, coin, adopt.qc, self.is_handover(coin, adopt.qc), t0)
+
+    def is_handover(self, coin: Coin, qc: QC) -> bool:
+        """Whether a checkpoint of this QC hands the coin over (its round is in the window)."""
+        record = self.view.records[coin.epoch]
+        window = self.view.deployment.handover_window
+        return (
+            coin.epoch + 1 in self.view.records
+            and record.end_round - window < qc.round <= record.end_round
+        )
+
+    def _adoptable(self, coin: Coin, offered: dict[str, Any], qc: QC) -> QC | None:
+        """The QC most peers said they are bound to, if it verifies and differs from qc."""
+        counts: dict[str, int] = {}
+        for q in offered.values():
+            key = json.dumps(q, sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+        for key, _ in sorted(counts.items(), key=lambda kv: -kv[1]):
+            try:
+                cand = QC.from_json(json.loads(key))
+                if cand.epoch != coin.epoch or cand.to_json() == qc.to_json():
+                    continue
+                verify_qc(cand, self.view.records[coin.epoch])
+                return cand
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                continue
+        return None
+
+    def _attempt(
+        self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool, t0: float
+    ) -> str:
         view, cfg = self.view, self.cfg
         psbts = build_ladder(
             cfg, view.records, view.deployment.magic, view.rpcs, coin, qc, handover
@@ -147,13 +207,24 @@ class SigningRound:
                 return
             signed_by.append(vid)
 
-        take(self.me, sign_locally(self.appliance, self.metrics, body))
         deadline = t0 + cfg.schedule.initiator_timeout * 0.8
         k = source.threshold
+        offered: dict[str, Any] = {}  # peer -> the QC it said it is bound to for this coin
         pending = {self.pool.submit(self.ask_peer, p, body, deadline): p for p in cfg.peers}
-        # Stop as soon as k have signed: a slow or silent peer must not delay the round
-        # (it catches up later from the lineage the next proposal carries).
+
+        def sign_here() -> None:
+            signed = sign_locally(self.appliance, self.metrics, body)
+            if signed:
+                view.store.bind_qc(coin.outpoint, body["qc"])
+            take(self.me, signed)
+
+        # This node signs once k - 1 peers have (so that, not yet bound, it could still
+        # adopt the QC its peers are bound to); stop as soon as k have signed: a slow or
+        # silent peer must not delay the round.
         while pending and len(signed_by) < k:
+            if len(signed_by) == k - 1 and self.me not in signed_by:
+                sign_here()
+                continue
             done, _ = wait(
                 pending, timeout=max(0.05, deadline - time.monotonic()), return_when=FIRST_COMPLETED
             )
@@ -162,13 +233,21 @@ class SigningRound:
             for fut in done:
                 peer = pending.pop(fut)
                 try:
-                    reply = fut.result()
+                    reply, bound = fut.result()
                 except Exception as exc:
                     log.warning("peer %s: no answer: %s", peer.id, exc)
                     continue
                 if reply is not None:
                     take(peer.id, reply)
+                elif bound is not None:
+                    offered[peer.id] = bound
+        if len(signed_by) == k - 1 and self.me not in signed_by:
+            sign_here()
         if len(signed_by) < k:
+            if self.me not in signed_by and view.store.bound_qc(coin.outpoint) is None:
+                other = self._adoptable(coin, offered, qc)
+                if other is not None:
+                    raise Adopt(other)
             raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")
         rungs, fees = [], []
         wallet = fee_wallet(cfg, view.rpcs) if len(collected[0].inputs) > 1 else None
@@ -209,8 +288,11 @@ class SigningRound:
             self.pool.submit(self.announce, p, announce)
         return txid
 
-    def ask_peer(self, peer: PeerConfig, body: dict[str, Any], deadline: float) -> list[str] | None:
-        """A peer's signed PSBTs, or None when it refused or did not answer."""
+    def ask_peer(
+        self, peer: PeerConfig, body: dict[str, Any], deadline: float
+    ) -> tuple[list[str] | None, Any]:
+        """(the peer's signed PSBTs, None), or (None, the QC it says it is bound to for
+        this coin, if any) when it refused or did not answer."""
         epoch = min(int(e["epoch"]) for e in body["records"])
         data = seal("propose", self.me, epoch, body, self.secret)
         timeout = max(0.5, deadline - time.monotonic())
@@ -218,17 +300,17 @@ class SigningRound:
             msg = self.auth.open(self.send(peer, data, timeout))
         except PeerError as exc:
             log.warning("peer %s: %s", peer.id, exc)
-            return None
+            return None, None
         if msg.sender != peer.id:
             log.warning("peer %s answered as %s: dropped", peer.id, msg.sender)
-            return None
+            return None, None
         if msg.type == "signatures":
-            return list(msg.body.get("psbts") or [])
+            return list(msg.body.get("psbts") or []), None
         reasons = msg.body.get("reasons") or [msg.type]
         for r in reasons:
             self.metrics.refusal(str(r))
         log.warning("validator %s refused: %s", peer.id, "; ".join(map(str, reasons)))
-        return None
+        return None, msg.body.get("bound_qc")
 
     def announce(self, peer: PeerConfig, body: dict[str, Any]) -> None:
         try:

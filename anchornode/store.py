@@ -9,10 +9,17 @@ the coin it follows has a known child that is in neither the chain nor the
 mempool it sends that child again. Several children of one coin are ladder rungs
 (one payload, fee levels) or RBF replacements: the one seen confirmed is preferred,
 then the others in the order they were seen (a ladder's rungs lowest fee first).
+
+It also keeps, per coin, the QC this node's appliance signed first: an appliance
+never signs a second payload for the same coin, so proposing a newer QC for a coin
+that some appliances already signed could split the validators for good (two
+signed for one payload, two for another, k = 3 of 4). The node proposes, and tells
+its peers about, the QC it is bound to instead.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -31,6 +38,10 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     confirmed_height INTEGER       -- last height it was seen confirmed at, NULL if never
 );
 CREATE INDEX IF NOT EXISTS checkpoint_spends ON checkpoint (spends);
+CREATE TABLE IF NOT EXISTS signed_qc (
+    coin TEXT PRIMARY KEY,         -- "txid:vout"
+    qc TEXT NOT NULL               -- the QC (JSON) this node's appliance first signed for it
+);
 """
 
 
@@ -72,6 +83,21 @@ class CheckpointStore:
             ).fetchall()
         confirmed = [raw for raw, c in rows if c]
         return confirmed + [raw for raw, c in rows if not c]
+
+    def bind_qc(self, coin: Outpoint, qc_json: dict) -> None:
+        """Remember the QC this node's appliance signed for coin (the first one wins)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO signed_qc (coin, qc) VALUES (?, ?)",
+                (f"{coin.txid}:{coin.vout}", json.dumps(qc_json, sort_keys=True)),
+            )
+
+    def bound_qc(self, coin: Outpoint) -> dict | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT qc FROM signed_qc WHERE coin = ?", (f"{coin.txid}:{coin.vout}",)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
 
     def __len__(self) -> int:
         with self._lock:

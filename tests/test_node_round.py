@@ -181,11 +181,12 @@ def test_failover_hands_the_attempt_to_the_next_validator(net: Net) -> None:
 def test_bad_signatures_and_refusals_do_not_count(net: Net) -> None:
     qc = net.qc(10)
     v0 = net.nodes["v0"]
-    # v1 signs with v2's key; v2 refuses: only v0 and v3 sign, k = 3 is not reached.
+    # v1 signs with v2's key; v2 refuses: only v3 signs, so v0 (which signs once k - 1
+    # peers have) does not sign either, and k = 3 is not reached.
     net.node("v1", WrongKey(net.appliances["v2"]))
     net.node("v2", Refusing())
     v0.view.poll()
-    with pytest.raises(CheckpointFailed, match="2 of 3 signatures"):
+    with pytest.raises(CheckpointFailed, match=r"1 of 3 signatures \(v3\)"):
         v0.round.run(0, 0, v0.view.coin, qc, False)
     assert net.chain.sent == []
 
@@ -370,3 +371,35 @@ def test_nothing_newer_to_anchor_waits_for_a_newer_qc(net: Net) -> None:
     net.qc(11)
     assert v1.tick(now=1002.0) is not None
     assert len(net.chain.sent) == 2
+
+
+def test_an_initiator_adopts_the_qc_its_peers_are_bound_to(net: Net) -> None:
+    """After a stall, two appliances signed for one QC of the coin and a returning
+    initiator proposes a newer one: it must propose the bound QC, or k = 3 of 4 is
+    never reached again (an appliance signs one payload per coin)."""
+    old = net.qc(10)
+    v1, v2 = net.nodes["v1"].responder, net.nodes["v2"].responder
+    for r in (v1, v2):  # v1 and v2 signed v0's attempt for QC 10, v3 was away
+        assert r.on_propose(msg("v0", net.proposal("v0", old)))[0] == "signatures"
+    net.qc(30)
+    for node in net.nodes.values():  # attempt 3 (v3's turn) is due by now, say
+        node.responder.attempt_limit = lambda seq, now: 4
+    v3 = net.nodes["v3"]
+    v3.view.poll()
+    txid = v3.round.run(0, 3, v3.view.coin, net.source.latest(), False)
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    payload = tx.vout[0].script_pubkey.data
+    assert payload[-32:] == old.commit_state_id
+    assert net.nodes["v3"].store.bound_qc(net.nodes["v3"].view.coin.outpoint) == old.to_json()
+
+
+def test_a_bound_node_proposes_its_bound_qc(net: Net) -> None:
+    old = net.qc(10)
+    assert net.nodes["v1"].responder.on_propose(msg("v0", net.proposal("v0", old)))[0] \
+        == "signatures"
+    net.qc(30)
+    v1 = net.nodes["v1"]
+    v1.view.poll()
+    txid = v1.round.run(0, 1, v1.view.coin, net.source.latest(), False)
+    payload = Transaction.from_string(net.chain.mempool[txid]).vout[0].script_pubkey.data
+    assert payload[-32:] == old.commit_state_id
