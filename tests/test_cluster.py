@@ -183,8 +183,12 @@ def test_lying_peer_is_refused_and_checkpoints_continue(cluster):
 
 def test_one_pow_node_down_delivery_continues(cluster):
     c = cluster
-    c.pow[0].stop()
-    wait_more(c, 2, 90)
+    c.pow[0].stop(keep_datadir=True)
+    try:
+        wait_more(c, 2, 90)
+    finally:  # the next test must find both PoW nodes running, as the module started them
+        c.restart_pow(0)
+        c.wait_synced()
 
 
 def test_three_epochs_audit(cluster):

@@ -128,6 +128,7 @@ def test_one_validator_cannot_halt_the_network_with_an_absurd_attempt(cluster, w
                                         seal("propose", "v3", 0, body, liar.bft_secret), 10))
             assert reply["type"] == "refuse", reply
     took = watch.wait_more(1, 4 * RESUME, "after the absurd proposals")
+    print(f"absurd attempt: next checkpoint {took:.1f} s after the fault (bound {RESUME:.0f})")
     assert took <= RESUME, f"checkpoints resumed {took:.1f} s after the fault"
     assert any("ahead of this node's clock" in c.logs(m.id) for m in c.members if m is not liar)
 
@@ -219,6 +220,7 @@ def test_socket_fuzz_keeps_checkpoints_and_memory_bounded(cluster, watch):
         for s in idle:
             s.close()
     assert target.node.poll() is None
+    print(f"fuzz: node RSS {min(rss):.0f}..{max(rss):.0f} MB over {len(rss)} samples")
     assert max(rss) < 100, f"node RSS reached {max(rss):.0f} MB"
     # Still answering, and not holding what it was sent.
     text = urllib.request.urlopen(
@@ -245,6 +247,7 @@ def test_pow_node_restart_new_cookie_and_failover(cluster, watch):
         # Now the second goes down: only the restarted node, with its new cookie, is left.
         c.pow[1].stop(keep_datadir=True)
         took = watch.wait_more(1, 4 * RESUME, "with only the restarted PoW node")
+        print(f"PoW restart: next checkpoint {took:.1f} s after the other PoW node stopped")
         assert took <= RESUME + 2 * OPTS.block_interval, took
     finally:
         if not c.pow[1].running:
@@ -294,6 +297,8 @@ def test_a_reorg_that_drops_checkpoints_is_restored(cluster, watch):
     finally:
         fork.stop()
     # Each dropped checkpoint needs its own block (one-block relative lock), then a new one.
+    print(f"reorg: {len(dropped)} dropped checkpoints back and a new one {took:.1f} s after "
+          "mining resumed")
     assert took <= RESUME + len(dropped) * OPTS.block_interval, took
     logs = "".join(c.logs(m.id) for m in c.members)
     assert "dropped from the chain (reorganisation): sent it again" in logs
