@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from bftanchor.signreply import SignReply
+
 
 class ApplianceClient(Protocol):
     def sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
-    ) -> dict[str, Any]:
-        """{"signed": bool, "psbt": str | None, "reasons": [str], ...}"""
-        ...
+    ) -> SignReply: ...
 
 
 class InProcessAppliance:
@@ -21,5 +21,5 @@ class InProcessAppliance:
 
     def sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
-    ) -> dict[str, Any]:
-        return self.appliance.handle_sign(psbt_b64, qc_json, records_json, lineage).to_json()
+    ) -> SignReply:
+        return self.appliance.handle_sign(psbt_b64, qc_json, records_json, lineage).reply()

@@ -50,6 +50,7 @@ from bftanchor.epoch import verify_chain
 from bftanchor.network import network
 from bftanchor.payload import Payload
 from bftanchor.share import Draft, KeyShare, build_epoch0
+from bftanchor.signreply import SignReply
 from bftanchor.template import Outpoint
 
 log = logging.getLogger("bft_anchor.devnet")
@@ -103,7 +104,7 @@ class LinkAppliance:
         )
         self.client = LinkApplianceClient(self.master, timeout=30)
 
-    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> SignReply:
         return self.client.sign(psbt_b64, qc_json, records_json, lineage)
 
     def install_record(self, record_json: Any) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bftanchor.link.messages import MsgType
 from bftanchor.link.transport import LinkClient, LinkEndpoint, LinkError, LinkTimeout, open_serial
+from bftanchor.signreply import SignReply
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -85,7 +86,7 @@ class LinkApplianceClient:
 
     def sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
-    ) -> dict[str, Any]:
+    ) -> SignReply:
         payload: dict[str, Any] = {"psbt": psbt_b64, "qc": qc_json, "records": records_json}
         if lineage:
             payload["lineage"] = lineage
@@ -94,18 +95,10 @@ class LinkApplianceClient:
             try:
                 reply = self.request(MsgType.SIGN_REQUEST, payload)
             except LinkError as exc:
-                return {"signed": False, "psbt": None, "reasons": [f"appliance link: {exc}"]}
-            if reply.type == MsgType.SIGN_REPLY:
-                return {"signed": True, "psbt": reply.payload["psbt"], "reasons": []}
-            if reply.type == MsgType.REFUSAL:
-                return {"signed": False, "psbt": None, "reasons": list(reply.payload["reasons"])}
-            if time.monotonic() >= deadline:  # PENDING
-                return {
-                    "signed": False,
-                    "psbt": None,
-                    "pending": True,
-                    "reasons": [reply.payload.get("message", "pending approval")],
-                }
+                return SignReply.refusal([f"appliance link: {exc}"])
+            answer = SignReply.from_link(reply.type, reply.payload)
+            if not answer.pending or time.monotonic() >= deadline:
+                return answer
             time.sleep(self.poll)
 
     def status(self) -> dict[str, Any]:

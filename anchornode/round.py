@@ -67,13 +67,12 @@ def sign_locally(
     out = []
     for b64 in body["psbts"]:
         reply = appliance.sign(b64, body["qc"], body["records"], body["lineage"])
-        if not reply.get("signed"):
-            reasons = reply.get("reasons") or ["refused"]
-            for r in reasons:
+        if not reply.signed or reply.psbt is None:
+            for r in reply.reasons:
                 metrics.refusal(r)
-            log.warning("own appliance refused: %s", "; ".join(reasons))
+            log.warning("own appliance refused: %s", "; ".join(reply.reasons))
             break
-        out.append(reply["psbt"])
+        out.append(reply.psbt)
     return out
 
 

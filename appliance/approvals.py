@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.signing import Appliance, request_hash
+from bftanchor.signreply import SignReply
 
 
 @dataclass
@@ -61,42 +62,36 @@ class ApprovalQueue:
             self.appliance.journal.set_meta("approval_mode", mode)
             self.appliance.journal.log("approval-mode", {"from": old, "to": mode, "by": who})
 
-    def submit(self, psbt: str, qc: Any, records: Any, lineage: list[str] | None) -> dict:
+    def submit(self, psbt: str, qc: Any, records: Any, lineage: list[str] | None) -> SignReply:
         """Answer a sign request: signed, refused, or pending an operator."""
         with self.lock:
             if self.mode == "auto":
-                return self.appliance.handle_sign(psbt, qc, records, lineage).to_json()
+                return self.appliance.handle_sign(psbt, qc, records, lineage).reply()
             rid = request_hash(psbt, qc, records)[:16]
             item = self.items.get(rid)
             if item is not None and item.state != "pending":
                 if item.state == "approved":
                     # Signed when approved: the journal answers, with the bytes that left.
-                    return self.appliance.handle_sign(psbt, qc, records, lineage).to_json()
+                    return self.appliance.handle_sign(psbt, qc, records, lineage).reply()
                 if item.outcome is not None:
                     # Approved, but the policy or the journal refused it by then: say why,
                     # not that the operator refused.
-                    return item.outcome
-                return {"signed": False, "reasons": ["refused by the operator"], "psbt": None}
+                    return SignReply.refusal(item.outcome.get("reasons") or [])
+                return SignReply.refusal(["refused by the operator"])
             if item is None:
                 verdict, _, _ = self.appliance.decide(psbt, qc, records, lineage)
                 if not verdict.ok:
-                    return self.appliance.handle_sign(psbt, qc, records, lineage).to_json()
+                    return self.appliance.handle_sign(psbt, qc, records, lineage).reply()
                 existing = (
                     self.appliance.journal.state().by_txid(verdict.candidate.txid)
                     if verdict.candidate
                     else None
                 )
                 if existing is not None and existing.signed_psbt:
-                    return self.appliance.handle_sign(psbt, qc, records, lineage).to_json()
+                    return self.appliance.handle_sign(psbt, qc, records, lineage).reply()
                 item = PendingRequest(rid, time.time(), psbt, qc, records, lineage, verdict.summary)
                 self.items[rid] = item
-            return {
-                "signed": False,
-                "pending": True,
-                "id": rid,
-                "psbt": None,
-                "reasons": ["waiting for the operator's approval"],
-            }
+            return SignReply.held(rid)
 
     def pending(self) -> list[PendingRequest]:
         with self.lock:

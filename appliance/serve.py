@@ -54,20 +54,10 @@ class ApplianceService:
                 "epochs": sorted(self.appliance.held_records()),
             }
         if msg_type == MsgType.SIGN_REQUEST:
-            out = self.queue.submit(
+            reply = self.queue.submit(
                 payload["psbt"], payload["qc"], payload["records"], payload.get("lineage")
             )
-            if out.get("signed"):
-                return MsgType.SIGN_REPLY, {
-                    "psbt": out["psbt"],
-                    "from_journal": bool(out.get("from_journal")),
-                }
-            if out.get("pending"):
-                return MsgType.PENDING, {
-                    "request_id": request_id,
-                    "message": f"held for approval as {out['id']}",
-                }
-            return MsgType.REFUSAL, {"reasons": out.get("reasons") or ["refused"]}
+            return reply.to_link(request_id)
         if msg_type == MsgType.STATUS_REQUEST:
             return MsgType.STATUS_REPLY, self.status()
         if msg_type == MsgType.INSTALL_RECORD:

@@ -28,6 +28,7 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC
+from bftanchor.signreply import SignReply
 from bftanchor.template import verify_partial_sig
 
 log = logging.getLogger("bft_anchor.appliance")
@@ -56,6 +57,12 @@ class SignOutcome:
     psbt: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     from_journal: bool = False
+
+    def reply(self) -> SignReply:
+        """What goes back to the node: the signed PSBT, or every reason for refusing."""
+        if self.signed and self.psbt is not None:
+            return SignReply.signature(self.psbt, self.from_journal)
+        return SignReply.refusal(self.reasons)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -27,6 +27,7 @@ from bench.context import BenchContext
 from bench.fleet import FEE_RATE, BenchFleet
 from bench.table import Row
 from bench.timing import keep_going, median, p95
+from bftanchor.signreply import SignReply
 
 NAME = "node_latency"
 SIZES = (4, 7, 15)
@@ -42,7 +43,7 @@ class TimedAppliance(InProcessAppliance):
         self.spent = spent
         self.lock = lock
 
-    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> SignReply:
         t0 = time.perf_counter()
         try:
             return super().sign(psbt_b64, qc_json, records_json, lineage)

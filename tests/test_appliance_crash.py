@@ -478,8 +478,8 @@ def test_copies_taken_while_signing_keep_every_signature_that_left(regtest, tmp_
                     req = make_req(fleet, "progress", coin, fleet.qc(rnd), 500)
                 made[req.txid] = req
                 out = client.sign(req.psbt, req.qc, req.records, None)
-                assert out["signed"], out
-                v0_signature(fleet, out["psbt"])
+                assert out.signed, out
+                v0_signature(fleet, out.psbt)
                 left.append(req)
                 tip = req
         finally:

@@ -216,10 +216,10 @@ def test_sign_round_trip_over_the_pty(served):
     qc = fleet.qc(5)
     req = make_req(fleet, fleet.genesis, qc)
     out = client.sign(*req.args)
-    assert out["signed"], out
-    signed = PSBT.from_string(out["psbt"])
+    assert out.signed, out
+    signed = PSBT.from_string(out.psbt)
     assert signed.tx.txid().hex() == req.txid  # the very transaction asked for
-    sig = v0_signature(fleet, out["psbt"])  # verifies against the sighash
+    sig = v0_signature(fleet, out.psbt)  # verifies against the sighash
     other = make_req(fleet, fleet.genesis, qc, fee=700)  # same payload, another tx
     with pytest.raises(CheckpointError):
         verify_partial_sig(PSBT.from_string(other.psbt), 0, EpochMultisig(fleet.records[0]),
@@ -247,7 +247,7 @@ def test_sign_round_trip_over_the_pty(served):
     # Asked again (a new request id): answered from the journal, the same bytes.
     again = client.request(MsgType.SIGN_REQUEST, req.payload)
     assert again.type == MsgType.SIGN_REPLY and again.payload["from_journal"] is True
-    assert again.payload["psbt"] == out["psbt"]
+    assert again.payload["psbt"] == out.psbt
     assert served.alive()
     assert served.stop() == 0  # SIGTERM: a clean stop
 
@@ -260,14 +260,14 @@ def test_the_node_keeps_its_link_across_an_appliance_restart(served):
     client = LinkApplianceClient(served.master, timeout=0.5)
     req = make_req(fleet, fleet.genesis, fleet.qc(6))
     first = client.sign(*req.args)
-    assert first["signed"], first
+    assert first.signed, first
     served.proc.kill()
     served.proc.wait()
     down = client.sign(*req.args)
-    assert not down["signed"] and "appliance link" in down["reasons"][0]
+    assert not down.signed and "appliance link" in down.reasons[0]
     served.start()
     again = client.sign(*req.args)
-    assert again["signed"] and again["psbt"] == first["psbt"]
+    assert again.signed and again.psbt == first.psbt
     assert client.status()["journal_head"]["txid"] == req.txid
 
 
@@ -419,8 +419,8 @@ def test_pairing_secret_decides_who_may_ask(served):
     paired = LinkApplianceClient(served.master, secret=secret, timeout=10)
     first = make_req(fleet, fleet.genesis, fleet.qc(4))
     out = paired.sign(*first.args)
-    assert out["signed"], out
-    v0_signature(fleet, out["psbt"])
+    assert out.signed, out
+    v0_signature(fleet, out.psbt)
 
     second = make_req(fleet, first.coin, fleet.qc(9))
     wrong = LinkApplianceClient(served.master, secret=b"w" * 32, timeout=5)
@@ -428,15 +428,15 @@ def test_pairing_secret_decides_who_may_ask(served):
     with pytest.raises(LinkAuthError, match="HMAC tag does not match"):
         wrong.status()
     refused = wrong.sign(*second.args)
-    assert not refused["signed"] and refused["psbt"] is None
-    assert "pairing authentication failed" in refused["reasons"][0]
+    assert not refused.signed and refused.psbt is None
+    assert "pairing authentication failed" in refused.reasons[0]
     assert time.monotonic() - started < 4  # refused at once, not timed out
 
     unpaired = LinkApplianceClient(served.master, secret=None, timeout=5)
     with pytest.raises(LinkAuthError, match="this side has no secret") as err:
         unpaired.status()
     assert "paired with this node" in str(err.value)
-    assert not unpaired.sign(*second.args)["signed"]
+    assert not unpaired.sign(*second.args).signed
 
     # Nothing was signed for them; the paired node still has its link (the failed
     # clients did not tear the pty down) and its request is signed fresh.
@@ -465,14 +465,14 @@ def test_manual_approval(served):
     qa = fleet.qc(5)
     a = make_req(fleet, fleet.genesis, qa)
     held = client.sign(*a.args)
-    assert held["pending"] and not held["signed"] and held["psbt"] is None
-    assert a.id in held["reasons"][0]
+    assert held.pending and not held.signed and held.psbt is None
+    assert a.id in held.reasons[0]
     (item,) = served.ctl(cmd="pending")["pending"]
     assert item["id"] == a.id and item["state"] == "pending"
     assert item["summary"]["txid"] == a.txid
     assert (item["summary"]["epoch"], item["summary"]["round"]) == (0, 5)
     assert served.signed_rows() == []  # held is not signed
-    assert client.sign(*a.args)["pending"]  # asking again while held: still pending
+    assert client.sign(*a.args).pending  # asking again while held: still pending
     approved = served.ctl(cmd="approve", id=a.id)
     assert approved["ok"] and approved["outcome"]["signed"]
     assert pending_ids(served) == []
@@ -496,12 +496,12 @@ def test_manual_approval(served):
     t.start()
     out = waiting.sign(*b.args)
     t.join()
-    assert out["signed"], out
-    v0_signature(fleet, out["psbt"])
+    assert out.signed, out
+    v0_signature(fleet, out.psbt)
 
     # C: refused by the operator: a logged refusal and no signature for it, ever.
     c = make_req(fleet, b.coin, fleet.qc(11))
-    assert client.sign(*c.args)["pending"]
+    assert client.sign(*c.args).pending
     assert served.ctl(cmd="refuse", id=c.id)["ok"]
     no = client.request(MsgType.SIGN_REQUEST, c.payload)
     assert no.type == MsgType.REFUSAL and no.payload["reasons"] == ["refused by the operator"]
@@ -534,7 +534,7 @@ def test_an_approval_cannot_override_the_journal(served):
     qc = fleet.qc(5)
     one = make_req(fleet, fleet.genesis, qc)
     other = make_req(fleet, fleet.genesis, twin_qc(fleet, qc))
-    assert client.sign(*one.args)["pending"] and client.sign(*other.args)["pending"]
+    assert client.sign(*one.args).pending and client.sign(*other.args).pending
     assert sorted(pending_ids(served)) == sorted([one.id, other.id])
     assert served.ctl(cmd="approve", id=one.id)["outcome"]["signed"]
     second = served.ctl(cmd="approve", id=other.id)["outcome"]

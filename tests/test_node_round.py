@@ -34,6 +34,7 @@ from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
 from bftanchor.qc import QC
+from bftanchor.signreply import SignReply
 from bftanchor.template import Coin, Outpoint
 
 N = 4
@@ -41,8 +42,8 @@ ROUNDS = 100
 
 
 class Refusing:
-    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
-        return {"signed": False, "psbt": None, "reasons": ["refused by a test"]}
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> SignReply:
+        return SignReply.refusal(["refused by a test"])
 
 
 class WrongKey:
@@ -51,8 +52,8 @@ class WrongKey:
     def __init__(self, other: Appliance) -> None:
         self.other = other
 
-    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> dict:
-        return self.other.handle_sign(psbt_b64, qc_json, records_json, lineage).to_json()
+    def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> SignReply:
+        return self.other.handle_sign(psbt_b64, qc_json, records_json, lineage).reply()
 
 
 class Net:
