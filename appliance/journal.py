@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -331,6 +332,10 @@ def _db_error(path: Path, exc: sqlite3.Error) -> JournalError:
     return JournalError(f"journal {path}: {text}")
 
 
+# Below this much free space where the journal lives, the appliance does not start.
+MIN_FREE_BYTES = 1 << 20
+
+
 def new_journal_id() -> str:
     return secrets.token_hex(16)
 
@@ -357,6 +362,16 @@ class Journal:
             if self.path.stat().st_size == 0:
                 raise JournalError(f"journal {self.path} is empty; this appliance was "
                                    f"initialized with journal {journal_id}: restore it")
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = None
+        if free is not None and free < MIN_FREE_BYTES:
+            # Refuse at start rather than fail at the first signature: nothing could be
+            # journaled, so nothing could be signed.
+            raise JournalFull(f"journal {self.path}: disk full ({free} bytes free, at least "
+                              f"{MIN_FREE_BYTES} needed); free space, nothing is signed "
+                              "until then")
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, timeout=30, check_same_thread=False
