@@ -128,13 +128,15 @@ class NullModem:
 def node_toml(vid: str, listen: str, metrics: str, peers: dict[str, str], pow_url: str,
               cookie: Path, link: str, deployment: str = "deployment.json",
               qc_source: str = "../bft", bft_key: str = "bft.key",
-              schedule: str = "") -> str:
+              schedule: str = "", secret_file: str | None = None) -> str:
     """A node.toml as an operator writes it from `bft-anchor node --example-config`."""
     peer_text = "".join(f'\n[[peers]]\nid = "{p}"\naddress = "{a}"\n' for p, a in peers.items())
     return (
         f'validator_id = "{vid}"\nbft_key_file = "{bft_key}"\ndeployment = "{deployment}"\n'
         f'qc_source = "{qc_source}"\nlisten = "{listen}"\nmetrics = "{metrics}"\n\n'
-        f'[appliance]\nlink = "{link}"\n{peer_text}\n'
+        f'[appliance]\nlink = "{link}"\n'
+        + (f'secret_file = "{secret_file}"\n' if secret_file else "")
+        + f'{peer_text}\n'
         f'[pow]\nnodes = [{{ url = "{pow_url}", cookie = "{cookie}" }}]\n'
         + (f"\n[schedule]\n{schedule}\n" if schedule else "")
     )

@@ -292,6 +292,14 @@ def test_link_without_appliance(site):
     only_failure(f, "link", "appliance serve", "pairing secret")
 
 
+def test_link_not_paired(site):
+    """The node holds a pairing secret the appliance does not: every frame fails its MAC."""
+    (site.root / "op0" / "wrong.secret").write_text("ab" * 32 + "\n")
+    rc, f, _ = doctor("--node", site.variant("unpaired", secret_file="wrong.secret"))
+    assert rc == 1
+    only_failure(f, "link", "same pairing secret")
+
+
 def test_appliance_without_deployment(site, tmp_path):
     d = tmp_path / "app"
     assert run("appliance", "init", d, "--validator-id", "v1")[0] == 0
