@@ -256,3 +256,18 @@ def test_journal_moves_only_by_export_and_import(world, tmp_path):
     refused_imp = run("appliance", "journal", "import", "--config", str(new.config), str(bad))
     assert refused_imp.returncode == 1 and "conflicts with this journal" in refused_imp.stderr
     assert len(refused_imp.stderr.strip().splitlines()) == 1
+
+
+def test_only_sighash_all_is_signed(world):
+    """Item 6, through the command: an input asking for another sighash type is refused
+    with the reason (the signers refuse it too: test_hwi_signer.py)."""
+    qc = world.sim.qc(0, 5)
+    for i, sighash in enumerate((0x02, 0x81, 0x83)):
+        p = propose(GENESIS, qc, world.records, False, 2.0 + i, MAGIC)
+        p.psbt.inputs[0].sighash_type = sighash
+        refused(world, world.request(p.psbt, qc),
+                f"input 0 asks for sighash type {sighash:#x}, expected SIGHASH_ALL (0x1) only")
+    p = propose(GENESIS, qc, world.records, False, 2.0, MAGIC)
+    p.psbt.inputs[0].sighash_type = 0x01  # asking for SIGHASH_ALL explicitly is fine
+    rc, out, _ = world.sign(world.request(p.psbt, qc))
+    assert rc == 0 and out["signed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from clidirs import cli_dir, cli_sign
 from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
@@ -92,7 +93,7 @@ def test_topup_input_locked_by_the_multisig_is_refused(fleet, regtest):
     assert any("locked by a checkpoint multisig" in r for r in out.reasons), out.reasons
 
 
-def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest):
+def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest, request, tmp_path):
     """Issue 10 item 1. A top-up declaring more than it holds would let the initiator
     shrink the coin and pay itself the difference as change, with every appliance
     reporting a normal fee (segwit v0 signs the coin's amount, not the top-ups'). Every
@@ -114,10 +115,12 @@ def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest):
     attack.outputs[2].value += lie
     assert attack.tx.vout[1].value == fleet.coin.value + honest.amount - lie
     b64 = attack.to_string()
-    for vid, appliance in fleet.appliances.items():
-        out = appliance.handle_sign(*fleet.request(b64, qc))
-        assert not out.signed, vid
-        text = " | ".join(out.reasons)
+    for vid in fleet.appliances:  # offered to every appliance, through its command
+        rc, out = cli_sign(cli_dir(fleet, vid, request.node.name),
+                           dict(zip(("psbt", "qc", "records"), fleet.request(b64, qc),
+                                    strict=True)), tmp_path / f"attack-{vid}.json")
+        assert rc == 1 and not out["signed"], vid
+        text = " | ".join(out["reasons"])
         assert "carries no non_witness_utxo" in text, text
     # The same lie with the real previous transaction attached: the proof contradicts it.
     with_proof = PSBT.from_string(b64)

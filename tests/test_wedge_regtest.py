@@ -15,8 +15,9 @@ import subprocess
 import sys
 
 import pytest
+from clidirs import cli_dir
 from embit.transaction import Transaction
-from helpers import MAGIC, Fleet, seed_for, twin_qc
+from helpers import MAGIC, Fleet, twin_qc
 
 from anchorharness.proposal import assemble, collect, propose
 from bftanchor.template import Coin, Outpoint, finalize
@@ -45,18 +46,6 @@ def ask(fleet: Fleet, vid: str, coin: Coin, qc, lineage: list[str] | None = None
 
 def out1(tx: Transaction) -> Coin:
     return Coin(Outpoint(tx.txid().hex(), 1), tx.vout[1].value, 0)
-
-
-def cli_dir(fleet: Fleet, vid: str, tag: str):
-    """The appliance's own directory, as `bft-anchor appliance` reads it (same journal)."""
-    d = fleet.tmp / f"cli-{vid}"
-    d.mkdir()
-    fleet.deployment.save(d / "deployment.json")
-    (d / "seed.txt").write_text("hex:" + seed_for(f"{tag}/{vid}").hex() + "\n")
-    (d / "appliance.toml").write_text(
-        f'deployment = "deployment.json"\njournal = "{fleet.tmp / f"{vid}.sqlite"}"\n'
-        f'validator_id = "{vid}"\n[signer]\nkind = "software"\nseed_file = "seed.txt"\n')
-    return d / "appliance.toml"
 
 
 def test_honest_appliances_follow_the_real_chain_whatever_they_were_shown(regtest, tmp_path):
