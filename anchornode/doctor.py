@@ -424,6 +424,7 @@ def check_appliance(path: Path, rep: Report) -> None:
         return
     record = deployment.epoch0
     rep.ok("deployment", f"{deployment.chain}, genesis {deployment.genesis.outpoint}")
+    _check_journal(rep, cfg, deployment)
     member = next((v for v in record.validators if v.id == cfg.validator_id), None)
     if member is None:
         rep.fail("validator_id", f"{cfg.validator_id!r} is not a validator of epoch 0",
@@ -457,6 +458,25 @@ def check_appliance(path: Path, rep: Report) -> None:
     elif registered:
         rep.ok("multisig registration", "epoch 0's multisig is registered on the device")
     _check_capability(rep, signer, record)
+
+
+def _check_journal(rep: Report, cfg: Any, deployment: Any) -> None:
+    """The journal the appliance was initialized with is there and is its own."""
+    from appliance.journal import Journal, JournalError
+
+    if cfg.journal_id is None:
+        rep.warn("journal", "no journal identity bound in the config (made before `appliance "
+                 "init` bound one)", "make a new appliance directory with `bft-anchor "
+                 "appliance init`, or keep this journal safe: nothing checks it is the same")
+        return
+    try:
+        Journal(cfg.journal, deployment.genesis, cfg.journal_id).close()
+    except (JournalError, OSError) as exc:
+        rep.fail("journal", str(exc), "restore the journal this appliance was initialized "
+                 "with, or import an export of it (`bft-anchor appliance journal import`); "
+                 "never start over with an empty one")
+        return
+    rep.ok("journal", f"{cfg.journal} is journal {cfg.journal_id}")
 
 
 def _check_capability(rep: Report, signer: Any, record: Any) -> None:

@@ -317,6 +317,15 @@ def test_seed_readable_by_others(site, tmp_path):
     only_failure(f, "seed permissions", "chmod 600")
 
 
+def test_journal_missing(site, tmp_path):
+    d = tmp_path / "op1"
+    shutil.copytree(site.root / "op1" / "appliance", d)
+    (d / "journal.sqlite").unlink()
+    rc, f, _ = doctor("--appliance", d / "appliance.toml")
+    assert rc == 1
+    only_failure(f, "journal", "journal import")
+
+
 def _jade_appliance(site, tmp_path: Path, mnemonic: str, port: int) -> Path:
     d = tmp_path / "jade-app"
     assert run("appliance", "init", d, "--validator-id", "v2", "--fingerprint", "00000000")[0] == 0
