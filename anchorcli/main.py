@@ -417,6 +417,8 @@ def cmd_appliance_control(args: argparse.Namespace) -> int:
     req: dict = {"cmd": args.appliance_command}
     if args.appliance_command in ("approve", "refuse"):
         req["id"] = args.id
+    if args.appliance_command == "refuse" and args.reason:
+        req["reason"] = args.reason
     if args.appliance_command == "mode":
         req["mode"] = args.mode
     if args.appliance_command == "history":
@@ -764,6 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--control", required=True, type=Path, help="the appliance's socket")
         if name in ("approve", "refuse"):
             c.add_argument("id", help="the request's id, as `pending` lists it")
+        if name == "refuse":
+            c.add_argument("--reason", help="why (journaled with the refusal)")
         if name == "mode":
             c.add_argument("mode", choices=["auto", "manual"], help="the new approval mode")
         if name == "history":

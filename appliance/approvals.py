@@ -105,13 +105,16 @@ class ApprovalQueue:
             item.outcome = outcome.to_json()
             return item.outcome
 
-    def refuse(self, rid: str) -> None:
+    def refuse(self, rid: str, reason: str | None = None) -> None:
+        """Refuse a held request; the operator's reason, if given, is journaled with it."""
+        why = "refused by the operator" + (f": {reason.strip()}" if reason and reason.strip()
+                                           else "")
         with self.lock:
             item = self._get(rid)
             item.state = "refused"
             self.appliance.journal.log(
                 "refused",
-                {"reasons": ["refused by the operator"], **item.summary},
+                {"reasons": [why], **item.summary},
                 item.summary.get("txid"),
                 item.summary.get("epoch"),
                 item.summary.get("round"),

@@ -85,6 +85,10 @@ class ApplianceService:
         s = self.appliance.status()
         s["approval_mode"] = self.queue.mode
         s["pending"] = [i.to_json() for i in self.queue.pending()]
+        # Who this is, so a console attached by socket can refuse the wrong appliance.
+        s["validator_id"] = self.appliance_id
+        s["genesis"] = str(self.appliance.deployment.genesis.outpoint)
+        s["chain"] = self.appliance.deployment.chain
         return s
 
     def pending_detail(self, item: PendingRequest) -> dict[str, Any]:
@@ -130,7 +134,8 @@ class ApplianceService:
             if cmd == "approve":
                 return {"ok": True, "outcome": self.queue.approve(str(request["id"]))}
             if cmd == "refuse":
-                self.queue.refuse(str(request["id"]))
+                reason = request.get("reason")
+                self.queue.refuse(str(request["id"]), str(reason) if reason else None)
                 return {"ok": True}
             if cmd == "mode":
                 self.queue.set_mode(str(request["mode"]))

@@ -22,7 +22,7 @@ from tui.app import OperatorConsole
 from tui.backend import RemoteBackend, jade_registration_name
 from tui.ceremony import ARM, DONE, FINGERPRINT, KEY, RECORD, REGISTER
 from tui.screens.epochs import EpochsScreen
-from tui.widgets import ConfirmDialog
+from tui.widgets import ConfirmDialog, ReasonDialog
 
 SIZE = (160, 50)
 
@@ -80,6 +80,10 @@ async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 10.0) -
 async def confirm(pilot: Pilot, key: str, answer: str = "y") -> None:
     await pilot.press(key)
     await pilot.pause()
+    if isinstance(pilot.app.screen, ReasonDialog):  # refusing: enter refuses, escape cancels
+        await pilot.press("enter" if answer == "y" else "escape")
+        await settle(pilot)
+        return
     assert isinstance(pilot.app.screen, ConfirmDialog), f"{key} asked nothing"
     await pilot.press(answer)
     await settle(pilot)
@@ -123,11 +127,20 @@ async def test_refusing_journals_a_refusal_and_signs_nothing(world: World) -> No
     world.submit(request)
     app, seen = console(world.backend)
     async with app.run_test(size=SIZE) as pilot:
-        await confirm(pilot, "r")
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ReasonDialog), "r asked nothing"
+        await pilot.press("escape")  # cancelled: nothing refused
+        await settle(pilot)
+        assert world.service.queue.pending()
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press(*"fee too high", "enter")
+        await settle(pilot)
         assert not world.service.queue.pending()
     last = world.appliance.journal.decisions(1)[0]
     assert last["decision"] == "refused"
-    assert last["detail"]["reasons"] == ["refused by the operator"]
+    assert last["detail"]["reasons"] == ["refused by the operator: fee too high"]
     assert world.appliance.journal.state().entries == ()
     assert world.emu.method_counts.get("sign_psbt", 0) == 0
     kind, reply = world.submit(request)

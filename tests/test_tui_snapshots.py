@@ -49,16 +49,17 @@ async def settle(pilot: Pilot) -> None:
 
 def test_requests_screen(world: World, snap_compare: Any) -> None:
     world.submit(world.request(5))
-    world.submit(world.request(6, handover=True, offer_next=True))
+    world.submit(world.request(95, handover=True, offer_next=True))
     assert snap_compare(console(world), press=["down"], terminal_size=SIZE)
 
 
 def test_history_screen(world: World, snap_compare: Any) -> None:
     world.submit(world.request(5))
-    world.service.queue.approve(world.service.queue.pending()[0].id)
-    world.submit(world.request(6, fee=300_000))  # over the limit: refused by the policy
     world.submit(world.request(7))
-    world.service.queue.refuse(world.service.queue.pending()[0].id)
+    first, second = world.service.queue.pending()
+    world.service.queue.approve(first.id)
+    world.submit(world.request(6, fee=300_000))  # over the limit: refused by the policy
+    world.service.queue.refuse(second.id, "testing")
     world.service.queue.set_mode("auto")
     assert snap_compare(console(world), press=["2", "down", "down"], terminal_size=SIZE)
 
@@ -80,3 +81,15 @@ def test_epochs_screen_mid_ceremony(world: World, snap_compare: Any) -> None:
         pilot.app.clear_notifications()  # toasts expire on a clock: not in a snapshot
 
     assert snap_compare(console(world), run_before=to_step_c, terminal_size=SIZE)
+
+
+def test_requests_at_80x24(world: World, snap_compare: Any) -> None:
+    """The smallest terminal the console supports: nothing essential cut, footer intact."""
+    world.submit(world.request(5))
+    world.submit(world.request(6, fee=300_000))  # refused by the policy: listed once
+    world.submit(world.request(6, fee=300_000))
+    assert snap_compare(console(world), terminal_size=(80, 24))
+
+
+def test_help_screen_at_80x24(world: World, snap_compare: Any) -> None:
+    assert snap_compare(console(world), press=["question_mark"], terminal_size=(80, 24))

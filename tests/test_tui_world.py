@@ -120,15 +120,17 @@ def frozen_journal_time(monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 def test_decode_names_every_output_and_checks_each_signer(world: World) -> None:
-    kind, reply = world.submit(world.request(5, handover=True, offer_next=True))
+    # Round 95: inside epoch 0's handover window (89, 99].
+    kind, reply = world.submit(world.request(95, handover=True, offer_next=True))
     assert kind == MsgType.PENDING, reply
     (item,) = world.backend.pending()
     view = decode_request(item, world.appliance.held_records(), CHAIN, MAGIC)
     assert view.verdict_ok and view.reasons == []
-    assert (view.epoch, view.round) == (0, 5)
+    assert (view.epoch, view.round) == (0, 95)
     assert view.valid_signers == len(view.signers) >= 3 and view.threshold == 3
     assert view.inputs == [(f"{'cd' * 32}:0", 5_000_000)]
-    assert view.outputs[0].role == "OP_RETURN payload" and "round 5" in view.outputs[0].payload
+    assert view.outputs[0].role == "OP_RETURN payload" and "round 95" in view.outputs[0].payload
+    assert view.dest_fingerprint == wallet_fingerprint(world.ms1) and not view.dest_armed
     assert "HANDOVER" in view.outputs[1].role and view.handover and view.dest_epoch == 1
     assert view.outputs[1].address.startswith("rltc1")
     assert view.fee == 600 and view.fee_rate and view.fee_rate > 1

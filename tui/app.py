@@ -42,7 +42,10 @@ class ConsoleData:
     history: list[dict[str, Any]] = field(default_factory=list)
     records: dict[int, EpochRecord] = field(default_factory=dict)
     device: DeviceView | None = None
-    error: str | None = None
+    error: str | None = None  # the appliance did not answer the last refresh
+    last_seen: float | None = None  # when the appliance last answered
+    link_seen: float | None = None  # when the link was last seen connected
+    device_seen: float | None = None  # when the device last answered
 
 
 class View(Protocol):
@@ -71,12 +74,19 @@ class OperatorConsole(App[int]):
     }
     """
     BINDINGS = [
-        Binding("1,f1", "switch_mode('requests')", "Requests"),
-        Binding("2,f2", "switch_mode('history')", "History"),
-        Binding("3,f3", "switch_mode('device')", "Device"),
-        Binding("4,f4", "switch_mode('epochs')", "Epochs"),
-        Binding("ctrl+r", "refresh", "Refresh", show=False),
-        Binding("q", "quit", "Quit"),
+        Binding("1,f1", "switch_mode('requests')", "Requests", key_display="1",
+                tooltip="the requests waiting for your decision, each decoded"),
+        Binding("2,f2", "switch_mode('history')", "History", key_display="2",
+                tooltip="the journal's decisions, newest first"),
+        Binding("3,f3", "switch_mode('device')", "Device", key_display="3",
+                tooltip="the signing device, what it can sign, the wallets on it"),
+        Binding("4,f4", "switch_mode('epochs')", "Epochs", key_display="4",
+                tooltip="the current epoch and the next epoch's key ceremony"),
+        Binding("ctrl+r", "refresh", "Refresh", show=False,
+                tooltip="read the appliance and the device again now"),
+        Binding("question_mark", "help", "Help", tooltip="this list of keys"),
+        Binding("q", "quit", "Quit", tooltip="leave the console (asks first when requests "
+                "are waiting)"),
     ]
 
     def __init__(
@@ -156,7 +166,11 @@ class OperatorConsole(App[int]):
         records = b.records()
         pending = [decode_request(p, records, b.chain, b.magic) for p in b.pending()]
         history = b.history(self.history_limit)
-        return ConsoleData(status, pending, history, records, self.data.device)
+        now = self.clock()
+        old = self.data
+        link_seen = now if status.link else old.link_seen
+        return ConsoleData(status, pending, history, records, old.device, None, now, link_seen,
+                           old.device_seen)
 
     async def refresh_data(self) -> None:
         """Reload status, queue, records and history; a failure is shown, not raised."""
@@ -166,6 +180,7 @@ class OperatorConsole(App[int]):
         except Exception as exc:
             msg = f"appliance: {exc}"
             self.data.error = msg
+            self.data.pending = []  # stale: nothing can be approved from an old list
             self.say_once("appliance", msg, "error")
             self._broadcast()
             return
@@ -199,9 +214,11 @@ class OperatorConsole(App[int]):
         was = self.data.device
         if not view.connected:
             self.say_once("device", f"device disconnected: {view.error}", "error")
-        elif was is not None and not was.connected:
-            self.say_once("device", None)
-            self.notify(f"device {view.fingerprint} connected again")
+        else:
+            self.data.device_seen = self.clock()
+            if was is not None and not was.connected:
+                self.say_once("device", None)
+                self.notify(f"device {view.fingerprint} connected again")
         self.data.device = view
         self._broadcast()
 
@@ -210,6 +227,53 @@ class OperatorConsole(App[int]):
         status = self.data.status
         cur = status.current_epoch if status is not None else 0
         return [cur, cur + 1]
+
+    # --- keys -----------------------------------------------------------------------
+
+    def key_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Every key, from the bindings themselves (so the help cannot drift from them)."""
+
+        def keys(bindings: list) -> list[tuple[str, str]]:
+            out = []
+            for b in bindings:
+                b = b if isinstance(b, Binding) else Binding(*b)
+                key = b.key.replace("question_mark", "?").replace("slash", "/")
+                out.append((key.replace(",", " "), b.tooltip or b.description or b.action))
+            return out
+
+        sections = [("Everywhere", keys(self.BINDINGS))]
+        for name, screen in self.MODES.items():
+            sections.append((f"{name.capitalize()} screen", keys(screen.BINDINGS)))
+        sections.append(("Confirmations", [("y / n", "yes / no (escape: no)"),
+                                           ("enter", "refuse with the reason typed"),
+                                           ("escape", "cancel")]))
+        return sections
+
+    def action_help(self) -> None:
+        from tui.widgets import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.key_sections()))
+
+    async def action_quit(self) -> None:
+        """Quit; when requests are waiting for a decision, ask first."""
+        waiting = len(self.data.pending)
+        if not waiting:
+            self.exit()
+            return
+
+        async def leave() -> None:
+            self.exit()
+
+        self.confirm(
+            "Quit the console?",
+            f"{waiting} request(s) are waiting for your decision. "
+            + ("The appliance keeps them (it runs on its own); "
+               if self.backend.kind == "attached" else
+               "The appliance runs in this console: quitting stops it and they are lost; ")
+            + "the node will ask again.",
+            leave,
+        )
 
     # --- acting ---------------------------------------------------------------------
 
@@ -239,6 +303,9 @@ class OperatorConsole(App[int]):
             return None
         outcome = await self.call(f"approving {rid}", self.backend.approve, rid)
         if outcome is not None:
+            log.warning("operator approved request %s: %s", rid,
+                        "signed" if outcome.get("signed") else
+                        "not signed: " + "; ".join(outcome.get("reasons") or []))
             if outcome.get("signed"):
                 txid = (outcome.get("summary") or {}).get("txid", "")
                 self.notify(f"signed {txid}", title="approved", timeout=8)
@@ -249,14 +316,16 @@ class OperatorConsole(App[int]):
         await self.refresh_data()
         return outcome
 
-    async def refuse(self, rid: str) -> None:
-        done = await self.call(f"refusing {rid}", self._refuse, rid)
+    async def refuse(self, rid: str, reason: str | None = None) -> None:
+        done = await self.call(f"refusing {rid}", self._refuse, rid, reason)
         if done:
+            log.warning("operator refused request %s%s", rid,
+                        f": {reason}" if reason else " (no reason given)")
             self.notify(f"refused {rid}; the refusal is in the journal", title="refused")
         await self.refresh_data()
 
-    def _refuse(self, rid: str) -> bool:
-        self.backend.refuse(rid)
+    def _refuse(self, rid: str, reason: str | None = None) -> bool:
+        self.backend.refuse(rid, reason or None)
         return True
 
     async def set_mode(self, mode: str) -> None:

@@ -139,7 +139,7 @@ class Backend:
     def approve(self, rid: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def refuse(self, rid: str) -> None:
+    def refuse(self, rid: str, reason: str | None = None) -> None:
         raise NotImplementedError
 
     def set_mode(self, mode: str) -> None:
@@ -301,9 +301,9 @@ class InProcessBackend(Backend):
         except KeyError as exc:
             raise BackendError(str(exc.args[0] if exc.args else exc)) from exc
 
-    def refuse(self, rid: str) -> None:
+    def refuse(self, rid: str, reason: str | None = None) -> None:
         try:
-            self.service.queue.refuse(rid)
+            self.service.queue.refuse(rid, reason)
         except KeyError as exc:
             raise BackendError(str(exc.args[0] if exc.args else exc)) from exc
 
@@ -351,12 +351,50 @@ class RemoteBackend(Backend):
         cfg = ApplianceConfig.load(config_path)
         deployment = Deployment.load(cfg.deployment)
         coin_type = deployment.epoch0.validators[0].origin_path[1] - HARDENED
-        return cls(control, deployment, make_signer(cfg, coin_type), cfg.validator_id)
+        backend = cls(control, deployment, make_signer(cfg, coin_type), cfg.validator_id)
+        try:
+            backend.check_identity()
+        except BackendError as exc:
+            if backend.mismatch:  # the wrong appliance: refuse to start
+                raise
+            log.warning("%s (checked when it answers)", exc)  # not up yet: shown as down
+        return backend
+
+    mismatch: str | None = None
+    _identity_checked = False
+
+    def check_identity(self) -> None:
+        """Refuse a socket whose appliance is not the one the config names: the console
+        would show one appliance's identity and device and approve another's queue.
+        Every other call checks it first, until it has been checked once."""
+        s = self._raw_call({"cmd": "status"})["status"]
+        mine = {"validator_id": self.validator_id,
+                "genesis": str(self.deployment.genesis.outpoint),
+                "chain": self.deployment.chain}
+        fp = getattr(self.signer, "_fingerprint", None)
+        if fp is None and not hasattr(self.signer, "_fingerprint"):
+            fp = self.signer.fingerprint  # software keys: known without a device
+        if fp is not None:
+            mine["fingerprint"] = fp.hex()
+        wrong = [f"{k} {s.get(k)!r} (the config's is {v!r})" for k, v in mine.items()
+                 if k in s and s.get(k) != v]
+        if wrong:
+            self.mismatch = (f"the appliance on {self.control} is not the one the config "
+                             "names: " + "; ".join(wrong))
+            raise BackendError(self.mismatch)
+        self._identity_checked = True
 
     def _device_lock(self) -> AbstractContextManager[Any]:
         return self._lock
 
     def _call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if self.mismatch:
+            raise BackendError(self.mismatch)
+        if not self._identity_checked:
+            self.check_identity()
+        return self._raw_call(request, timeout)
+
+    def _raw_call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         try:
             reply = control_call(self.control, request, timeout=timeout or self.timeout)
         except (OSError, ValueError) as exc:
@@ -385,8 +423,8 @@ class RemoteBackend(Backend):
     def approve(self, rid: str) -> dict[str, Any]:
         return dict(self._call({"cmd": "approve", "id": rid}, self.sign_timeout)["outcome"])
 
-    def refuse(self, rid: str) -> None:
-        self._call({"cmd": "refuse", "id": rid})
+    def refuse(self, rid: str, reason: str | None = None) -> None:
+        self._call({"cmd": "refuse", "id": rid, **({"reason": reason} if reason else {})})
 
     def set_mode(self, mode: str) -> None:
         self._call({"cmd": "mode", "mode": mode})

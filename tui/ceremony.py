@@ -57,6 +57,7 @@ class Ceremony:
     certifiers: list[str] = field(default_factory=list)
     holds_key: bool = False
     address: str | None = None
+    mismatches: int = 0  # wrong fingerprints typed: each one restarted step (c)
 
     @property
     def next_epoch(self) -> int:
@@ -119,12 +120,21 @@ class Ceremony:
         return record
 
     def confirm_fingerprint(self, typed: str) -> None:
+        """Compare what the operator typed, as received out of band, with the record's.
+
+        The expected value is never shown before a match (it would give the answer away);
+        a mismatch restarts this step and says the record may be forged.
+        """
         self._at(FINGERPRINT)
-        expected = self.fingerprint or ""
-        if not same_fingerprint(typed, expected):
+        if not typed.strip():
+            raise CeremonyError("type the wallet fingerprint you were given out of band")
+        if not same_fingerprint(typed, self.fingerprint or ""):
+            self.mismatches += 1
             raise CeremonyError(
-                f"fingerprint {typed.strip()!r} does not match {expected}: do not go on; "
-                "get the record again from a source you trust"
+                f"fingerprint {typed.strip()!r} does not match this record's: the record may "
+                "be forged. Do not go on unless a fingerprint you typed wrongly explains it; "
+                "check the value with its sender, or get the record again from a source "
+                "you trust, and type the fingerprint again"
             )
         self.step = REGISTER
 

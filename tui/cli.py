@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.api import ConfigError, SignerError
     from bftanchor.deployment import DeploymentError
     from tui.app import OperatorConsole
-    from tui.backend import Backend, InProcessBackend, RemoteBackend
+    from tui.backend import Backend, BackendError, InProcessBackend, RemoteBackend
 
     backend: Backend
     try:
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 secret = args.secret_file.read_bytes().strip() if args.secret_file else None
                 ip.serve_link(args.link, secret)
             backend = ip
-    except (ConfigError, DeploymentError, SignerError, ValueError, OSError) as exc:
+    except (ConfigError, DeploymentError, SignerError, BackendError, ValueError,
+            OSError) as exc:
         print(f"bft-anchor tui: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -66,6 +66,9 @@ class RequestView:
     fee_rate: float | None = None
     handover: bool = False
     dest_epoch: int | None = None
+    dest_fingerprint: str | None = None  # a handover's new wallet, as the ceremony shows it
+    dest_address: str | None = None
+    dest_armed: bool | None = None  # the next record installed here (True) or only offered
     txid: str | None = None
     verdict_ok: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -206,6 +209,9 @@ def decode_request(
             role = f"coin -> epoch {paid} multisig (HANDOVER)"
             view.handover = True
             view.dest_epoch = paid
+            view.dest_fingerprint = wallet_fingerprint(EpochMultisig(records[paid]))
+            view.dest_address = address
+            view.dest_armed = paid in held
         elif i == 1:
             role = "coin -> a script of no epoch held (!)"
         else:

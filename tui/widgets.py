@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -43,22 +43,44 @@ def dot(ok: bool | None) -> tuple[str, str]:
     return ("●", "green") if ok else ("●", "bold red")
 
 
+def seen(ts: float | None, now: float) -> str:
+    """When something was last seen, for an indicator that is down or unknown."""
+    if ts is None:
+        return "never seen"
+    return f"last seen {time.strftime('%H:%M:%S', time.gmtime(ts))}Z, {age(now - ts)} ago"
+
+
 def status_text(
-    status: StatusView | None, device: DeviceView | None, now: float, error: str | None = None
+    status: StatusView | None, device: DeviceView | None, now: float, error: str | None = None,
+    *, last_seen: float | None = None, link_seen: float | None = None,
+    device_seen: float | None = None,
 ) -> Text:
-    """One line: link, device, journal head, expected coin, last signature, mode."""
+    """One line: appliance, link, device, journal head, expected coin, last signature, mode.
+
+    Nothing is shown as up on stale information: when the appliance does not answer, the
+    link and the mode it reported are "unknown", with when they were last seen.
+    """
     t = Text()
-    if status is None:
+    if status is None or error:
         t.append("appliance ", style="bold")
-        t.append("unreachable" if error else "loading…", style="bold red" if error else "dim")
+        if error:
+            t.append("● down", style="bold red")
+            t.append(f" ({seen(last_seen, now)})", style="red")
+            t.append(" │ link ")
+            t.append("? unknown", style="dim")
+            t.append(" │ mode ? │ requests unknown", style="dim")
+        else:
+            t.append("loading…", style="dim")
         return t
     sym, style = dot(status.link)
     t.append("link ")
     t.append(sym, style=style)
     if status.link is None:
         t.append(" off", style="dim")
+    elif status.link:
+        t.append(" connected", style=style)
     else:
-        t.append(" connected" if status.link else " down", style=style)
+        t.append(f" down ({seen(link_seen, now)})", style=style)
     t.append(" │ device ")
     dev_ok = device.connected if device is not None else None
     sym, style = dot(dev_ok)
@@ -68,7 +90,7 @@ def status_text(
     elif device.connected:
         t.append(f" {device.fingerprint}", style=style)
     else:
-        t.append(" disconnected", style=style)
+        t.append(f" disconnected ({seen(device_seen, now)})", style=style)
     head = status.journal_head or {}
     t.append(" │ journal ")
     if head.get("txid"):
@@ -98,8 +120,6 @@ def status_text(
     t.append(f"{status.mode.upper()}", style="bold yellow" if status.mode == "auto" else "bold")
     if status.pending:
         t.append(f" │ {status.pending} pending", style="bold magenta")
-    if error:
-        t.append(f"  ! {error}", style="bold red")
     return t
 
 
@@ -108,7 +128,8 @@ class StatusBar(Static):
 
     DEFAULT_CSS = """
     StatusBar {
-        height: 1;
+        height: auto;
+        max-height: 3;
         background: $panel;
         color: $text;
         padding: 0 1;
@@ -171,3 +192,88 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class ReasonDialog(ModalScreen[str | None]):
+    """Refuse with a reason: the operator types why (optional); enter refuses, escape
+    cancels. Dismisses with the reason ("" when none) or None when cancelled."""
+
+    DEFAULT_CSS = """
+    ReasonDialog {
+        align: center middle;
+    }
+    ReasonDialog > Vertical {
+        width: 76;
+        max-width: 100%;
+        height: auto;
+        border: thick $error;
+        background: $surface;
+        padding: 0 1;
+    }
+    ReasonDialog #reason-title {
+        text-style: bold;
+    }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, body: str | Text) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input
+
+        with Vertical():
+            yield Static(self.title_text, id="reason-title")
+            yield Static(self.body, id="reason-body")
+            yield Input(placeholder="reason (optional), journaled; enter refuses, escape "
+                        "cancels", id="reason")
+
+    def on_input_submitted(self, event: Any) -> None:
+        self.dismiss(str(event.value).strip())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(ModalScreen[None]):
+    """`?`: every key of the console and of each screen, with what it does."""
+
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+    }
+    HelpScreen > VerticalScroll {
+        width: 76;
+        max-width: 100%;
+        height: auto;
+        max-height: 100%;
+        border: thick $primary;
+        background: $surface;
+        padding: 0 1;
+    }
+    """
+
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
+
+    def __init__(self, sections: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        super().__init__()
+        self.sections = sections
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import VerticalScroll
+
+        t = Text()
+        t.append("Keys (escape or ? closes)\n", style="bold underline")
+        for title, keys in self.sections:
+            t.append(f"\n{title}\n", style="bold")
+            for key, what in keys:
+                t.append(f"  {key:<12}", style="bold cyan")
+                t.append(f"{what}\n")
+        with VerticalScroll():
+            yield Static(t, id="help-text")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -32,7 +32,7 @@ class ConsoleScreen(Screen[None]):
         yield Header(icon="⚓")
         yield from self.compose_body()
         yield StatusBar(id="status-bar")
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def console(self) -> OperatorConsole:
@@ -55,7 +55,9 @@ class ConsoleScreen(Screen[None]):
             return
         self.update_if_changed(
             self.query_one(StatusBar),
-            status_text(data.status, data.device, self.console.clock(), data.error),
+            status_text(data.status, data.device, self.console.clock(), data.error,
+                        last_seen=data.last_seen, link_seen=data.link_seen,
+                        device_seen=data.device_seen),
         )
         self.render_data(data)
 

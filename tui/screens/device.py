@@ -14,6 +14,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
+from bftanchor.descriptor import EpochMultisig
+from tui.decode import wallet_fingerprint
 from tui.screens.base import ConsoleScreen
 
 if TYPE_CHECKING:
@@ -84,14 +86,17 @@ class DeviceScreen(ConsoleScreen):
     }
     """
 
-    BINDINGS = [Binding("r", "reread", "Read device")]
+    # ctrl+r refreshes on every screen; here it reads the device again ("r" is Refuse).
+    BINDINGS = [Binding("ctrl+r", "reread", "Read device",
+                        tooltip="read the device again now")]
     _regs: list[dict] = []
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="device-pane", classes="body"):
             yield Static(id="device-info")
             table: DataTable[str] = DataTable(id="registered", cursor_type="row")
-            table.add_columns("name", "epoch", "variant", "k of n", "sorted")
+            table.add_columns("epoch", "wallet fingerprint", "name on the device", "k of n",
+                              "sorted")
             yield table
 
     def on_screen_resume(self) -> None:
@@ -112,12 +117,17 @@ class DeviceScreen(ConsoleScreen):
             return
         self._regs = list(regs)
         table.clear()
-        for r in regs:
+        # By epoch (wallets of no epoch this appliance holds last), each with the wallet
+        # fingerprint the ceremony confirmed, so the operator can match it on the device.
+        for r in sorted(regs, key=lambda r: (r.get("epoch") is None, r.get("epoch") or 0,
+                                             str(r.get("name")))):
             epoch = r.get("epoch")
+            record = data.records.get(epoch) if epoch is not None else None
+            fp = wallet_fingerprint(EpochMultisig(record)) if record is not None else "-"
             table.add_row(
-                str(r.get("name")),
                 Text(f"epoch {epoch}", style="green") if epoch is not None else Text("other"),
-                str(r.get("variant")),
+                fp,
+                str(r.get("name")),
                 f"{r.get('threshold')} of {r.get('num_signers')}",
                 "yes" if r.get("sorted") else "no",
             )

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def record_text(
     record: EpochRecord, chain: str, mine: str | None, title: str, full_keys: bool = False,
-    descriptor: bool = True,
+    descriptor: bool = True, fingerprint: bool = True,
 ) -> Text:
     """An epoch's multisig: address, fingerprint, descriptor and each validator's key."""
     ms = EpochMultisig(record)
@@ -43,8 +43,11 @@ def record_text(
     t.append("address     ", style="bold")
     t.append(f"{ms.address(network(chain))}\n", style="cyan")
     t.append("fingerprint ", style="bold")
-    t.append(f"{wallet_fingerprint(ms)}", style="bold cyan")
-    t.append("  (first 8 hex of SHA256 of the descriptor)\n", style="dim")
+    if fingerprint:
+        t.append(f"{wallet_fingerprint(ms)}", style="bold cyan")
+        t.append("  (first 8 hex of SHA256 of the descriptor)\n", style="dim")
+    else:
+        t.append("hidden until you type the one received out of band\n", style="dim")
     if descriptor:
         t.append("descriptor  ", style="bold")
         t.append(f"{ms.descriptor()}\n", style="dim")
@@ -89,11 +92,16 @@ class EpochsScreen(ConsoleScreen):
     """
 
     BINDINGS = [
-        Binding("k", "show_key", "(a) Key"),
-        Binding("g", "register", "(d) Register"),
-        Binding("i", "arm", "(e) Arm"),
-        Binding("x", "restart", "Restart ceremony"),
-        Binding("escape", "unfocus", "Leave input", show=False),
+        Binding("k", "show_key", "(a) Key",
+                tooltip="(a) read this appliance's key for the next epoch from the device"),
+        Binding("g", "register", "(d) Register",
+                tooltip="(d) register the next epoch's multisig on the device"),
+        Binding("i", "arm", "(e) Arm",
+                tooltip="(e) install the next epoch's record in the appliance"),
+        Binding("x", "restart", "Restart",
+                tooltip="restart the ceremony from step (a)"),
+        Binding("escape", "unfocus", "Leave input", show=False,
+                tooltip="leave the text field"),
     ]
 
     ceremony: Ceremony | None = None
@@ -163,8 +171,8 @@ class EpochsScreen(ConsoleScreen):
         hint = {
             KEY: "press k to read this appliance's key from the device",
             RECORD: "type the path of the certified record and press enter",
-            FINGERPRINT: f"the record's wallet fingerprint is {c.fingerprint}: type the value "
-            "you were given out of band, and press enter",
+            FINGERPRINT: "type the wallet fingerprint you were given out of band (8 hex "
+            "digits) and press enter: the console compares it with the record's",
             REGISTER: "press g to register the multisig on the device",
             ARM: "press i to arm the appliance for the handover",
         }.get(c.step)
@@ -184,8 +192,14 @@ class EpochsScreen(ConsoleScreen):
                      f"({len(c.certifiers)} of epoch {c.current.epoch}'s {c.current.n}, "
                      f"quorum {c.current.threshold})\n", style="green")
             fp = status.fingerprint if status else None
+            # The fingerprint (and the descriptor it hashes) stays hidden until the operator
+            # has typed the value received out of band and it matched.
             d.append_text(record_text(c.record, self.console.backend.chain, fp,
-                                      f"epoch {c.next_epoch}", full_keys=True, descriptor=False))
+                                      f"epoch {c.next_epoch}", full_keys=True, descriptor=False,
+                                      fingerprint=c.step > FINGERPRINT))
+            if c.mismatches and c.step == FINGERPRINT:
+                d.append(f"\n    ! {c.mismatches} fingerprint(s) typed did not match: the "
+                         "record may be forged\n", style="bold red")
             if not c.holds_key:
                 d.append("    ! this appliance's key is not in the record: it will not sign "
                          f"in epoch {c.next_epoch}\n", style="bold red")
@@ -258,7 +272,12 @@ class EpochsScreen(ConsoleScreen):
                 self.render_ceremony()
                 self.query_one("#fingerprint-input", Input).focus()
             elif event.input.id == "fingerprint-input":
-                c.confirm_fingerprint(event.value)
+                typed, event.input.value = event.value, ""
+                try:
+                    c.confirm_fingerprint(typed)
+                except CeremonyError:
+                    self.render_ceremony()  # the warning stays on screen, the step restarts
+                    raise
                 self.notify(f"fingerprint {c.fingerprint} confirmed", title="fingerprint")
                 event.input.value = ""
                 self.set_focus(None)

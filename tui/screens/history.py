@@ -103,8 +103,10 @@ class HistoryScreen(ConsoleScreen):
     """
 
     BINDINGS = [
-        Binding("slash", "search", "Search"),
-        Binding("escape", "leave_search", "Table", show=False),
+        Binding("slash", "search", "Search",
+                tooltip="search by epoch (e:3), round (r:41), a number or part of a txid"),
+        Binding("escape", "leave_search", "Table", show=False,
+                tooltip="leave the search field"),
     ]
 
     _shown: list[dict[str, Any]] = []

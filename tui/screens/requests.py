@@ -13,18 +13,53 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from tui.decode import RequestView, fmt_amount
 from tui.screens.base import ConsoleScreen
-from tui.widgets import age, short, utc
+from tui.widgets import ReasonDialog, age, short, utc
 
 if TYPE_CHECKING:
     from tui.app import ConsoleData
 
 
-def request_text(req: RequestView, chain: str, now: float) -> Text:
+FEE_WARN_FACTOR = 3.0  # a fee rate this many times the recent median is called out
+
+
+def median_fee_rate(history: list[dict]) -> float | None:
+    """The median fee rate of the last signed checkpoints (what "normal" has been)."""
+    rates = sorted(float(d["detail"]["fee_rate"]) for d in history[:50]
+                   if d.get("decision") == "signed" and isinstance(d.get("detail"), dict)
+                   and isinstance(d["detail"].get("fee_rate"), int | float))
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+
+
+def policy_refusals(history: list[dict], limit: int = 8) -> list[tuple[dict, int]]:
+    """Requests the policy refused, newest first, each once (a node retrying the same
+    transaction is counted, not repeated); the operator's own refusals are not here."""
+    seen: dict[object, list] = {}
+    for d in history:
+        if d.get("decision") != "refused":
+            continue
+        detail = d.get("detail") if isinstance(d.get("detail"), dict) else {}
+        reasons = tuple(detail.get("reasons") or ())
+        if any(str(r).startswith("refused by the operator") for r in reasons):
+            continue
+        # A node retrying (the same checkpoint, maybe at another fee level) is one request.
+        key = (d.get("epoch"), d.get("round"), reasons)
+        if key in seen:
+            seen[key][1] += 1
+        elif len(seen) < limit:
+            seen[key] = [d, 1]
+    return [(d, n) for d, n in seen.values()]
+
+
+def request_text(req: RequestView, chain: str, now: float,
+                 median_rate: float | None = None) -> Text:
     """Everything about one request, for a person deciding whether to sign it."""
     t = Text()
     t.append(f"Request {req.id}", style="bold")
@@ -69,14 +104,49 @@ def request_text(req: RequestView, chain: str, now: float) -> Text:
     t.append("\nFee       ", style="bold")
     rate = f"{req.fee_rate:g} sat/vB" if req.fee_rate is not None else "?"
     t.append(f"{fmt_amount(req.fee, chain)} at {rate} (vsize {req.vsize})\n")
+    t.append("          ")
+    if median_rate is None:
+        t.append("no signed checkpoint yet to compare with\n", style="dim")
+    elif req.fee_rate is not None and req.fee_rate > FEE_WARN_FACTOR * median_rate:
+        t.append(f"! {req.fee_rate / median_rate:.1f}x the recent median of "
+                 f"{median_rate:g} sat/vB: far above it\n", style="bold red")
+    else:
+        t.append(f"recent median {median_rate:g} sat/vB\n", style="dim")
     t.append("Handover  ", style="bold")
     if req.handover:
         moves = f"YES: the coin moves to epoch {req.dest_epoch}'s multisig\n"
         t.append(moves, style="bold magenta")
+        t.append("  new wallet fingerprint ", style="bold")
+        t.append(f"{req.dest_fingerprint}\n", style="bold cyan")
+        t.append("  new wallet address     ", style="bold")
+        t.append(f"{req.dest_address}\n", style="cyan")
+        if req.dest_armed:
+            t.append("  the ceremony installed this record here\n", style="green")
+        else:
+            t.append("  the request carries this record (certified by the quorum); the "
+                     "ceremony was not run here: no fingerprint confirmed, no wallet "
+                     "registered beforehand\n", style="yellow")
     else:
         t.append("no\n")
     t.append("txid      ", style="bold")
     t.append(f"{req.txid}\n")
+    t.append("\nOn approval, check on the device that it shows the same outputs and fee, "
+             "and confirm there only if they match.\n", style="bold yellow")
+    return t
+
+
+def refusals_text(refusals: list[tuple[dict, int]]) -> Text:
+    t = Text()
+    if not refusals:
+        return t
+    t.append("Refused by the policy (each once)\n", style="bold")
+    for d, n in refusals:
+        detail = d.get("detail") if isinstance(d.get("detail"), dict) else {}
+        reasons = "; ".join(str(r) for r in detail.get("reasons") or ["?"])
+        t.append(f"e{d.get('epoch')} r{d.get('round')} {short(d.get('txid'), 8)}", style="red")
+        if n > 1:
+            t.append(f" x{n}", style="dim")
+        t.append(f" {reasons}\n", style="dim")
     return t
 
 
@@ -85,9 +155,18 @@ class RequestsScreen(ConsoleScreen):
 
     NAME = "requests"
     DEFAULT_CSS = """
-    RequestsScreen #requests {
-        width: 51;
+    RequestsScreen #queue-pane {
+        width: 36;
         height: 1fr;
+    }
+    RequestsScreen #requests {
+        height: 1fr;
+    }
+    RequestsScreen #refused {
+        height: auto;
+        max-height: 40%;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
     }
     RequestsScreen #request-pane {
         width: 1fr;
@@ -98,17 +177,22 @@ class RequestsScreen(ConsoleScreen):
     """
 
     BINDINGS = [
-        Binding("a", "approve", "Approve"),
-        Binding("r", "refuse", "Refuse"),
-        Binding("m", "mode", "Auto/manual"),
+        Binding("a", "approve", "Approve",
+                tooltip="sign the selected request on the device (asks first)"),
+        Binding("r", "refuse", "Refuse",
+                tooltip="refuse the selected request, with a reason (journaled)"),
+        Binding("m", "mode", "Mode",
+                tooltip="switch approval between manual and auto (asks first, journaled)"),
     ]
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):
             table: DataTable[str] = DataTable(id="requests", cursor_type="row")
-            for label, width in (("id", 16), ("epoch", 5), ("round", 5), ("fee", 6), ("policy", 7)):
+            for label, width in (("id", 8), ("ep", 2), ("round", 5), ("fee", 6), ("policy", 7)):
                 table.add_column(label, width=width)
-            yield table
+            with Vertical(id="queue-pane"):
+                yield table
+                yield Static(id="refused")
             with VerticalScroll(id="request-pane"):
                 yield Static(id="request-detail")
 
@@ -137,7 +221,7 @@ class RequestsScreen(ConsoleScreen):
             table.clear()
             for req in data.pending:
                 table.add_row(
-                    req.id,
+                    short(req.id, 8),
                     str(req.epoch),
                     str(req.round),
                     f"{req.fee:,}" if req.fee is not None else "?",
@@ -149,13 +233,21 @@ class RequestsScreen(ConsoleScreen):
             ids = [r.id for r in data.pending]
             if keep in ids:
                 table.move_cursor(row=ids.index(keep))
+        self.update_if_changed(self.query_one("#refused", Static),
+                               refusals_text(policy_refusals(data.history)))
         self._show_selected()
 
     def _show_selected(self) -> None:
         detail = self.query_one("#request-detail", Static)
         req = self.selected
-        mode = self.console.data.status.mode if self.console.data.status else "?"
-        if req is None:
+        data = self.console.data
+        mode = data.status.mode if data.status else "?"
+        if data.error or data.status is None:
+            t = Text("The appliance is not answering: its requests and approval mode are "
+                     "unknown.\n\n", style="bold red")
+            t.append(data.error or "waiting for the first answer…")
+            self.update_if_changed(detail, t)
+        elif req is None:
             t = Text("No request is waiting for approval.\n\n", style="bold")
             t.append(f"Approval mode: {mode}. ")
             if mode == "auto":
@@ -164,7 +256,8 @@ class RequestsScreen(ConsoleScreen):
                 t.append("Requests the policy allows wait here for you; press m for auto.")
             self.update_if_changed(detail, t)
         else:
-            text = request_text(req, self.console.backend.chain, self.console.clock())
+            text = request_text(req, self.console.backend.chain, self.console.clock(),
+                                median_fee_rate(data.history))
             self.update_if_changed(detail, text)
         state = (req.id, req.verdict_ok) if req else None
         if state != self._bindings_for:
@@ -204,8 +297,11 @@ class RequestsScreen(ConsoleScreen):
             body.append(f"coin: {fmt_amount(coin.value, chain)} to {dest}\n")
         body.append(f"fee: {fmt_amount(req.fee, chain)}\n")
         if req.handover:
-            body.append(f"HANDOVER to epoch {req.dest_epoch}\n", style="bold magenta")
-        body.append("\nThe journal records it before the device signs.")
+            body.append(f"HANDOVER to epoch {req.dest_epoch}: wallet {req.dest_fingerprint}\n"
+                        f"  {req.dest_address}\n", style="bold magenta")
+        body.append("\nThe journal records it before the device signs. Check on the device "
+                    "that it shows the same outputs and fee; confirm there only if they match.",
+                    style="bold")
         rid = req.id
         self.console.confirm(f"Sign request {rid}?", body, lambda: self.console.approve(rid))
 
@@ -215,11 +311,15 @@ class RequestsScreen(ConsoleScreen):
             self.notify("no request selected", severity="warning")
             return
         rid = req.id
-        self.console.confirm(
+
+        def answered(reason: str | None) -> None:
+            if reason is not None:
+                self.console.run_worker(self.console.refuse(rid, reason), group="op")
+
+        self.app.push_screen(ReasonDialog(
             f"Refuse request {rid}?",
-            f"epoch {req.epoch} round {req.round}: nothing is signed; the refusal is journaled.",
-            lambda: self.console.refuse(rid),
-        )
+            f"epoch {req.epoch} round {req.round}: nothing is signed; the refusal and your "
+            "reason are journaled."), answered)
 
     def action_mode(self) -> None:
         status = self.console.data.status
