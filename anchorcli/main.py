@@ -216,7 +216,7 @@ def cmd_appliance_sign(args: argparse.Namespace) -> int:
     # object is a journaled refusal naming what was expected, not a usage error.
     try:
         req = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep to read
         outcome = appliance.refuse_request([f"the request is not JSON ({exc}), expected an "
                                             "object {psbt, qc, records, lineage}"])
     else:

@@ -24,6 +24,7 @@ from bftanchor.payload import Payload
 from bftanchor.qc import QC, verify_qc
 from bftanchor.template import (
     COIN_SEQUENCE,
+    DUST,
     LOCKTIME,
     P2WPKH_WITNESS,
     TOPUP_SEQUENCE,
@@ -261,6 +262,11 @@ def _evaluate(
     topup_outpoints: list[Outpoint] = []
     for i in range(1, len(tx.vin)):
         op = Outpoint(tx.vin[i].txid.hex(), tx.vin[i].vout)
+        if op in topup_outpoints:
+            # Counted twice its amount would be "proven" twice: a transaction consensus
+            # rejects, with a fee the appliance never really checked.
+            v.refuse(f"input {i} spends {op} again, expected each top-up once")
+            continue
         topup_outpoints.append(op)
         if op in coins or op == outpoint:
             v.refuse(f"input {i} spends a checkpoint coin ({op}), expected a fee-wallet coin")
@@ -298,6 +304,13 @@ def _evaluate(
         change = change_out.script_pubkey
         if change in (source.script_pubkey, dest_spk) or change.data[:1] == b"\x6a":
             v.refuse("output 2 is a checkpoint script or a payload, expected top-up change")
+        elif not _is_p2wpkh(change.data):
+            # The fee wallet's change is P2WPKH (as its top-ups are); anything else may be
+            # non-standard, and a level no node relays is a signature spent for nothing.
+            v.refuse(f"output 2 pays {change.data[:64].hex()}, expected P2WPKH top-up change")
+        if change_out.value <= DUST:
+            v.refuse(f"output 2 returns {change_out.value} sat, expected more than the dust "
+                     f"limit of {DUST} sat (smaller change goes to the fee)")
     if len(tx.vin) > 1 and tx.vout[1].value < coin.value:
         v.refuse(f"output 1 returns {tx.vout[1].value} sat to the coin with top-ups present, "
                  f"expected at least the coin's {coin.value} (top-ups pay the fee)")

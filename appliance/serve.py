@@ -21,7 +21,13 @@ from typing import Any
 from appliance.approvals import ApprovalQueue, PendingRequest
 from appliance.signing import Appliance
 from bftanchor.link.messages import MsgType
-from bftanchor.link.transport import PROTOCOL_VERSION, LinkEndpoint, LinkServer, open_serial
+from bftanchor.link.transport import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    LinkEndpoint,
+    LinkServer,
+    open_serial,
+)
 
 log = logging.getLogger("bft_anchor.appliance")
 
@@ -68,7 +74,11 @@ class ApplianceService:
         raise ValueError(f"unexpected request type {msg_type}")
 
     def _link_event(self, event: Any) -> None:
-        """Log link trouble, rate-limited: noise on the line must not fill the disk."""
+        """Log link trouble, rate-limited: noise on the line must not fill the disk. A sign
+        request that does not even read (its PSBT not base64, its records not objects) is
+        a refusal like any other: journaled (rate-limited too) with what was wrong."""
+        if isinstance(event, BadMessage) and event.frame_type == MsgType.SIGN_REQUEST:
+            self.appliance.refuse_request([f"the sign request does not read: {event.error}"])
         now = time.monotonic()
         if now - self._event_window >= 60.0:
             if self._events_dropped:

@@ -1,0 +1,214 @@
+"""The red team's attacks on the appliance: a node, an initiator and a link that lie.
+
+The attacker controls one validator's online node, the initiator and the serial link,
+not k honest validators' keys. Each test is a hole found on main and closed: it drives
+the real path (`bft-anchor appliance sign` on a directory made by `appliance init`, or
+`appliance serve` on a pty) and reads the verdict and the journal back. No PoW node is
+needed: the coin is named by the deployment file and nothing here depends on the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from embit.psbt import PSBT, InputScope, OutputScope
+from embit.script import Script
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
+from helpers import MAGIC, seed_for
+
+from anchorharness.proposal import propose
+from anchornode.bftsim import SimulatedBFTChain
+from appliance.config import ApplianceConfig
+from appliance.serve import control_call
+from appliance.signers.software import SoftwareSigner
+from bftanchor.deployment import Deployment
+from bftanchor.link import MsgType, encode_frame, open_pty_pair
+from bftanchor.qc import QC
+from bftanchor.template import TOPUP_SEQUENCE, Coin, Outpoint
+
+CLI = [sys.executable, "-m", "anchorcli"]
+WINDOW = 10
+GENESIS = Coin(Outpoint("5a" * 32, 1), 5_000_000, 0)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+
+class World:
+    """Four validators, v0 ours (made by `appliance init`); epochs 0 and 1 of 100 rounds."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.sim = SimulatedBFTChain.create(4, 100, seed=11)
+        self.dir = base / "v0"
+        made = run("appliance", "init", str(self.dir), "--validator-id", "v0")
+        assert made.returncode == 0, made.stderr
+        self.signers = {"v0": SoftwareSigner.from_file(self.dir / "seed.txt")}
+        for i in range(1, 4):
+            self.signers[f"v{i}"] = SoftwareSigner.from_seed(seed_for(f"redteam/v{i}"))
+        self.records = {e: self.sim.make_record(e, {v: s.pow_key(e)
+                                                    for v, s in self.signers.items()})
+                        for e in (0, 1)}
+        Deployment("litecoin-regtest", MAGIC, GENESIS, self.records[0], WINDOW).save(
+            self.dir / "deployment.json")
+        self.config = self.dir / "appliance.toml"
+        self.n = 0
+
+    def qc(self, rnd: int, epoch: int = 0) -> QC:
+        return self.sim.qc(epoch, rnd)
+
+    def request(self, psbt: PSBT | str, qc: QC | dict, **extra) -> dict:
+        return {"psbt": psbt if isinstance(psbt, str) else psbt.to_string(),
+                "qc": qc if isinstance(qc, dict) else qc.to_json(),
+                "records": [r.to_json() for r in self.records.values()], **extra}
+
+    def sign(self, request: dict | str) -> tuple[int, dict]:
+        self.n += 1
+        path = self.base / f"req{self.n}.json"
+        path.write_text(request if isinstance(request, str) else json.dumps(request))
+        out = run("appliance", "sign", "--config", str(self.config), "--request", str(path))
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.returncode in (0, 1), (out.returncode, out.stderr)
+        return out.returncode, json.loads(out.stdout)
+
+    def decisions(self) -> list[tuple[str, dict]]:
+        with sqlite3.connect(ApplianceConfig.load(self.config).journal) as db:
+            rows = db.execute("SELECT decision, detail FROM decisions ORDER BY seq").fetchall()
+        return [(d, json.loads(detail)) for d, detail in rows]
+
+    def signed_rows(self) -> int:
+        with sqlite3.connect(ApplianceConfig.load(self.config).journal) as db:
+            return db.execute("SELECT COUNT(*) FROM signed WHERE kind = 'signed'").fetchone()[0]
+
+    def refused(self, request: dict | str, *fragments: str) -> list[str]:
+        """Refused, with every fragment in the reasons, and journaled as such."""
+        before = self.signed_rows()
+        rc, out = self.sign(request)
+        assert rc == 1 and not out["signed"], out
+        text = " | ".join(out["reasons"])
+        for f in fragments:
+            assert f in text, text
+        decision, detail = self.decisions()[-1]
+        assert decision == "refused" and detail["reasons"] == out["reasons"]
+        assert self.signed_rows() == before, "a refused request left a signing row"
+        return out["reasons"]
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+def p2wpkh() -> Script:
+    return Script(b"\x00\x14" + secrets.token_bytes(20))
+
+
+def funding(value: int) -> Transaction:
+    """A fee-wallet transaction with one P2WPKH output (its full bytes prove the amount)."""
+    return Transaction(2, [TransactionInput(secrets.token_bytes(32), 0)],
+                       [TransactionOutput(value, p2wpkh())], 0)
+
+
+def topped_up(world: World, rnd: int, topups: list[Transaction], coin_add: int,
+              change: TransactionOutput | None) -> tuple[PSBT, QC]:
+    """A checkpoint PSBT with top-up inputs (each output 0 of its funding tx), the coin
+    output raised by coin_add and an optional change output."""
+    qc = world.qc(rnd)
+    psbt = propose(GENESIS, qc, world.records, False, 2.0, MAGIC).psbt
+    psbt.outputs[1].value = GENESIS.value + coin_add
+    for prev in topups:
+        psbt.inputs.append(InputScope(vin=TransactionInput(prev.txid(), 0,
+                                                           sequence=TOPUP_SEQUENCE)))
+        psbt.inputs[-1].non_witness_utxo = prev
+        psbt.inputs[-1].witness_utxo = prev.vout[0]
+    if change is not None:
+        psbt.outputs.append(OutputScope(vout=change))
+    return psbt, qc
+
+
+def test_a_topup_spent_twice_is_refused(world):
+    """One fee-wallet coin listed as two inputs was "proven" twice: its amount counted
+    twice towards the fee and the change (consensus rejects such a transaction, but the
+    appliance signed it and reported a fee it never checked)."""
+    prev = funding(100_000)
+    psbt, qc = topped_up(world, 5, [prev, prev], 0,
+                         TransactionOutput(199_000, p2wpkh()))
+    world.refused(world.request(psbt, qc), "spends", "again, expected each top-up once")
+
+
+def test_topup_change_is_p2wpkh_above_dust(world):
+    """Top-up change that no node relays (a non-standard script, or dust) would make a
+    level that can never be mined: a k-of-n signing round spent for nothing."""
+    prev = funding(10_000)
+    # 10_000 in: 8_500 to the coin, 500 change, 1_000 fee: the change is dust.
+    psbt, qc = topped_up(world, 5, [prev], 8_500, TransactionOutput(500, p2wpkh()))
+    world.refused(world.request(psbt, qc), "output 2 returns 500 sat, expected more than "
+                  "the dust limit of 546 sat")
+    psbt, qc = topped_up(world, 5, [prev], 0, TransactionOutput(9_000, Script(b"\x51" * 300)))
+    world.refused(world.request(psbt, qc), "expected P2WPKH top-up change")
+    # The honest shape still signs: P2WPKH change above dust.
+    psbt, qc = topped_up(world, 5, [prev], 0, TransactionOutput(9_000, p2wpkh()))
+    rc, out = world.sign(world.request(psbt, qc))
+    assert rc == 0 and out["signed"], out
+
+
+def test_a_request_nested_too_deep_is_a_journaled_refusal(world):
+    """JSON nested deeper than the reader's recursion limit escaped as exit 2, unjournaled."""
+    world.refused("[" * 100_000, "the request is not JSON", "expected an object")
+
+
+def test_an_unreadable_sign_request_on_the_link_is_journaled(world):
+    """Over the link, a sign request whose fields do not read (the PSBT not base64) got a
+    link error only: no verdict in the journal. Now it is a journaled refusal naming it."""
+    sockdir = Path(tempfile.mkdtemp(prefix="bfa-rt-"))  # AF_UNIX paths are short
+    control = sockdir / "control.sock"
+    master, slave = open_pty_pair()
+    proc = subprocess.Popen(
+        [*CLI, "appliance", "serve", "--config", str(world.config), "--link", slave,
+         "--control", str(control)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if control_call(control, {"cmd": "status"}, timeout=2)["ok"]:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the appliance did not come up"
+            time.sleep(0.05)
+        body = json.dumps({"psbt": "not base64!", "qc": {}, "records": []}).encode()
+        master.write(encode_frame(MsgType.SIGN_REQUEST, 0x5A5A0001, body))
+        deadline = time.monotonic() + 30
+        while True:
+            history = control_call(control, {"cmd": "history", "limit": 50})["history"]
+            refusals = [h for h in history if h["decision"] == "refused"]
+            if refusals:
+                break
+            assert time.monotonic() < deadline, history
+            time.sleep(0.05)
+        reasons = " | ".join(refusals[0]["detail"]["reasons"])
+        assert "the sign request does not read" in reasons and "psbt" in reasons, reasons
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        master.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert os.path.exists(world.dir / "journal.sqlite")
