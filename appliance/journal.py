@@ -674,6 +674,32 @@ class Journal:
         return added
 
     @_locked
+    def record_signature(
+        self, txid: str, signed_psbt: str, detail: dict[str, Any], epoch: int, round: int
+    ) -> None:
+        """The signed PSBT and the "signed" decision, in one transaction without an fsync
+        of its own: what forbids a conflicting signature is the reservation, already
+        durable (reserve); this row only spares the device a repeated request, and a
+        process crash keeps it (only a power cut before the next fsync could lose it, and
+        the same transaction is then signed again, RFC 6979 giving the same bytes)."""
+        db = self._db
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self.attach_signature(txid, signed_psbt)
+                self.log("signed", detail, txid, epoch, round)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self._snapshot = None  # attach_signature updated it: read it again
+                raise
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    @_locked
     def attach_signature(self, txid: str, signed_psbt: str) -> None:
         """Keep the signed PSBT so a repeated request is answered without the device."""
         try:

@@ -24,7 +24,7 @@ from appliance.lineage import verify_lineage
 from appliance.policy import Limits, Verdict, evaluate, trusted_records
 from appliance.signers.base import Signer, SignerError
 from bftanchor.deployment import Deployment
-from bftanchor.descriptor import EpochMultisig
+from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC
@@ -240,7 +240,7 @@ class Appliance:
                                                                verdict.adopted)}
         )
         _crash_point("after-journal")
-        source = EpochMultisig(records[cand.epoch])
+        source = multisig_for(records[cand.epoch])
         try:
             signed = self.signer.sign(psbt, source)
             mine = [
@@ -264,9 +264,8 @@ class Appliance:
             self._refuse([reason], summary)
             return SignOutcome(False, [reason], summary=summary)
         out = signed.to_string()
-        self.journal.attach_signature(cand.txid, out)
+        self.journal.record_signature(cand.txid, out, summary, cand.epoch, cand.round)
         _crash_point("after-sign")
-        self.journal.log("signed", summary, cand.txid, cand.epoch, cand.round)
         log.info(
             "signed epoch %d round %d txid %s fee %d%s",
             cand.epoch,

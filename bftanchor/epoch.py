@@ -108,6 +108,14 @@ class EpochRecord:
         if isinstance(data, str):
             # The journal hands the same stored text over and over: parse it once.
             return _from_text(data)
+        if isinstance(data, dict):
+            # So do requests (every sign request carries the same records): the same
+            # object, then its multisig, is derived once (descriptor.multisig_for).
+            try:
+                text = json.dumps(data, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError):
+                return cls._from_json(data)
+            return _from_text(text)
         return cls._from_json(data)
 
     @classmethod

@@ -6,6 +6,7 @@ exact path for the request's epoch: a PSBT cannot steer it to another key.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from embit import bip32, bip39
@@ -24,6 +25,8 @@ class SoftwareSigner:
             raise SignerError("a software signer needs a private root key")
         self._root = root
         self.coin_type = coin_type
+        self._accounts: dict[int, bip32.HDKey] = {}
+        self._children: dict[int, bip32.HDKey] = {}
 
     @classmethod
     def from_seed(cls, seed: bytes, coin_type: int = 1) -> SoftwareSigner:
@@ -57,7 +60,18 @@ class SoftwareSigner:
         return self._root.my_fingerprint
 
     def account(self, epoch: int) -> bip32.HDKey:
-        return self._root.derive(epoch_path(self.coin_type, epoch))
+        """The epoch's BIP48 account key (derived once: hardened steps cost EC math)."""
+        key = self._accounts.get(epoch)
+        if key is None:
+            key = self._accounts[epoch] = self._root.derive(epoch_path(self.coin_type, epoch))
+        return key
+
+    def _child(self, epoch: int) -> bip32.HDKey:
+        """The epoch's multisig key, m/48'/coin'/epoch'/2'/0/0."""
+        key = self._children.get(epoch)
+        if key is None:
+            key = self._children[epoch] = self.account(epoch).derive(list(KEY_TAIL))
+        return key
 
     def pow_key(self, epoch: int) -> str:
         xpub = (
@@ -74,7 +88,7 @@ class SoftwareSigner:
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
         require_sighash_all(psbt)
-        child = self.account(multisig.epoch).derive(list(KEY_TAIL))
+        child = self._child(multisig.epoch)
         pub = child.key.get_public_key()
         der = psbt.inputs[0].bip32_derivations.get(pub)
         expected_path = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch))) + list(
@@ -91,7 +105,12 @@ class SoftwareSigner:
             )
         if pub not in {k.pubkey for k in multisig.keys}:
             raise SignerError("this signer's key is not in the epoch's multisig")
-        out = PSBT.parse(psbt.serialize())
+        # A copy that shares all but input 0's signatures (no serialize-and-parse round trip):
+        # the caller compares what the signer added against the PSBT it passed in.
+        out = copy.copy(psbt)
+        out.inputs = list(psbt.inputs)
+        out.inputs[0] = copy.copy(psbt.inputs[0])
+        out.inputs[0].partial_sigs = dict(psbt.inputs[0].partial_sigs)
         sig = child.key.sign(sighash(out, 0, multisig))
         out.inputs[0].partial_sigs[pub] = sig.serialize() + bytes([SIGHASH.ALL])
         return out
