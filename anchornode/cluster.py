@@ -23,19 +23,21 @@ from typing import Any
 from embit import bip39
 
 from anchornode.bftsim import SimulatedBFTChain
+from anchornode.bootstrap import check_coin, fund_from_wallet, write_deployment, write_draft
 from anchornode.pow.regtest import MiningError, RegtestNode, free_port
-from anchornode.pow.rpc import PowRpc, RpcError, to_coin, to_sat
+from anchornode.pow.rpc import PowRpc, RpcError
 from anchornode.procutil import die_with_parent
 from anchornode.qcsource import DirectoryWriter
 from appliance.config import EXAMPLE as APPLIANCE_EXAMPLE
 from appliance.signers.software import SoftwareSigner
-from bftanchor.deployment import Deployment
+from bftanchor.bftsig import pubkey_from_secret
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.link.pty import PtyMasterSerial, open_pty_pair
 from bftanchor.network import network
 from bftanchor.secretfile import write_secret
-from bftanchor.template import Coin, Outpoint
+from bftanchor.share import Draft, KeyShare, build_epoch0
+from bftanchor.template import Coin
 
 log = logging.getLogger("bft_anchor.cluster")
 
@@ -138,26 +140,31 @@ class Cluster:
                     free_port(),
                 )
             )
-        rec0 = self.sim.make_record(0, self.pow_keys(0))
+        # The deployment is built as operators build theirs (docs/operations.md): a key
+        # share per validator, epoch 0 drafted from the shares, the genesis coin funded
+        # from a wallet and checked on the node before the deployment file is written.
+        shares = [
+            KeyShare(miner.chain, 0, m.id, pubkey_from_secret(m.bft_secret),
+                     m.signer.pow_key(0), device={"type": "software"})
+            for m in self.members
+        ]
+        rec0 = build_epoch0(shares, miner.chain, o.rounds_per_epoch, 0)
+        self.sim.records[0] = rec0
         self.records[0] = rec0
+        draft = Draft(miner.chain, b"BFTA", o.handover_margin + 1, rec0)
+        write_draft(self.root / "deployment-draft.json", draft)
         ms0 = EpochMultisig(rec0)
-        txid = wallet.sendtoaddress(
-            ms0.address(network(miner.chain)), float(to_coin(o.genesis_value))
-        )
+        outpoint = fund_from_wallet(miner.rpc, "miner", ms0.address(network(miner.chain)),
+                                    ms0.script_pubkey.data.hex(), o.genesis_value)
         if o.topup_below:
             fees = miner.client("/wallet/fees")
             miner.rpc.createwallet("fees")
             wallet.sendtoaddress(fees.getnewaddress("", "bech32"), 1.0)
-        info = miner.rpc.getrawtransaction(txid, True)
-        vout = next(
-            o["n"] for o in info["vout"] if o["scriptPubKey"]["hex"] == ms0.script_pubkey.data.hex()
-        )
         miner.mine(1)
-        self.genesis = Coin(Outpoint(txid, vout), to_sat(info["vout"][vout]["value"]), 0)
-        self.deployment = Deployment(
-            miner.chain, b"BFTA", self.genesis, rec0, o.handover_margin + 1
-        )
-        self.deployment.save(self.root / "deployment.json")
+        value = check_coin(miner.rpc, outpoint, ms0, o.genesis_value)["value"]
+        self.deployment = write_deployment(self.root / "deployment.json", draft, outpoint,
+                                           value)
+        self.genesis = self.deployment.genesis
         self.writer = DirectoryWriter(self.root / "bft")
         self.writer.publish_record(rec0)
         self.wait_synced()
