@@ -267,7 +267,7 @@ def cmd_appliance_journal(args: argparse.Namespace) -> int:
                     os.fsync(f.fileno())
                 print(f"exported journal {cfg.journal} to {args.out}", file=sys.stderr)
             return EXIT_OK
-        result = import_journal(journal, load_file(args.file))
+        result = import_journal(journal, load_file(args.file), deployment.epoch0)
         journal.log("imported", {"file": str(args.file), **result})
         print(f"imported {args.file}: {result['added']} new of {result['checkpoints']} "
               f"checkpoint(s) into {cfg.journal}")

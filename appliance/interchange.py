@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.journal import Candidate, Journal, JournalError, JournalRefusal
+from appliance.policy import trusted_records
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.template import Outpoint
@@ -55,8 +56,15 @@ def export_journal(journal: Journal) -> dict[str, Any]:
     }
 
 
-def import_journal(journal: Journal, data: Any) -> dict[str, int]:
-    """Merge an export into this journal in one transaction; raise InterchangeError."""
+def import_journal(
+    journal: Journal, data: Any, epoch0: EpochRecord | None = None
+) -> dict[str, int]:
+    """Merge an export into this journal in one transaction; raise InterchangeError.
+
+    The export's epoch records are trusted only as far as their certificates go back to
+    a record this appliance holds (`epoch0`, the deployment's): a file is carried by
+    hand between machines, and one uncertified record would let the appliance hand the
+    coin over to whoever wrote it."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InterchangeError(f"not a journal interchange file (expected format {FORMAT!r})")
     if data.get("version") != VERSION:
@@ -74,10 +82,16 @@ def import_journal(journal: Journal, data: Any) -> dict[str, int]:
     except (KeyError, TypeError, ValueError, CheckpointError) as exc:
         raise InterchangeError(f"the export is malformed: {exc}") from exc
     held = {r.epoch: r for r in journal.records()}
+    if epoch0 is not None:
+        held.setdefault(epoch0.epoch, epoch0)
     for r in records:
         if r.epoch in held and held[r.epoch].body_json() != r.body_json():
             raise InterchangeError(f"the export's epoch {r.epoch} record differs from the "
                                    "one this appliance holds")
+    _, problems = trusted_records(held, records)
+    if problems:
+        raise InterchangeError(f"the export's epoch records do not verify back to epoch "
+                               f"{min(held, default=0)}: {'; '.join(problems)}")
     try:
         added = journal.import_rows(rows, records, mark_t)
     except JournalRefusal as exc:

@@ -212,3 +212,29 @@ def test_an_unreadable_sign_request_on_the_link_is_journaled(world):
         master.close()
         shutil.rmtree(sockdir, ignore_errors=True)
     assert os.path.exists(world.dir / "journal.sqlite")
+
+
+def test_a_journal_import_cannot_bring_an_uncertified_epoch_record(world):
+    """The interchange file's epoch records were stored as given: an export edited to
+    carry an epoch-1 record of the attacker's own keys (no certificate) made the
+    appliance sign a handover of the coin to the attacker. Records are verified back to
+    the deployment's epoch 0 on import, as everywhere else."""
+    thief = {v: SoftwareSigner.from_seed(seed_for(f"thief/{v}")).pow_key(1)
+             for v in world.signers}
+    forged = world.sim.make_record(1, thief).with_certificate({})
+    exported = run("appliance", "journal", "export", "--config", str(world.config))
+    assert exported.returncode == 0, exported.stderr
+    data = json.loads(exported.stdout)
+    data["records"].append(forged.to_json())
+    path = world.base / "edited-export.json"
+    path.write_text(json.dumps(data))
+    imp = run("appliance", "journal", "import", "--config", str(world.config), str(path))
+    assert imp.returncode == 1, (imp.stdout, imp.stderr)
+    lines = imp.stderr.strip().splitlines()
+    assert len(lines) == 1 and "record for epoch 1 is not certified" in lines[0], imp.stderr
+    # The handover to the thief's keys, in the window, offering no record: refused.
+    qc = world.qc(95)
+    records = {0: world.records[0], 1: forged}
+    psbt = propose(GENESIS, qc, records, True, 2.0, MAGIC).psbt
+    world.refused({"psbt": psbt.to_string(), "qc": qc.to_json(), "records": []},
+                  "output 1 pays the coin to")
