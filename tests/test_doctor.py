@@ -209,6 +209,46 @@ def test_peer_address_of_another_validator(site):
     only_failure(f, "peer v2", "address")
 
 
+SKEWED_PEER = """
+import sys, time
+from pathlib import Path
+real = time.time
+time.time = lambda: real() + 120.0  # this machine's clock is two minutes fast
+from anchornode.config import NodeConfig
+from anchornode.qcsource import open_source
+from anchornode.service import NodeService
+from bftanchor.deployment import Deployment
+cfg = NodeConfig.load(Path(sys.argv[1]))
+svc = NodeService(cfg, Deployment.load(cfg.deployment),
+                  bytes.fromhex(cfg.bft_key_file.read_text().strip()), None, [],
+                  open_source(cfg.qc_source))
+svc.start_server()
+print("listening", flush=True)
+time.sleep(120)
+"""
+
+
+def test_peer_clock_off(site):
+    """v3's node runs on a machine whose clock is 2 minutes fast."""
+    port = free_port()
+    cfg = site.root / "op3" / "skewed.toml"
+    cfg.write_text(site.node_text(3, listen=f"127.0.0.1:{port}"))
+    proc = subprocess.Popen([sys.executable, "-c", SKEWED_PEER, str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
+    try:
+        assert proc.stdout.readline().strip() == b"listening"
+        peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v2']}",
+                 "v3": f"127.0.0.1:{port}"}
+        rc, f, _ = doctor("--node", site.variant("skew", peers=peers))
+        assert rc == 1
+        bad = only_failure(f, "peer v3", "synchronise both clocks")
+        assert "clock" in bad["check"] and "+12" in bad["detail"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_pow_node_unreachable(site):
     rc, f, _ = doctor("--node", site.variant("pow", pow_url=f"http://127.0.0.1:{free_port()}"))
     assert rc == 1
