@@ -31,7 +31,7 @@ from bftanchor.publish import Publisher, certify, next_record
 from bftanchor.share import KeyShare
 from tests.deploy_helpers import NullModem, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~1 min: four operators, three epochs
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "operations.md").read_text()
