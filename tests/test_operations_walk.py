@@ -159,7 +159,9 @@ class BFTChain(threading.Thread):
 
         try:
             parent, parent_round = bytes(32), 0
-            while not self.stop_event.is_set() and self.round < EPOCHS * EPOCH_LENGTH:
+            # The last epoch stops before its handover window, so its newest QC can always
+            # carry a regular checkpoint however late the handover into it confirms.
+            while not self.stop_event.is_set() and self.round < EPOCHS * EPOCH_LENGTH - WINDOW:
                 epoch = self.round // EPOCH_LENGTH
                 if self.round % EPOCH_LENGTH == 0 and epoch + 1 < EPOCHS:
                     rec = next_record(self.pub.records[epoch], self.shares[epoch + 1],
