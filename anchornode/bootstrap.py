@@ -76,6 +76,26 @@ def device_caps(shares: list[KeyShare], script: str) -> dict[str, int | None]:
     return caps
 
 
+def check_devices(shares: list[KeyShare], record: Any) -> None:
+    """Refuse a record some operator's device cannot sign (firmware too old, script type
+    unsupported, n too large), with the device's own reasons."""
+    from appliance.devices.capability import cannot_sign
+    from appliance.devices.profiles import match_profile
+
+    for s in shares:
+        dtype = s.device.get("type")
+        if not dtype or dtype == "software":
+            continue
+        firmware = s.device.get("firmware")
+        profile = match_profile(str(dtype), s.device.get("model"), firmware)
+        if profile is None:
+            continue  # warned by device_caps: nothing known to check against
+        reasons = cannot_sign(record, s.fingerprint, profile=profile, firmware=firmware)
+        if reasons:
+            raise ShareError(f"the device of {s.validator_id} ({s.device.get('model')} "
+                             f"{firmware}) cannot sign epoch 0: {'; '.join(reasons)}")
+
+
 def summary(chain: str, record: Any) -> dict[str, Any]:
     ms = EpochMultisig(record)
     return {
@@ -106,6 +126,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
         shares = [KeyShare.load(p) for p in args.share]
         record = build_epoch0(shares, args.chain, args.epoch_length, args.start_round,
                               args.script, device_caps(shares, args.script))
+        check_devices(shares, record)
         draft = Draft(args.chain, magic, args.handover_window, record)
         s = summary(args.chain, record)
         write_draft(args.out, draft)

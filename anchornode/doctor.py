@@ -491,15 +491,16 @@ def _check_capability(rep: Report, signer: Any, record: Any) -> None:
         rep.warn("device", "a software seed signs (development only)",
                  "use a hardware wallet (signer.kind = hwi) for a real deployment")
         return
-    from appliance.devices.profiles import check_capability, match_profile
+    from appliance.devices.capability import cannot_sign
+    from appliance.devices.profiles import match_profile
 
     profile = match_profile(str(info.get("type")), info.get("model"), info.get("firmware"))
     if profile is None:
         rep.warn("device", f"no firmware profile for {info.get('model')} {info.get('firmware')}",
                  "see firmware-profiles/ for the devices that are known to work")
         return
-    reasons = check_capability(profile, "wsh-sortedmulti", record.n, info.get("firmware"),
-                               account=record.epoch)
+    reasons = cannot_sign(record, info.get("fingerprint"), profile=profile,
+                          firmware=info.get("firmware"))
     if reasons:
         rep.fail("device capability", "; ".join(reasons), "upgrade the firmware, or use a "
                  "device whose profile allows this multisig")

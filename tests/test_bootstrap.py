@@ -162,6 +162,10 @@ def test_draft_refuses_n_beyond_script_and_devices(tmp_path):
     jshares = _software_shares(tmp_path / "j", 16, jade)
     assert_refused(run(*draft_args(jshares, out)), "n = 16", "at most 15")
     assert run(*draft_args(jshares[:15], out))[0] == 0
+    # A device whose firmware is older than its profile's minimum cannot sign at all.
+    (tmp_path / "old").mkdir()
+    old = _software_shares(tmp_path / "old", 4, dict(jade, firmware="0.1.30"))
+    assert_refused(run(*draft_args(old, tmp_path / "d2.json")), "v0", "0.1.30", "cannot sign")
 
 
 @pytest.fixture(scope="module")
