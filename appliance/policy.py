@@ -200,9 +200,15 @@ def _evaluate(
     if ws is not None and ws != source.witness_script:
         v.refuse(f"input 0's witness script is not epoch {qc.epoch}'s multisig script")
     nwu = psbt.inputs[0].non_witness_utxo
-    if nwu is not None and nwu.txid() != tx.vin[0].txid:
-        v.refuse(f"input 0's non_witness_utxo is transaction {nwu.txid().hex()}, expected "
-                 f"{outpoint.txid}")
+    if nwu is not None:
+        if nwu.txid() != tx.vin[0].txid:
+            v.refuse(f"input 0's non_witness_utxo is transaction {nwu.txid().hex()}, "
+                     f"expected {outpoint.txid}")
+        elif outpoint.vout >= len(nwu.vout) or nwu.vout[outpoint.vout].value != coin.value or (
+            nwu.vout[outpoint.vout].script_pubkey != source.script_pubkey
+        ):
+            v.refuse(f"input 0's non_witness_utxo output {outpoint.vout} is not the coin "
+                     f"({coin.value} sat to epoch {qc.epoch}'s multisig)")
 
     # 4. Output 0 is exactly this QC's payload.
     if tx.vout[0].value != 0:

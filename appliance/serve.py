@@ -104,7 +104,7 @@ class ApplianceService:
     def pending_detail(self, item: PendingRequest) -> dict[str, Any]:
         """A held request in full with the policy's verdict as of now: what the operator's
         console decodes, and why approval may no longer be possible."""
-        verdict, _, _ = self.appliance.decide(item.psbt, item.qc, item.records)
+        verdict, _, _ = self.appliance.decide(item.psbt, item.qc, item.records, item.lineage)
         return {
             **item.to_json(),
             "psbt": item.psbt,

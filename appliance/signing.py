@@ -336,6 +336,7 @@ class Appliance:
         state = self.journal.state()
         return {
             "fingerprint": self.signer.fingerprint.hex(),
+            "journal_id": self.journal.get_meta("journal_id"),
             "journal_head": self.journal.head(),
             "expected_coins": [
                 {"outpoint": str(c.outpoint), "value": c.value, "epoch": c.epoch}

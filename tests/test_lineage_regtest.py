@@ -27,7 +27,12 @@ def test_missed_checkpoints_are_adopted_from_proof(fleet, regtest):
     stale = v3.handle_sign(*fleet.request(proposal.psbt, qc))
     assert not stale.signed and "not the expected coin" in " ".join(stale.reasons)
 
-    out = v3.handle_sign(*fleet.request(proposal.psbt, qc), [raw(regtest, t1), raw(regtest, t2)])
+    lineage = [raw(regtest, t2), raw(regtest, t1)]  # any order
+    # Deciding (what the console shows before approval) writes nothing, adoption included.
+    verdict, _, _ = v3.decide(*fleet.request(proposal.psbt, qc), lineage)
+    assert verdict.ok and [c.txid for c in verdict.adopted] == [t1, t2]
+    assert v3.journal.state().entries == ()
+    out = v3.handle_sign(*fleet.request(proposal.psbt, qc), lineage)
     assert out.signed, out.reasons
     kinds = [(e.txid, e.kind) for e in v3.journal.state().entries]
     assert kinds[:2] == [(t1, "adopted"), (t2, "adopted")] and kinds[2][1] == "signed"
