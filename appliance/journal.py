@@ -733,7 +733,8 @@ class Journal:
             self._db.execute(
                 "INSERT INTO decisions (ts, decision, txid, epoch, round, detail) "
                 "VALUES (?,?,?,?,?,?)",
-                (time.time(), decision, txid, epoch, round, json.dumps(detail, sort_keys=True)),
+                (time.time(), decision, txid, _column_int(epoch), _column_int(round),
+                 json.dumps(detail, sort_keys=True)),
             )
         except sqlite3.Error as exc:
             raise _db_error(self.path, exc) from exc
@@ -766,6 +767,15 @@ class Journal:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise _db_error(self.path, exc) from exc
+
+
+def _column_int(value: Any) -> int | None:
+    """An (epoch, round) index column: a u64 from a request may not fit SQLite's signed
+    64-bit INTEGER (2**64 - 1 raised OverflowError out of the refusal that named it);
+    the decision's detail keeps the value as given."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63:
+        return value
+    return None
 
 
 _COLUMNS = (

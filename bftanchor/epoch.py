@@ -166,6 +166,10 @@ class EpochRecord:
         ids = [v.id for v in self.validators]
         if len(set(ids)) != len(ids):
             raise EpochRecordError(f"epoch {self.epoch}: duplicate validator id")
+        # One BFT key under two ids would count twice towards a QC's or a certificate's
+        # threshold.
+        if len({v.bft_pubkey for v in self.validators}) != self.n:
+            raise EpochRecordError(f"epoch {self.epoch}: two validators share a bft_pubkey")
         for v in self.validators:
             if len(v.bft_pubkey) != 33 or v.bft_pubkey[0] not in (2, 3):
                 raise EpochRecordError(f"validator {v.id}: bft_pubkey must be 33-byte compressed")

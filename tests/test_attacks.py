@@ -238,3 +238,30 @@ def test_a_journal_import_cannot_bring_an_uncertified_epoch_record(world):
     psbt = propose(GENESIS, qc, records, True, 2.0, MAGIC).psbt
     world.refused({"psbt": psbt.to_string(), "qc": qc.to_json(), "records": []},
                   "output 1 pays the coin to")
+
+
+def test_a_qc_round_beyond_sqlite_integers_is_a_journaled_refusal(world):
+    """A QC round of 2**64 - 1 is a valid u64 but not an SQLite INTEGER: journaling its
+    refusal raised OverflowError out of the appliance (exit 2, nothing journaled)."""
+    qc = world.qc(5)
+    psbt = propose(GENESIS, qc, world.records, False, 2.0, MAGIC).psbt
+    for field in ("round", "epoch"):
+        data = qc.to_json()
+        data["vote_info"][field] = 2**64 - 1
+        world.refused(world.request(psbt, data), "vote_info_hash does not match"
+                      if field == "round" else "no certified epoch record held")
+
+
+def test_one_bft_key_under_two_ids_is_refused(world, tmp_path):
+    """A record listing one BFT key under two validator ids was accepted, and that key
+    then counted twice towards a QC's (or a certificate's) threshold. Records come from
+    the deployment or a quorum's certificate, so this is defence in depth: such a record
+    is malformed wherever it is read (here, the deployment: one line, exit 2)."""
+    recs = world.records[0].to_json()
+    recs["validators"][3]["bft_pubkey"] = recs["validators"][2]["bft_pubkey"]
+    dep = json.loads((world.dir / "deployment.json").read_text())
+    dep["epoch0"] = recs
+    (world.dir / "deployment.json").write_text(json.dumps(dep))
+    out = run("appliance", "status", "--config", str(world.config))
+    assert out.returncode == 2 and "two validators share a bft_pubkey" in out.stderr, out
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
