@@ -305,13 +305,14 @@ def cmd_epochs(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    if args.out.exists():
-        print(f"bft-anchor deploy keygen: {args.out} exists; not overwriting a key",
-              file=sys.stderr)
-        return EXIT_USAGE
+    from bftanchor.secretfile import SecretFileError, write_secret
+
     secret = secrets.token_bytes(32)
-    args.out.touch(mode=0o600)
-    args.out.write_text(secret.hex() + "\n")
+    try:
+        write_secret(args.out, secret.hex() + "\n")
+    except (SecretFileError, OSError) as exc:
+        print(f"bft-anchor deploy keygen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(pubkey_from_secret(secret).hex())
     return EXIT_OK
 

@@ -49,6 +49,7 @@ from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import verify_chain
 from bftanchor.network import network
 from bftanchor.payload import Payload
+from bftanchor.secretfile import write_secret
 from bftanchor.share import Draft, KeyShare, build_epoch0
 from bftanchor.signreply import SignReply
 from bftanchor.template import Outpoint
@@ -133,9 +134,7 @@ class LocalAppliance(InProcessAppliance):
 
 def _write_validator(vdir: Path, vid: str, mnemonic: str, device_path: str | None) -> Path:
     vdir.mkdir(parents=True, exist_ok=True)
-    seed = vdir / "seed.txt"
-    seed.write_text(mnemonic + "\n")
-    seed.chmod(0o600)
+    write_secret(vdir / "seed.txt", mnemonic + "\n")  # never over an existing seed
     cfg = vdir / "appliance.toml"
     text = EXAMPLE.replace('validator_id = "v0"', f'validator_id = "{vid}"')
     text = text.replace('deployment = "deployment.json"', 'deployment = "../../deployment.json"')
