@@ -22,7 +22,13 @@ from bftanchor.deployment import Deployment, DeploymentError
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import CheckpointError
 from bftanchor.network import coin_type, network
-from bftanchor.share import KeyShare, ShareError, same_fingerprint, wallet_fingerprint
+from bftanchor.share import (
+    KeyShare,
+    ShareError,
+    parse_bft_pubkey,
+    same_fingerprint,
+    wallet_fingerprint,
+)
 
 JADE_WSH_VARIANT = "wsh(multi(k))"
 
@@ -60,9 +66,7 @@ def bft_pubkey_of(pubkey_hex: str | None, key_file: Path | None) -> bytes:
         return pubkey_from_secret(secret)
     if not pubkey_hex:
         raise ShareError("give the validator's BFT public key (--bft-pubkey HEX)")
-    from bftanchor.share import _hex_pubkey
-
-    return _hex_pubkey(pubkey_hex)
+    return parse_bft_pubkey(pubkey_hex)
 
 
 def make_share(config: ApplianceConfig, chain: str, epoch: int, bft_pubkey: bytes) -> KeyShare:

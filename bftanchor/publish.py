@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -212,13 +211,3 @@ def serve_http(root: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingH
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def publish_all(root: Path, records: Iterable[EpochRecord], qcs: Iterable[QC]) -> Publisher:
-    """Convenience for tests and migrations: publish records in epoch order, then QCs."""
-    pub = Publisher(root)
-    for r in sorted(records, key=lambda r: r.epoch):
-        pub.publish_record(r)
-    for qc in qcs:
-        pub.publish_qc(qc)
-    return pub

@@ -82,7 +82,8 @@ def check_pow_key(pow_key: str, chain: str, epoch: int, script: str = "wsh-sorte
     return key
 
 
-def _hex_pubkey(value: Any) -> bytes:
+def parse_bft_pubkey(value: Any) -> bytes:
+    """A validator's BFT public key from hex: 33-byte compressed, on the curve."""
     try:
         raw = bytes.fromhex(value)
     except (TypeError, ValueError):
@@ -160,7 +161,7 @@ class KeyShare:
         fp = device.get("fingerprint")
         if fp is not None and str(fp).lower() != pow_key[1:9].lower():
             raise ShareError(f"device fingerprint {fp} is not the pow_key's ({pow_key[1:9]})")
-        return cls(str(chain), epoch, vid, _hex_pubkey(data.get("bft_pubkey")), pow_key,
+        return cls(str(chain), epoch, vid, parse_bft_pubkey(data.get("bft_pubkey")), pow_key,
                    script, device)
 
     @classmethod
