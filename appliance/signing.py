@@ -34,7 +34,7 @@ from bftanchor.template import verify_partial_sig
 log = logging.getLogger("bft_anchor.appliance")
 
 # Refusals journaled: a burst of this many, then this many per second (see _refuse).
-REFUSAL_BURST = 50
+REFUSAL_BURST = 100
 REFUSALS_PER_SECOND = 2.0
 
 
