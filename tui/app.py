@@ -1,10 +1,10 @@
 """The operator's console: one Textual app over one appliance backend.
 
-The app owns the data (refreshed by polling in worker threads, never on the event
-loop) and the operations (approve, refuse, mode, install, register), each run as a
-worker that turns every failure into a notification: an unplugged device, a dropped
-link or a bad record must never take the console down. Screens only render the data
-and ask the app to act.
+The app owns the data, a reactive attribute refreshed by polling workers (the blocking
+calls run in threads, never on the event loop); screens watch it and render. The
+operations (approve, refuse, mode, install, register) run as workers that turn every
+failure into a notification: an unplugged device, a dropped link or a bad record must
+never take the console down. Layout lives in .tcss files beside the app and each screen.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import reactive
 
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
@@ -48,10 +50,6 @@ class ConsoleData:
     device_seen: float | None = None  # when the device last answered
 
 
-class View(Protocol):
-    def show_data(self, data: ConsoleData) -> None: ...
-
-
 class OperatorConsole(App[int]):
     """bft-anchor's operator console."""
 
@@ -64,15 +62,9 @@ class OperatorConsole(App[int]):
     }
     DEFAULT_MODE = "requests"
     ENABLE_COMMAND_PALETTE = False
-    # Notifications at the top right: the status bar and the key footer stay visible.
-    CSS = """
-    ToastRack {
-        dock: top;
-        align: right top;
-        margin-top: 1;
-        margin-bottom: 0;
-    }
-    """
+    CSS_PATH = "app.tcss"
+    # What every screen shows; assigning it (or mutate_reactive) re-renders the watchers.
+    data: reactive[ConsoleData] = reactive(ConsoleData, always_update=True, init=False)
     BINDINGS = [
         Binding("1,f1", "switch_mode('requests')", "Requests", key_display="1",
                 tooltip="the requests waiting for your decision, each decoded"),
@@ -105,9 +97,6 @@ class OperatorConsole(App[int]):
         self.device_poll = device_poll
         self.history_limit = history_limit
         self.data = ConsoleData()
-        self.views: list[View] = []
-        self._refreshing = False
-        self._probing = False
         self._said: dict[str, str | None] = {}
 
     # --- life cycle -----------------------------------------------------------------
@@ -116,39 +105,37 @@ class OperatorConsole(App[int]):
         await self.refresh_data()
         await self.refresh_device()
         if self.poll > 0:
-            self.set_interval(self.poll, self._poll_data)
+            self.set_interval(self.poll, self._tick, name="poll")
         if self.device_poll > 0:
-            self.set_interval(self.device_poll, self._poll_device)
+            self.set_interval(self.device_poll, self._tick_device, name="device-poll")
 
-    def _poll_data(self) -> None:
-        if not self._refreshing:
-            self.run_worker(self.refresh_data(), group="poll")
+    def _busy(self, group: str) -> bool:
+        return any(w.group == group and not w.is_finished for w in self.workers)
 
-    def _poll_device(self) -> None:
-        if not self._probing:
-            self.run_worker(self.refresh_device(), group="device")
+    def _tick(self) -> None:
+        if not self._busy("poll"):  # a slow appliance: skip a tick, never pile up
+            self.poll_data()
 
-    def action_refresh(self) -> None:
-        self.run_worker(self._refresh_all(), group="poll")
+    def _tick_device(self) -> None:
+        if not self._busy("device"):  # HWI may take seconds: never cancel a probe
+            self.poll_device()
 
-    async def _refresh_all(self) -> None:
+    @work(group="poll")
+    async def poll_data(self) -> None:
+        await self.refresh_data()
+
+    @work(group="device")
+    async def poll_device(self) -> None:
+        await self.refresh_device()
+
+    @work(group="poll")
+    async def action_refresh(self) -> None:
         await self.refresh_data()
         await self.refresh_device()
 
-    def register_view(self, view: View) -> None:
-        self.views.append(view)
-        view.show_data(self.data)
-
-    def unregister_view(self, view: View) -> None:
-        if view in self.views:
-            self.views.remove(view)
-
-    def _broadcast(self) -> None:
-        for view in list(self.views):
-            try:
-                view.show_data(self.data)
-            except Exception:  # a rendering bug must not stop the console
-                log.exception("rendering failed")
+    def _changed(self) -> None:
+        """The data was changed in place: tell the watching screens."""
+        self.mutate_reactive(OperatorConsole.data)
 
     def say_once(self, key: str, message: str | None, severity: str = "warning") -> None:
         """Notify when a condition starts or changes, not on every poll."""
@@ -174,7 +161,6 @@ class OperatorConsole(App[int]):
 
     async def refresh_data(self) -> None:
         """Reload status, queue, records and history; a failure is shown, not raised."""
-        self._refreshing = True
         try:
             data = await asyncio.to_thread(self._fetch)
         except Exception as exc:
@@ -182,10 +168,8 @@ class OperatorConsole(App[int]):
             self.data.error = msg
             self.data.pending = []  # stale: nothing can be approved from an old list
             self.say_once("appliance", msg, "error")
-            self._broadcast()
+            self._changed()
             return
-        finally:
-            self._refreshing = False
         if self._said.get("appliance"):
             self.say_once("appliance", None)
             self.notify("appliance reachable again")
@@ -198,19 +182,15 @@ class OperatorConsole(App[int]):
                 self.notify("the serial link dropped", severity="error", timeout=8)
         data.device = self.data.device
         self.data = data
-        self._broadcast()
 
     async def refresh_device(self) -> None:
         """Read the device through HWI; unplugging it is a notification, never a crash."""
-        self._probing = True
         try:
             records = self.data.records
             epochs = self.capability_epochs()
             view = await asyncio.to_thread(self.backend.device, records, epochs)
         except Exception as exc:
             view = DeviceView(connected=False, kind="?", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            self._probing = False
         was = self.data.device
         if not view.connected:
             self.say_once("device", f"device disconnected: {view.error}", "error")
@@ -220,7 +200,7 @@ class OperatorConsole(App[int]):
                 self.say_once("device", None)
                 self.notify(f"device {view.fingerprint} connected again")
         self.data.device = view
-        self._broadcast()
+        self._changed()
 
     def capability_epochs(self) -> list[int]:
         """The current epoch and the next, which the device must be able to sign."""
@@ -359,4 +339,4 @@ class OperatorConsole(App[int]):
         return True
 
     async def on_unmount(self) -> None:
-        self.views.clear()
+        self.workers.cancel_all()

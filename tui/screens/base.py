@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
@@ -11,6 +12,8 @@ from textual.widgets import Footer, Header, Static
 
 from tui.widgets import StatusBar, status_text
 
+log = logging.getLogger("bft_anchor.tui")
+
 if TYPE_CHECKING:
     from tui.app import ConsoleData, OperatorConsole
 
@@ -19,11 +22,6 @@ class ConsoleScreen(Screen[None]):
     """A screen that renders the app's data whenever it changes."""
 
     NAME = "?"
-    DEFAULT_CSS = """
-    ConsoleScreen > .body {
-        height: 1fr;
-    }
-    """
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -44,11 +42,17 @@ class ConsoleScreen(Screen[None]):
         b = self.console.backend
         self.sub_title = f"{self.NAME} · {b.validator_id} · {b.chain} · {b.kind}"
         self._ready = True  # is_mounted turns true only after the mount handlers
-        self.console.register_view(self)
+        # Textual's reactivity: render now and whenever the app's data changes.
+        self.watch(self.console, "data", self._on_data, init=True)
 
     def on_unmount(self) -> None:
         self._ready = False
-        self.console.unregister_view(self)
+
+    def _on_data(self, data: ConsoleData) -> None:
+        try:
+            self.show_data(data)
+        except Exception:  # a rendering bug must not stop the console
+            log.exception("rendering %s failed", self.NAME)
 
     def show_data(self, data: ConsoleData) -> None:
         if not self._ready:

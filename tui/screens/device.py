@@ -75,16 +75,7 @@ class DeviceScreen(ConsoleScreen):
     """The signing device as HWI sees it."""
 
     NAME = "device"
-    DEFAULT_CSS = """
-    DeviceScreen #device-pane {
-        height: 1fr;
-        padding: 0 1;
-    }
-    DeviceScreen #registered {
-        height: auto;
-        max-height: 12;
-    }
-    """
+    CSS_PATH = "device.tcss"
 
     # ctrl+r refreshes on every screen; here it reads the device again ("r" is Refuse).
     BINDINGS = [Binding("ctrl+r", "reread", "Read device",

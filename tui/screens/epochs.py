@@ -71,25 +71,7 @@ class EpochsScreen(ConsoleScreen):
     """The current epoch, and the key rotation ceremony for the next."""
 
     NAME = "epochs"
-    DEFAULT_CSS = """
-    EpochsScreen #epoch-pane {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-    }
-    EpochsScreen #ceremony-pane {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-        border-left: solid $primary;
-    }
-    EpochsScreen Input {
-        margin: 0 1;
-    }
-    EpochsScreen Input.-hidden {
-        display: none;
-    }
-    """
+    CSS_PATH = "epochs.tcss"
 
     BINDINGS = [
         Binding("k", "show_key", "(a) Key",

@@ -86,21 +86,7 @@ class HistoryScreen(ConsoleScreen):
     """The journal's decisions with a search box."""
 
     NAME = "history"
-    DEFAULT_CSS = """
-    HistoryScreen #history-search {
-        margin: 0 0;
-    }
-    HistoryScreen #history {
-        width: 64;
-        height: 1fr;
-    }
-    HistoryScreen #history-pane {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-        border-left: solid $primary;
-    }
-    """
+    CSS_PATH = "history.tcss"
 
     BINDINGS = [
         Binding("slash", "search", "Search",

@@ -154,27 +154,7 @@ class RequestsScreen(ConsoleScreen):
     """The pending queue and the selected request in full."""
 
     NAME = "requests"
-    DEFAULT_CSS = """
-    RequestsScreen #queue-pane {
-        width: 36;
-        height: 1fr;
-    }
-    RequestsScreen #requests {
-        height: 1fr;
-    }
-    RequestsScreen #refused {
-        height: auto;
-        max-height: 40%;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
-    }
-    RequestsScreen #request-pane {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-        border-left: solid $primary;
-    }
-    """
+    CSS_PATH = "requests.tcss"
 
     BINDINGS = [
         Binding("a", "approve", "Approve",
