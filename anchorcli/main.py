@@ -72,13 +72,27 @@ def _check_datadir(datadir: Path, resume: bool = False) -> None:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    from anchornode.devnet import DevnetOptions, print_progress, run_devnet, stderr_progress
+    from anchornode.devnet import (
+        DevnetOptions,
+        epoch_plan,
+        print_progress,
+        run_devnet,
+        stderr_progress,
+    )
     from anchornode.fees import FeePolicy
+    from bftanchor.errors import DescriptorError
 
-    if args.signer == "hwi" and args.validators > 15 and not args.nodes:
-        raise UsageError("--validators", f"{args.validators} with --signer hwi: a Jade signs "
-                         "multisigs of at most 15 keys (its 520-byte script buffer); use "
-                         "--signer software for more")
+    try:
+        sizes = [int(x) for x in str(args.validators).split(",")]
+        if not sizes or any(n < 1 for n in sizes):
+            raise ValueError
+    except ValueError:
+        raise UsageError("--validators", f"{args.validators!r} is not N or N1,N2,... "
+                         "(positive validator counts, one per epoch)") from None
+    if args.epochs is None:
+        args.epochs = max(3, len(sizes))
+    if args.nodes and max(sizes) > 20:
+        raise UsageError("--validators", "--nodes runs wsh epochs of at most 20 validators")
     if args.handover_margin + 1 >= args.rounds_per_epoch:
         # The deployment's handover window is M + 1 rounds, and must be shorter than an epoch.
         raise UsageError("--handover-margin", f"{args.handover_margin} must be less than "
@@ -88,22 +102,33 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     if args.datadir is not None:
         _check_datadir(args.datadir, args.resume)
     opts = DevnetOptions(
-        validators=args.validators,
+        validators=sizes[0],
+        sizes=sizes,
         epochs=args.epochs,
         datadir=args.datadir,
         rounds_per_epoch=args.rounds_per_epoch,
         interval=args.interval,
         handover_margin=args.handover_margin,
-        appliances=args.appliances,
+        appliances=args.appliances or ("process" if max(sizes) <= 20 else "inprocess"),
         signer=args.signer,
         fee=FeePolicy(override=args.fee_rate) if args.fee_rate else FeePolicy(),
         resume=args.resume,
+    )
+    try:
+        # Each epoch's script is chosen from its n and what the signers sign: wsh up to 20
+        # (a Jade: 15), tapscript above (software signers only; no device signs it).
+        plan = epoch_plan(opts)
+    except DescriptorError as exc:
+        hint = "; use --signer software" if args.signer == "hwi" else ""
+        raise UsageError("--validators", f"{args.validators}: {exc}{hint}") from None
+    logging.getLogger("bft_anchor.devnet").info(
+        "epochs: %s", ", ".join(f"{e}: n={n} {script}" for e, (n, script) in enumerate(plan))
     )
     progress = stderr_progress if args.json else print_progress
     if args.nodes:
         from anchornode.network_devnet import run_network_devnet
 
-        report = run_network_devnet(args.validators, args.epochs, args.datadir, progress)
+        report = run_network_devnet(sizes[0], args.epochs, args.datadir, progress)
     else:
         report = run_devnet(opts, progress)
     if args.json:
@@ -630,10 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints with a handover before each epoch's end, then audit the "
         "chain. Exit 0 only when the audit passes.",
     )
-    d.add_argument("--validators", type=int_range(1, 20), default=4, metavar="N",
-                   help="validators, 1..20 (default 4)")
-    d.add_argument("--epochs", type=int_range(1, 1000), default=3, metavar="E",
-                   help="epochs, 1..1000 (default 3)")
+    d.add_argument("--validators", default="4", metavar="N[,N...]",
+                   help="validators (default 4), or one count per epoch, e.g. 4,30,7 (the "
+                   "last repeats); an epoch of more than 20 (a Jade: 15) is locked by "
+                   "tr(NUMS, sortedmulti_a), which needs --signer software")
+    d.add_argument("--epochs", type=int_range(1, 1000), default=None, metavar="E",
+                   help="epochs, 1..1000 (default 3, or as many as --validators lists)")
     d.add_argument(
         "--datadir",
         type=Path,
@@ -668,9 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", action="store_true",
                    help="run every validator's node as its own process too (peer protocol, "
                    "schedule, failover, two PoW nodes; software signers)")
-    d.add_argument("--appliances", choices=["process", "inprocess"], default="process",
-                   help="each appliance its own process on a pty serial link (default), or "
-                   "all in this process")
+    d.add_argument("--appliances", choices=["process", "inprocess"], default=None,
+                   help="each appliance its own process on a pty serial link (default up to "
+                   "20 validators), or all in this process (default above 20)")
     d.set_defaults(func=cmd_devnet)
 
     a = sub.add_parser(

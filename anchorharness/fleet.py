@@ -22,11 +22,22 @@ from appliance.signing import Appliance
 from bftanchor.bftsig import sign_compact
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import BIP48_SCRIPT_TYPE, SCRIPT_TR, SCRIPT_WSH
 from bftanchor.network import network
 from bftanchor.qc import QC
-from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
+from bftanchor.template import (
+    Coin,
+    Outpoint,
+    finalize,
+    put_signature,
+    signatures,
+    verify_partial_sig,
+)
 
 MAGIC = b"BFTA"
+# The scripts of epochs 0 and 1 that the policy and lineage tests run against.
+SCRIPT_PAIRS = [(SCRIPT_WSH, SCRIPT_WSH), (SCRIPT_TR, SCRIPT_TR)]
+SCRIPT_IDS = ["wsh", "tr"]
 
 
 def seed_for(name: str) -> bytes:
@@ -57,6 +68,7 @@ class Fleet:
         value: int = 10_000_000,
         tag: str = "",
         window: int = 10,
+        scripts: tuple[str, str] = (SCRIPT_WSH, SCRIPT_WSH),
     ) -> None:
         self.node = node
         self.tmp = tmp
@@ -66,9 +78,9 @@ class Fleet:
         self.signers = {
             v.id: SoftwareSigner.from_seed(seed_for(f"{tag}/{v.id}")) for v in self.sim.validators
         }
+        self.scripts = scripts  # epoch 0's and epoch 1's
         self.records = {
-            0: self.sim.make_record(0, self.pow_keys(0)),
-            1: self.sim.make_record(1, self.pow_keys(1)),
+            e: self.sim.make_record(e, self.pow_keys(e), script=scripts[e]) for e in (0, 1)
         }
         ms0 = EpochMultisig(self.records[0])
         wallet = node.wallet_rpc
@@ -85,7 +97,8 @@ class Fleet:
         self.appliances = {vid: self.open_appliance(vid) for vid in self.signers}
 
     def pow_keys(self, epoch: int) -> dict[str, str]:
-        return {vid: s.pow_key(epoch) for vid, s in self.signers.items()}
+        st = BIP48_SCRIPT_TYPE[self.scripts[epoch]]
+        return {vid: s.pow_key(epoch, st) for vid, s in self.signers.items()}
 
     def open_appliance(self, vid: str) -> Appliance:
         journal = Journal(self.tmp / f"{vid}.sqlite", self.genesis)
@@ -127,7 +140,8 @@ class Fleet:
         psbt.inputs[0].sequence = sequence
         for vid in list(self.signers)[: proposal.source.threshold]:
             signed = self.signers[vid].sign(psbt, proposal.source)
-            psbt.inputs[0].partial_sigs.update(signed.inputs[0].partial_sigs)
+            for pub, sig in signatures(signed, 0, proposal.source).items():
+                put_signature(psbt, 0, proposal.source, pub, sig)
         return finalize(psbt, proposal.source)
 
     def advance(self, tx: Transaction) -> None:
@@ -167,7 +181,7 @@ def v0_signature(fleet: Fleet, psbt_b64: str) -> bytes:
     psbt = PSBT.from_string(psbt_b64)
     source = EpochMultisig(fleet.records[0])
     pub = source.key_for("v0").pubkey
-    assert set(psbt.inputs[0].partial_sigs) == {pub}
-    sig = psbt.inputs[0].partial_sigs[pub]
+    assert set(signatures(psbt, 0, source)) == {pub}
+    sig = signatures(psbt, 0, source)[pub]
     verify_partial_sig(psbt, 0, source, pub, sig)
     return sig

@@ -52,6 +52,7 @@ from bftanchor.payload import Payload
 from bftanchor.secretfile import write_secret
 from bftanchor.share import Draft, KeyShare, build_epoch0
 from bftanchor.signreply import SignReply
+from bftanchor.tapscript import choose_script
 from bftanchor.template import Outpoint
 
 log = logging.getLogger("bft_anchor.devnet")
@@ -60,6 +61,8 @@ log = logging.getLogger("bft_anchor.devnet")
 @dataclass
 class DevnetOptions:
     validators: int = 4
+    # One size per epoch (e.g. [4, 30, 7]); the last repeats. None: `validators` each epoch.
+    sizes: list[int] | None = None
     epochs: int = 3
     rounds_per_epoch: int = 20
     interval: int = 5
@@ -132,6 +135,21 @@ class LocalAppliance(InProcessAppliance):
         pass
 
 
+# The largest multisig each devnet signer signs, per script (wsh, tapscript): the Jade's
+# 520-byte script buffer stops it at 15 keys, and its firmware signs no taproot multisig
+# (firmware-profiles/jade.toml).
+SIGNER_LIMITS = {"software": (20, 999), "hwi": (15, 0)}
+
+
+def epoch_plan(opts: DevnetOptions) -> list[tuple[int, str]]:
+    """(n, script) of every epoch: the script is chosen when the record is made, from n and
+    from what the validators' signers can sign (bftanchor.tapscript.choose_script)."""
+    sizes = list(opts.sizes or [opts.validators])
+    sizes += [sizes[-1]] * (opts.epochs - len(sizes))
+    wsh_max, tr_max = SIGNER_LIMITS[opts.signer]
+    return [(n, choose_script(n, wsh_max, tr_max)) for n in sizes[: opts.epochs]]
+
+
 def _write_validator(vdir: Path, vid: str, mnemonic: str, device_path: str | None) -> Path:
     vdir.mkdir(parents=True, exist_ok=True)
     write_secret(vdir / "seed.txt", mnemonic + "\n")  # never over an existing seed
@@ -196,7 +214,8 @@ def _run(
         opts.handover_margin = kept.handover_window - 1
     else:
         node.mine(101)
-    sim = SimulatedBFTChain.create(opts.validators, opts.rounds_per_epoch, opts.seed)
+    plan = epoch_plan(opts)
+    sim = SimulatedBFTChain.create(max(n for n, _ in plan), opts.rounds_per_epoch, opts.seed)
 
     # Validators: a fresh BIP39 seed each, held by a Jade emulator that HWI drives
     # (or, with signer="software", by the appliance itself). Resuming, each keeps its
@@ -232,14 +251,20 @@ def _run(
     # epoch 0 from the shares (`deploy draft`) and funds the genesis coin from a wallet of
     # the PoW node (`deploy genesis --wallet`), which is checked on the node before the
     # deployment file is written.
+    # Each epoch's size and script come from the plan: its first n validators, their keys
+    # on BIP48's path for that script (2h wsh, 3h tapscript).
     def shares(epoch: int) -> list[KeyShare]:
+        n, script = plan[min(epoch, len(plan) - 1)]
         return [
-            make_share(ApplianceConfig.load(configs[v.id]), chain_name, epoch, v.bft_pubkey)
-            for v in sim.validators
+            make_share(ApplianceConfig.load(configs[v.id]), chain_name, epoch, v.bft_pubkey,
+                       script)
+            for v in sim.validators[:n]
         ]
 
-    def pow_keys(epoch: int) -> dict[str, str]:
-        return {s.validator_id: s.pow_key for s in shares(epoch)}
+    def next_record(epoch: int) -> Any:
+        n, script = plan[min(epoch, len(plan) - 1)]
+        keys = {s.validator_id: s.pow_key for s in shares(epoch)}
+        return sim.make_record(epoch, keys, script=script, n=n)
 
     if kept is not None:
         deployment = kept
@@ -253,8 +278,9 @@ def _run(
         addr = EpochMultisig(rec0).address(net)
     else:
         shares0 = shares(0)
-        rec0 = build_epoch0(shares0, chain_name, opts.rounds_per_epoch, 0,
-                            device_max_n=device_caps(shares0, "wsh-sortedmulti"))
+        script0 = plan[0][1]
+        rec0 = build_epoch0(shares0, chain_name, opts.rounds_per_epoch, 0, script0,
+                            device_max_n=device_caps(shares0, script0))
         sim.records[0] = rec0
         draft = Draft(chain_name, opts.magic, opts.handover_margin + 1, rec0)
         write_draft(root / "deployment-draft.json", draft)
@@ -299,7 +325,11 @@ def _run(
             [node.rpc],
             source,
             [p.id for p in sim.validators],
-            ScheduleConfig(interval_blocks=opts.interval, initiator_timeout=30.0),
+            # A round asks every peer on one machine: give large sets the time it takes.
+            ScheduleConfig(
+                interval_blocks=opts.interval,
+                initiator_timeout=max(30.0, 0.6 * len(sim.validators)),
+            ),
             opts.fee,
             opts.ladder,
         )
@@ -326,7 +356,7 @@ def _run(
             start = max(start, first_round)
             if epoch + 1 <= last_epoch:
                 # The BFT chain certifies the next epoch's record; each operator arms it.
-                nxt = records.get(epoch + 1) or sim.make_record(epoch + 1, pow_keys(epoch + 1))
+                nxt = records.get(epoch + 1) or next_record(epoch + 1)
                 records[epoch + 1] = nxt
                 source.publish_record(nxt)
                 for vid, a in appliances.items():

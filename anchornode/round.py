@@ -38,7 +38,14 @@ from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC, verify_qc
-from bftanchor.template import Coin, Outpoint, finalize, verify_partial_sig
+from bftanchor.template import (
+    Coin,
+    Outpoint,
+    finalize,
+    get_signature,
+    put_signature,
+    verify_partial_sig,
+)
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -87,7 +94,7 @@ def add_signatures(
         theirs = PSBT.from_string(b64)
         if theirs.tx.txid() != collected[i].tx.txid():
             raise CheckpointFailed(f"rung {i}: a different transaction")
-        sig = theirs.inputs[0].partial_sigs.get(pub)
+        sig = get_signature(theirs, 0, source, pub)
         if sig is None:
             raise CheckpointFailed(f"rung {i}: no signature by its key")
         verify_partial_sig(collected[i], 0, source, pub, sig)
@@ -95,7 +102,7 @@ def add_signatures(
     if not sigs:
         raise CheckpointFailed("no signature")
     for psbt, sig in zip(collected, sigs, strict=False):
-        psbt.inputs[0].partial_sigs[pub] = sig
+        put_signature(psbt, 0, source, pub, sig)
     return len(sigs)
 
 

@@ -10,9 +10,10 @@ under their own policies, so nothing is taken on the node's word.
 from __future__ import annotations
 
 from embit.ec import PublicKey, Signature
-from embit.transaction import SIGHASH, Transaction
+from embit.transaction import SIGHASH, Transaction, TransactionOutput
 
 from appliance.journal import Candidate, JournalState
+from bftanchor import tapscript
 from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord
@@ -22,8 +23,25 @@ from bftanchor.template import Coin, Outpoint
 MAX_LINEAGE = 1000
 
 
-def quorum_signers(tx: Transaction, coin: Coin, ms: EpochMultisig) -> list[PublicKey]:
-    """Keys whose valid signatures the coin input's witness carries (CHECKMULTISIG order)."""
+def quorum_signers(
+    tx: Transaction,
+    coin: Coin,
+    ms: EpochMultisig,
+    prevouts: dict[Outpoint, TransactionOutput] | None = None,
+) -> list[PublicKey]:
+    """Keys whose valid signatures the coin input's witness carries (CHECKMULTISIG order).
+
+    A tapscript signature (BIP341) commits to every input's previous output: those of
+    top-up inputs must be in `prevouts`, or no signature can be proven.
+    """
+    if isinstance(ms, tapscript.TapscriptMultisig):
+        spent = [TransactionOutput(coin.value, ms.script_pubkey)]
+        for txin in tx.vin[1:]:
+            prev = (prevouts or {}).get(Outpoint(txin.txid.hex(), txin.vout))
+            if prev is None:
+                return []
+            spent.append(prev)
+        return tapscript.witness_signers(tx, ms, spent)
     items = tx.vin[0].witness.items if tx.vin[0].witness else []
     if len(items) < 2 or items[0] != b"" or items[-1] != ms.witness_script.data:
         return []
@@ -75,6 +93,12 @@ def verify_lineage(
             parsed.append((i, Transaction.from_string(raw)))
         except Exception as exc:
             problems.append(f"lineage[{i}] does not parse as a transaction: {exc}")
+    # Outputs of every transaction given: a tapscript checkpoint's signatures commit to
+    # its top-up inputs' previous outputs too (BIP341), so their funding transactions
+    # may travel in the lineage.
+    prevouts = {
+        Outpoint(t.txid().hex(), n): out for _, t in parsed for n, out in enumerate(t.vout)
+    }
     adopted: list[Candidate] = []
     # Parents first whatever the order given: repeat until nothing new connects.
     progress = True
@@ -82,7 +106,7 @@ def verify_lineage(
         progress = False
         rest: list[tuple[int, Transaction]] = []
         for i, tx in parsed:
-            cand, problem, connected = _judge(i, tx, state, records, magic)
+            cand, problem, connected = _judge(i, tx, state, records, magic, prevouts)
             if cand is not None:
                 adopted.append(cand)
                 state = state.with_adopted([cand])
@@ -104,7 +128,12 @@ def verify_lineage(
 
 
 def _judge(
-    i: int, tx: Transaction, state: JournalState, records: dict[int, EpochRecord], magic: bytes
+    i: int,
+    tx: Transaction,
+    state: JournalState,
+    records: dict[int, EpochRecord],
+    magic: bytes,
+    prevouts: dict[Outpoint, TransactionOutput] | None = None,
 ) -> tuple[Candidate | None, str | None, bool]:
     """(candidate, problem, connected) for one lineage transaction."""
     where = f"lineage[{i}]"
@@ -123,11 +152,22 @@ def _judge(
         if record is None:
             return None, f"{where} ({txid}): no certified record for epoch {coin.epoch}", True
         ms = multisig_for(record)
-        signers = quorum_signers(tx, coin, ms)
+        signers = quorum_signers(tx, coin, ms, prevouts)
         if len(signers) < ms.threshold:
+            missing = [
+                str(Outpoint(t.txid.hex(), t.vout))
+                for t in tx.vin[1:]
+                if Outpoint(t.txid.hex(), t.vout) not in (prevouts or {})
+            ]
+            hint = (
+                " (the previous transactions of its top-up inputs "
+                f"{', '.join(missing)} are not in the lineage)"
+                if ms.is_taproot and missing
+                else ""
+            )
             return None, (
                 f"{where} ({txid}) carries {len(signers)} valid signature(s) of epoch "
-                f"{coin.epoch}'s keys, {ms.threshold} needed"
+                f"{coin.epoch}'s keys, {ms.threshold} needed{hint}"
             ), True
         payload = Payload.from_script(tx.vout[0].script_pubkey.data, magic)
         if payload.epoch != coin.epoch:

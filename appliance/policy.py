@@ -22,6 +22,7 @@ from bftanchor.epoch import EpochRecord, verify_certificate
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
 from bftanchor.qc import QC, verify_qc
+from bftanchor.tapscript import TapscriptMultisig, taproot_input_problems
 from bftanchor.template import (
     COIN_SEQUENCE,
     DUST,
@@ -209,6 +210,9 @@ def _evaluate(
         ):
             v.refuse(f"input 0's non_witness_utxo output {outpoint.vout} is not the coin "
                      f"({coin.value} sat to epoch {qc.epoch}'s multisig)")
+    if isinstance(source, TapscriptMultisig):
+        for reason in taproot_input_problems(psbt.inputs[0], source):
+            v.refuse(reason)
 
     # 4. Output 0 is exactly this QC's payload.
     if tx.vout[0].value != 0:

@@ -23,6 +23,7 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import CheckpointError
 from bftanchor.network import coin_type, network
 from bftanchor.share import (
+    SCRIPT_TYPES,
     KeyShare,
     ShareError,
     parse_bft_pubkey,
@@ -69,13 +70,20 @@ def bft_pubkey_of(pubkey_hex: str | None, key_file: Path | None) -> bytes:
     return parse_bft_pubkey(pubkey_hex)
 
 
-def make_share(config: ApplianceConfig, chain: str, epoch: int, bft_pubkey: bytes) -> KeyShare:
+def make_share(
+    config: ApplianceConfig,
+    chain: str,
+    epoch: int,
+    bft_pubkey: bytes,
+    script: str = "wsh-sortedmulti",
+) -> KeyShare:
     network(chain)
     if not config.validator_id:
         raise ShareError(f"{config.path} names no validator_id")
     signer = make_signer(config, coin_type(chain))
-    share = KeyShare(chain, epoch, config.validator_id, bft_pubkey, signer.pow_key(epoch),
-                     device=device_info(signer))
+    bip48_type = SCRIPT_TYPES[script]["bip48_type"]
+    share = KeyShare(chain, epoch, config.validator_id, bft_pubkey,
+                     signer.pow_key(epoch, bip48_type), script, device_info(signer))
     return KeyShare.from_json(share.to_json())  # the same checks the coordinator runs
 
 

@@ -29,7 +29,7 @@ from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC
 from bftanchor.signreply import SignReply
-from bftanchor.template import verify_partial_sig
+from bftanchor.template import signatures, verify_partial_sig
 
 log = logging.getLogger("bft_anchor.appliance")
 
@@ -111,6 +111,12 @@ class Appliance:
         except CheckpointError as exc:
             return [f"record does not parse: {exc}"]
         records, problems = trusted_records(self.held_records(), [record])
+        cannot = getattr(self.signer, "cannot_sign", None)
+        member = any(v.fingerprint == self.signer.fingerprint for v in record.validators)
+        if not problems and cannot is not None and member:
+            # Before the epoch starts, not at signing time: an appliance whose device cannot
+            # sign the epoch's script does not help hand the coin to it.
+            problems = list(cannot(record))
         if not problems:
             self.journal.store_records([records[record.epoch]])
             self.journal.log("install-record", {"epoch": record.epoch}, epoch=record.epoch)
@@ -243,10 +249,11 @@ class Appliance:
         source = multisig_for(records[cand.epoch])
         try:
             signed = self.signer.sign(psbt, source)
+            before = signatures(psbt, 0, source)
             mine = [
                 (pub, sig)
-                for pub, sig in signed.inputs[0].partial_sigs.items()
-                if pub not in psbt.inputs[0].partial_sigs
+                for pub, sig in signatures(signed, 0, source).items()
+                if pub not in before
             ]
             if not mine:
                 raise SignerError("the signer returned no signature for input 0")
@@ -254,6 +261,7 @@ class Appliance:
                 verify_partial_sig(psbt, 0, source, pub, sig)
             if any(
                 signed.inputs[i].partial_sigs != psbt.inputs[i].partial_sigs
+                or signed.inputs[i].taproot_sigs != psbt.inputs[i].taproot_sigs
                 for i in range(1, len(psbt.inputs))
             ):
                 raise SignerError("the signer signed an input other than the coin")

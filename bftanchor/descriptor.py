@@ -1,6 +1,8 @@
 """The epoch's multisig: wsh(sortedmulti(k, K1..Kn)) from the record's keys.
 
 Each Ki is the record's BIP48 account xpub at /0/0, so every epoch has fresh keys.
+A record whose script is "tr-sortedmulti_a" gets bftanchor.tapscript's
+TapscriptMultisig from the same constructor, so callers need not know which it is.
 """
 
 from __future__ import annotations
@@ -48,7 +50,16 @@ class EpochMultisig:
 
     record: EpochRecord
 
+    def __new__(cls, record: EpochRecord | None = None) -> EpochMultisig:
+        if cls is EpochMultisig and record is not None and record.is_taproot:
+            from bftanchor.tapscript import TapscriptMultisig
+
+            return object.__new__(TapscriptMultisig)
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
+        if self.record.is_taproot:
+            raise DescriptorError(f"epoch {self.record.epoch} is a tapscript epoch")
         if self.record.n > MAX_CHECKMULTISIG_KEYS:
             raise DescriptorError(
                 f"epoch {self.record.epoch} has {self.record.n} keys; wsh(sortedmulti) allows at "
@@ -62,12 +73,24 @@ class EpochMultisig:
         return self.record.epoch
 
     @property
+    def is_taproot(self) -> bool:
+        return False
+
+    @property
+    def script(self) -> str:
+        return self.record.script
+
+    @staticmethod
+    def _key_order(pub: PublicKey) -> bytes:
+        return pub.sec()  # BIP67
+
+    @property
     def threshold(self) -> int:
         return self.record.threshold
 
     @cached_property
     def keys(self) -> tuple[MultisigKey, ...]:
-        """Keys in BIP67 (sorted) order, the order they appear in the script."""
+        """Keys in script order: BIP67 for wsh, x-only for sortedmulti_a."""
         out = []
         for v in self.record.validators:
             key = v.key
@@ -80,7 +103,7 @@ class EpochMultisig:
                     path=tuple(key.origin.derivation) + KEY_TAIL,
                 )
             )
-        return tuple(sorted(out, key=lambda k: k.pubkey.sec()))
+        return tuple(sorted(out, key=lambda k: self._key_order(k.pubkey)))
 
     @cached_property
     def witness_script(self) -> Script:

@@ -19,6 +19,13 @@ from bftanchor.errors import EpochRecordError, QCError
 
 HARDENED = 0x80000000
 
+# The script that locks the coin during an epoch (DESIGN.md "Multisig scripts"). An
+# absent "script" means wsh, so records made before tapscript keep their canonical JSON.
+SCRIPT_WSH = "wsh-sortedmulti"
+SCRIPT_TR = "tr-sortedmulti_a"
+# BIP48 script type of each: 2' is native segwit multisig, 3' taproot multisig.
+BIP48_SCRIPT_TYPE = {SCRIPT_WSH: 2, SCRIPT_TR: 3}
+
 
 def threshold_for(n: int) -> int:
     """k = floor(2n/3) + 1: the smallest quorum that any two quorums intersect in."""
@@ -60,10 +67,20 @@ class EpochRecord:
     threshold: int
     validators: tuple[Validator, ...]
     certificate: dict[str, bytes] = field(default_factory=dict)
+    script: str = SCRIPT_WSH
 
     @property
     def n(self) -> int:
         return len(self.validators)
+
+    @property
+    def is_taproot(self) -> bool:
+        return self.script == SCRIPT_TR
+
+    @property
+    def script_type(self) -> int:
+        """The BIP48 script type of this epoch's keys (2 for wsh, 3 for taproot)."""
+        return BIP48_SCRIPT_TYPE[self.script]
 
     @property
     def coin_type(self) -> int:
@@ -76,13 +93,16 @@ class EpochRecord:
         raise KeyError(validator_id)
 
     def body_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "epoch": self.epoch,
             "start_round": self.start_round,
             "end_round": self.end_round,
             "threshold": self.threshold,
             "validators": [v.to_json() for v in self.validators],
         }
+        if self.script != SCRIPT_WSH:
+            body["script"] = self.script
+        return body
 
     def to_json(self) -> dict[str, Any]:
         body = self.body_json()
@@ -101,6 +121,7 @@ class EpochRecord:
             self.threshold,
             self.validators,
             dict(certificate),
+            self.script,
         )
 
     @classmethod
@@ -144,16 +165,24 @@ class EpochRecord:
                 for v in raw_validators
             )
             cert = {str(k): bytes.fromhex(s) for k, s in raw_cert.items()}
+            script = data.get("script", SCRIPT_WSH)
+            if script not in BIP48_SCRIPT_TYPE:
+                raise EpochRecordError(
+                    f"epoch record field script is {script!r}; expected one of "
+                    + ", ".join(sorted(BIP48_SCRIPT_TYPE))
+                )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, EpochRecordError):
                 raise
             raise EpochRecordError(f"epoch record is malformed: {exc!r}") from exc
-        record = cls(epoch, start, end, threshold, validators, cert)
+        record = cls(epoch, start, end, threshold, validators, cert, script)
         record.validate()
         return record
 
     def validate(self) -> None:
         """Internal consistency: threshold, unique members, keys on this epoch's path."""
+        if self.script not in BIP48_SCRIPT_TYPE:
+            raise EpochRecordError(f"epoch {self.epoch}: unknown script {self.script!r}")
         if self.end_round < self.start_round:
             raise EpochRecordError(f"epoch {self.epoch}: end_round before start_round")
         if not self.validators:
@@ -182,7 +211,7 @@ class EpochRecord:
             if key.is_private:
                 raise EpochRecordError(f"validator {v.id}: pow_key must be public")
             path = list(key.origin.derivation)
-            expected_tail = [self.epoch + HARDENED, 2 + HARDENED]
+            expected_tail = [self.epoch + HARDENED, self.script_type + HARDENED]
             if (
                 len(path) != 4
                 or path[0] != 48 + HARDENED
@@ -190,7 +219,8 @@ class EpochRecord:
                 or path[2:] != expected_tail
             ):
                 raise EpochRecordError(
-                    f"validator {v.id}: pow_key path must be 48h/<coin>h/{self.epoch}h/2h"
+                    f"validator {v.id}: pow_key path must be "
+                    f"48h/<coin>h/{self.epoch}h/{self.script_type}h ({self.script})"
                 )
         if len({v.origin_path[1] for v in self.validators}) != 1:
             raise EpochRecordError(f"epoch {self.epoch}: validators disagree on the coin type")

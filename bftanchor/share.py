@@ -30,6 +30,8 @@ DEFAULT_MAGIC = b"BFTA"
 # consensus and standardness let it spend. A new script type is one more entry.
 SCRIPT_TYPES: dict[str, dict[str, int]] = {
     "wsh-sortedmulti": {"bip48_type": 2, "max_n": 20},
+    # bftanchor/tapscript.py: one sortedmulti_a leaf, n <= 999 (the consensus stack limit).
+    "tr-sortedmulti_a": {"bip48_type": 3, "max_n": 999},
 }
 
 
@@ -272,6 +274,7 @@ def build_record(
         end_round=start_round + epoch_length - 1,
         threshold=threshold_for(n),
         validators=tuple(s.validator() for s in shares),
+        script=script,
     )
     try:
         record.validate()

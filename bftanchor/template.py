@@ -15,6 +15,7 @@ from embit.psbt import PSBT
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
+from bftanchor import tapscript
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import TemplateError
 from bftanchor.payload import Payload
@@ -160,11 +161,26 @@ def build_checkpoint_psbt(
         if prev_tx.txid().hex() != coin.outpoint.txid:
             raise TemplateError("prev_tx is not the transaction that holds the coin")
         inp.non_witness_utxo = prev_tx
-    inp.witness_script = source.witness_script
-    inp.bip32_derivations = source.bip32_derivations()
+    if isinstance(source, tapscript.TapscriptMultisig):
+        # BIP371: the leaf with its control block, every key's origin with the leaf hash,
+        # and SIGHASH_ALL named so that every signer commits the same way.
+        inp.taproot_scripts[source.control_block] = source.tapscript.data + bytes(
+            [tapscript.LEAF_VERSION]
+        )
+        inp.taproot_internal_key = tapscript.NUMS_KEY
+        inp.taproot_merkle_root = source.leaf_hash
+        inp.taproot_bip32_derivations = source.tap_derivations()
+        inp.sighash_type = SIGHASH.ALL
+    else:
+        inp.witness_script = source.witness_script
+        inp.bip32_derivations = source.bip32_derivations()
     out = psbt.outputs[1]
-    out.witness_script = dest.witness_script
-    out.bip32_derivations = dest.bip32_derivations()
+    if isinstance(dest, tapscript.TapscriptMultisig):
+        out.taproot_internal_key = tapscript.NUMS_KEY
+        out.taproot_bip32_derivations = dest.tap_derivations()
+    else:
+        out.witness_script = dest.witness_script
+        out.bip32_derivations = dest.bip32_derivations()
     return psbt
 
 
@@ -180,6 +196,9 @@ def estimate_vsize(tx: Transaction, multisig: EpochMultisig, extra_input_witness
         tx.locktime,
     )
     base = len(stripped.serialize())
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        other = 2 + extra_input_witness + (len(tx.vin) - 1)
+        return tapscript.estimate_vsize(base, multisig, other)
     ws = len(multisig.witness_script.data)
     items = 2 + multisig.threshold
     witness = _varint_len(items) + 1 + multisig.threshold * (1 + MAX_SIG_LEN)
@@ -200,13 +219,60 @@ def sighash(psbt: PSBT, index: int, multisig: EpochMultisig) -> bytes:
     utxo = psbt.inputs[index].witness_utxo
     if utxo is None:
         raise TemplateError(f"input {index} has no witness_utxo")
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        spent = [i.witness_utxo for i in psbt.inputs]
+        if any(u is None for u in spent):
+            raise TemplateError("a taproot sighash needs every input's witness_utxo")
+        return tapscript.sighash(psbt.tx, index, multisig, spent)  # type: ignore[arg-type]
     return psbt.tx.sighash_segwit(index, multisig.witness_script, utxo.value, SIGHASH.ALL)
+
+
+def get_signature(psbt: PSBT, index: int, multisig: EpochMultisig, pub: PublicKey) -> bytes | None:
+    """pub's signature on input `index`: partial_sigs for wsh, tap_script_sig for the leaf."""
+    inp = psbt.inputs[index]
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        i = multisig.key_index(pub)
+        return None if i is None else multisig.leaf_signatures(inp.taproot_sigs).get(i)
+    return inp.partial_sigs.get(pub)
+
+
+def put_signature(
+    psbt: PSBT, index: int, multisig: EpochMultisig, pub: PublicKey, sig: bytes
+) -> None:
+    inp = psbt.inputs[index]
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        inp.taproot_sigs[(PublicKey.from_xonly(pub.xonly()), multisig.leaf_hash)] = sig
+    else:
+        inp.partial_sigs[pub] = sig
+
+
+def signatures(psbt: PSBT, index: int, multisig: EpochMultisig) -> dict[PublicKey, bytes]:
+    """Every signature on input `index` by a key of the multisig, keyed by its key."""
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        found = multisig.leaf_signatures(psbt.inputs[index].taproot_sigs)
+        return {multisig.keys[i].pubkey: sig for i, sig in found.items()}
+    out = {}
+    for k in multisig.keys:
+        sig = get_signature(psbt, index, multisig, k.pubkey)
+        if sig is not None:
+            out[k.pubkey] = sig
+    return out
+
+
+def foreign_signatures(psbt: PSBT, index: int) -> int:
+    """How many signatures of any kind input `index` carries (a signer must add none
+    to inputs it was not asked to sign)."""
+    inp = psbt.inputs[index]
+    return len(inp.partial_sigs) + len(inp.taproot_sigs)
 
 
 def verify_partial_sig(
     psbt: PSBT, index: int, multisig: EpochMultisig, pubkey: PublicKey, sig: bytes
 ) -> None:
     """Raise TemplateError unless sig is pubkey's SIGHASH_ALL signature of input `index`."""
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        tapscript.check_signature(multisig, pubkey, sig, sighash(psbt, index, multisig))
+        return
     if pubkey not in {k.pubkey for k in multisig.keys}:
         raise TemplateError(f"signature by {pubkey.sec().hex()} who is not in the multisig")
     if not sig or sig[-1] != SIGHASH.ALL:
@@ -220,15 +286,25 @@ def verify_partial_sig(
 
 
 def finalize(psbt: PSBT, multisig: EpochMultisig) -> Transaction:
-    """Build the witness from the first k valid partial signatures in script order."""
-    inp = psbt.inputs[0]
+    """Build the witness from the first k valid partial signatures in script order.
+
+    Tapscript: exactly k signatures (NUMEQUAL), each in its key's slot, the rest empty.
+    """
     sigs: list[bytes] = []
-    for key in multisig.keys:
-        sig = inp.partial_sigs.get(key.pubkey)
+    slots: dict[int, bytes] = {}
+    present = signatures(psbt, 0, multisig)
+    taproot = isinstance(multisig, tapscript.TapscriptMultisig)
+    msg = sighash(psbt, 0, multisig) if taproot and present else b""  # one per transaction
+    for i, key in enumerate(multisig.keys):
+        sig = present.get(key.pubkey)
         if sig is None:
             continue
-        verify_partial_sig(psbt, 0, multisig, key.pubkey, sig)
+        if taproot:
+            tapscript.check_signature(multisig, key.pubkey, sig, msg)  # type: ignore[arg-type]
+        else:
+            verify_partial_sig(psbt, 0, multisig, key.pubkey, sig)
         sigs.append(sig)
+        slots[i] = sig
         if len(sigs) == multisig.threshold:
             break
     if len(sigs) < multisig.threshold:
@@ -236,7 +312,10 @@ def finalize(psbt: PSBT, multisig: EpochMultisig) -> Transaction:
             f"{len(sigs)} valid signature(s) on the coin input, {multisig.threshold} needed"
         )
     tx = Transaction.parse(psbt.tx.serialize())
-    tx.vin[0].witness = Witness([b""] + sigs + [multisig.witness_script.data])
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        tx.vin[0].witness = multisig.witness(slots)
+    else:
+        tx.vin[0].witness = Witness([b""] + sigs + [multisig.witness_script.data])
     for i in range(1, len(tx.vin)):
         final = psbt.inputs[i].final_scriptwitness
         if final is None:

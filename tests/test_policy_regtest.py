@@ -9,7 +9,7 @@ import pytest
 from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import TransactionOutput
-from helpers import MAGIC, Fleet, twin_qc
+from helpers import MAGIC, SCRIPT_IDS, SCRIPT_PAIRS, Fleet, twin_qc
 
 from anchorharness.proposal import assemble, collect
 from appliance.policy import Limits
@@ -19,9 +19,10 @@ from bftanchor.payload import Payload
 from bftanchor.template import build_checkpoint_psbt
 
 
-@pytest.fixture
+@pytest.fixture(params=SCRIPT_PAIRS, ids=SCRIPT_IDS)
 def fleet(regtest, tmp_path, request):
-    return Fleet(regtest, tmp_path, tag=request.node.name)
+    """Every test runs on wsh epochs and again on tapscript epochs."""
+    return Fleet(regtest, tmp_path, tag=request.node.name, scripts=request.param)
 
 
 def journal_snapshot(appliance):

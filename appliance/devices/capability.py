@@ -11,7 +11,7 @@ from __future__ import annotations
 from appliance.devices.profiles import FirmwareProfile, check_capability
 from bftanchor.epoch import EpochRecord
 
-SCRIPT_TYPE = "wsh-sortedmulti"
+SCRIPT_TYPE = "wsh-sortedmulti"  # the default; each record names its own (record.script)
 
 
 def cannot_sign(
@@ -34,6 +34,6 @@ def cannot_sign(
         reasons.append(f"no firmware profile matches {device} firmware {firmware}")
     else:
         reasons += check_capability(
-            profile, SCRIPT_TYPE, record.n, firmware, account=record.epoch
+            profile, record.script, record.n, firmware, account=record.epoch
         )
     return reasons

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.devices.capability import cannot_sign
-from appliance.devices.profiles import load_profiles, match_profile
+from appliance.devices.profiles import (
+    RECORD_SCRIPTS,
+    check_capability,
+    load_profiles,
+    match_profile,
+    parse_version,
+)
 from bftanchor.usage import ArgumentParser, InputError, read_text
 
 
@@ -88,6 +94,47 @@ def check_epoch(device: dict[str, Any], epoch_file: Path) -> list[str]:
     )
 
 
+def check_profiles(script: str, n: int) -> list[dict[str, Any]]:
+    """Every profiled device: can it sign an epoch of n keys under `script`, and why not.
+
+    Each is judged at the newest firmware its profile names as a minimum (the device's
+    own and the script's), so what remains is what no firmware update in range fixes.
+    """
+    rows = []
+    for p in load_profiles():
+        support = p.script_types.get(RECORD_SCRIPTS.get(script, script))
+        wanted = [p.min_version] + (
+            [support.min_version] if support and support.min_version else []
+        )
+        firmware = max(wanted, key=parse_version)
+        reasons = check_capability(p, script, n, firmware)
+        rows.append({"profile": p.id, "name": p.name, "firmware": firmware,
+                     "can_sign": not reasons, "reasons": reasons})
+    return rows
+
+
+def _check_profiles(args: argparse.Namespace) -> int:
+    script, n = args.script, args.n
+    if args.epoch is not None:
+        record = load_epoch(args.epoch)
+        script, n = record.script, record.n
+    if script is None or n is None:
+        raise InputError("--profiles", "needs --epoch FILE, or --script and --n")
+    if n < 1:
+        raise InputError("--n", f"{n} is not a number of validators (1 or more)")
+    rows = check_profiles(script, n)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{script}, n={n}:")
+        for r in rows:
+            verdict = "can sign" if r["can_sign"] else "cannot sign"
+            print(f"  {r['name']} ({r['profile']}, firmware {r['firmware']}): {verdict}")
+            for reason in r["reasons"]:
+                print(f"      - {reason}")
+    return 0 if any(r["can_sign"] for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bft-anchor device", description=__doc__)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -95,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--emulators", action="store_true", help="include emulators (HWI's probe)")
     ls.add_argument("--json", action="store_true", help="print the devices as JSON")
     ck = sub.add_parser("check", help="can the device sign this epoch's multisig, and if not why")
-    ck.add_argument("--epoch", type=Path, required=True, metavar="FILE", help="epoch record JSON")
+    ck.add_argument("--epoch", type=Path, metavar="FILE", help="epoch record JSON")
+    ck.add_argument("--profiles", action="store_true",
+                    help="no device: answer for every firmware profile (with --epoch, or "
+                    "--script and --n)")
+    ck.add_argument("--script", choices=sorted(RECORD_SCRIPTS), help="with --profiles")
+    ck.add_argument("--n", type=int, help="with --profiles: the epoch's number of keys")
     ck.add_argument("--fingerprint", help="which device (default: the only one)")
     ck.add_argument("--emulators", action="store_true", help="include emulators (HWI's probe)")
     ck.add_argument("--json", action="store_true", help="print the answer as JSON")
@@ -104,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.action == "check" and args.profiles:
+        return _check_profiles(args)
     if args.action == "check":
+        if args.epoch is None:
+            raise InputError("--epoch", "is needed (or --profiles with --script and --n)")
         load_epoch(args.epoch)  # a bad file is named before any device is probed
     devices = list_devices(args.emulators)
     if args.action == "list":

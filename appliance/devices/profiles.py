@@ -26,6 +26,9 @@ WSH_SORTEDMULTI = "wsh-sortedmulti"
 TR_MULTI_A = "tr-multi_a"
 SCRIPT_TYPES: tuple[str, ...] = (WSH_SORTEDMULTI, TR_MULTI_A)
 
+# The names epoch records use (DESIGN.md "script") for the profiles' script types.
+RECORD_SCRIPTS = {"wsh-sortedmulti": WSH_SORTEDMULTI, "tr-sortedmulti_a": TR_MULTI_A}
+
 # Consensus: OP_CHECKMULTISIG takes at most 20 keys; a bigger wsh(sortedmulti) coin is
 # unspendable forever (DESIGN.md, "Multisig scripts").
 CHECKMULTISIG_MAX_N = 20
@@ -279,7 +282,7 @@ class FirmwareProfile:
 
     def max_n(self, script_type: str) -> int | None:
         """Largest n signable for ``script_type``, or None when the type is unsupported."""
-        support = self.script_types.get(script_type)
+        support = self.script_types.get(RECORD_SCRIPTS.get(script_type, script_type))
         if support is None or not support.supported:
             return None
         return support.max_n
@@ -675,6 +678,7 @@ def check_capability(
     reasons: list[str] = []
     name = profile.name
     where = f"firmware-profiles/{profile.path.name}"
+    script_type = RECORD_SCRIPTS.get(script_type, script_type)
 
     support = profile.script_types.get(script_type)
     if support is None:
@@ -687,6 +691,11 @@ def check_capability(
         reasons.append(
             f"n={n} exceeds the consensus limit of {CHECKMULTISIG_MAX_N} keys for "
             "CHECKMULTISIG; such a coin could never be spent"
+        )
+    elif script_type == TR_MULTI_A and n > MULTI_A_MAX_N:
+        reasons.append(
+            f"n={n} exceeds the {MULTI_A_MAX_N} keys a multi_a leaf can hold (the consensus "
+            "stack limit of 1000 items)"
         )
     if support is not None:
         if not support.supported:
@@ -775,3 +784,30 @@ def _firmware_reasons(
                 f"(fee top-ups); only up to {extra.max_version} allowed them"
             )
     return reasons
+
+
+def tapscript_reasons(device_type: str, n: int, label: str | None = None) -> list[str]:
+    """Why a device of this HWI type cannot sign a tapscript epoch of n keys ([]: it can).
+
+    Asked when a record is made or installed and when the multisig is registered, so a
+    validator learns it before the epoch starts, not when a checkpoint needs signing.
+    """
+    who = label or device_type
+    family = [p for p in load_profiles() if p.hwi_type == device_type.strip().lower()]
+    if not family:
+        return [
+            f"this device cannot sign this epoch: no firmware profile for {who} says it "
+            "signs tr(NUMS, sortedmulti_a) through HWI"
+        ]
+    why = []
+    for p in family:
+        support = p.script_types.get(TR_MULTI_A)
+        if support is None or not support.supported:
+            note = _first_sentence(support.note) if support else "not profiled"
+            why.append(f"{p.name}: {note} (see firmware-profiles/{p.path.name})")
+        elif support.max_n is not None and n > support.max_n:
+            why.append(f"{p.name} signs tapscript multisigs of at most {support.max_n} keys")
+        else:
+            return []
+    return [f"this device ({who}) cannot sign this epoch (tr-sortedmulti_a, {n} keys): "
+            + "; ".join(why)]

@@ -18,8 +18,9 @@ class Signer(Protocol):
     @property
     def fingerprint(self) -> bytes: ...
 
-    def pow_key(self, epoch: int) -> str:
-        """This signer's key for an epoch as [fingerprint/48h/<coin>h/<epoch>h/2h]xpub."""
+    def pow_key(self, epoch: int, script_type: int = 2) -> str:
+        """This signer's key for an epoch as [fingerprint/48h/<coin>h/<epoch>h/<type>h]xpub
+        (BIP48 script type 2 for wsh, 3 for a tapscript epoch)."""
         ...
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
@@ -39,5 +40,5 @@ def require_sighash_all(psbt: PSBT) -> None:
             )
 
 
-def epoch_path(coin_type: int, epoch: int) -> str:
-    return f"m/48h/{coin_type}h/{epoch}h/2h"
+def epoch_path(coin_type: int, epoch: int, script_type: int = 2) -> str:
+    return f"m/48h/{coin_type}h/{epoch}h/{script_type}h"

@@ -21,8 +21,9 @@ from embit.script import address_to_scriptpubkey
 
 from appliance.signers.base import SignerError, epoch_path, require_sighash_all
 from bftanchor.descriptor import EpochMultisig
+from bftanchor.epoch import EpochRecord
 from bftanchor.errors import TemplateError
-from bftanchor.template import verify_partial_sig
+from bftanchor.template import get_signature, put_signature, verify_partial_sig
 
 log = logging.getLogger("bft_anchor.signers.hwi")
 
@@ -148,10 +149,18 @@ class HWISigner:
             return f"{self.label} rejected the request: {msg}"
         return f"{self.label}: {type(exc).__name__}: {msg}"
 
-    def pow_key(self, epoch: int) -> str:
+    def cannot_sign(self, record: EpochRecord) -> list[str]:
+        """Why this device cannot sign in the record's epoch ([]: it can, as profiled)."""
+        if not record.is_taproot:
+            return []
+        from appliance.devices.profiles import tapscript_reasons
+
+        return tapscript_reasons(self.device_type or "", record.n, self.label)
+
+    def pow_key(self, epoch: int, script_type: int = 2) -> str:
         from hwilib import commands
 
-        path = epoch_path(self.coin_type, epoch)
+        path = epoch_path(self.coin_type, epoch, script_type)
         with self._client() as client:
             xpub = commands.getxpub(client, path)["xpub"]
         key = bip32.HDKey.from_string(xpub)
@@ -160,6 +169,9 @@ class HWISigner:
 
     def register(self, multisig: EpochMultisig) -> str | None:
         """Register the epoch's multisig where the device needs it; return the address shown."""
+        reasons = self.cannot_sign(multisig.record)
+        if reasons:
+            raise SignerError(reasons[0])
         desc = multisig.descriptor()
         if desc in self._registered:
             return None
@@ -190,8 +202,12 @@ class HWISigner:
         require_sighash_all(psbt)
         from hwilib import commands
 
+        reasons = self.cannot_sign(multisig.record)
+        if reasons:
+            raise SignerError(reasons[0])
         mine = [k for k in multisig.keys if k.fingerprint == self.fingerprint]
-        expected = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch))) + [0, 0]
+        st = multisig.record.script_type
+        expected = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch, st))) + [0, 0]
         mine = [k for k in mine if list(k.path) == expected]
         if not mine:
             raise SignerError(
@@ -208,7 +224,7 @@ class HWISigner:
         if signed.tx.txid() != psbt.tx.txid():
             raise SignerError(f"{self.label} returned a different transaction")
         key = mine[0]
-        sig = signed.inputs[0].partial_sigs.get(key.pubkey)
+        sig = get_signature(signed, 0, multisig, key.pubkey)
         if sig is None:
             raise SignerError(f"{self.label} returned no signature for the coin input")
         try:
@@ -216,5 +232,5 @@ class HWISigner:
         except TemplateError as exc:
             raise SignerError(f"{self.label} returned a bad signature: {exc}") from exc
         out = PSBT.parse(psbt.serialize())
-        out.inputs[0].partial_sigs[key.pubkey] = sig
+        put_signature(out, 0, multisig, key.pubkey, sig)
         return out

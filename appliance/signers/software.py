@@ -10,13 +10,14 @@ import copy
 from pathlib import Path
 
 from embit import bip32, bip39
+from embit.ec import PublicKey
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
 from appliance.signers.base import SignerError, epoch_path, require_sighash_all
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
-from bftanchor.template import sighash
+from bftanchor.template import put_signature, sighash
 
 
 class SoftwareSigner:
@@ -25,8 +26,8 @@ class SoftwareSigner:
             raise SignerError("a software signer needs a private root key")
         self._root = root
         self.coin_type = coin_type
-        self._accounts: dict[int, bip32.HDKey] = {}
-        self._children: dict[int, bip32.HDKey] = {}
+        self._accounts: dict[tuple[int, int], bip32.HDKey] = {}
+        self._children: dict[tuple[int, int], bip32.HDKey] = {}
 
     @classmethod
     def from_seed(cls, seed: bytes, coin_type: int = 1) -> SoftwareSigner:
@@ -59,23 +60,25 @@ class SoftwareSigner:
     def fingerprint(self) -> bytes:
         return self._root.my_fingerprint
 
-    def account(self, epoch: int) -> bip32.HDKey:
+    def account(self, epoch: int, script_type: int = 2) -> bip32.HDKey:
         """The epoch's BIP48 account key (derived once: hardened steps cost EC math)."""
-        key = self._accounts.get(epoch)
+        key = self._accounts.get((epoch, script_type))
         if key is None:
-            key = self._accounts[epoch] = self._root.derive(epoch_path(self.coin_type, epoch))
+            key = self._root.derive(epoch_path(self.coin_type, epoch, script_type))
+            self._accounts[(epoch, script_type)] = key
         return key
 
-    def _child(self, epoch: int) -> bip32.HDKey:
-        """The epoch's multisig key, m/48'/coin'/epoch'/2'/0/0."""
-        key = self._children.get(epoch)
+    def _child(self, epoch: int, script_type: int = 2) -> bip32.HDKey:
+        """The epoch's multisig key, m/48'/coin'/epoch'/<type>'/0/0."""
+        key = self._children.get((epoch, script_type))
         if key is None:
-            key = self._children[epoch] = self.account(epoch).derive(list(KEY_TAIL))
+            key = self.account(epoch, script_type).derive(list(KEY_TAIL))
+            self._children[(epoch, script_type)] = key
         return key
 
-    def pow_key(self, epoch: int) -> str:
+    def pow_key(self, epoch: int, script_type: int = 2) -> str:
         xpub = (
-            self.account(epoch)
+            self.account(epoch, script_type)
             .to_public()
             .to_base58(
                 version=NETWORKS["test"]["xpub"]
@@ -83,17 +86,22 @@ class SoftwareSigner:
                 else NETWORKS["main"]["xpub"]
             )
         )
-        path = epoch_path(self.coin_type, epoch)[2:]
+        path = epoch_path(self.coin_type, epoch, script_type)[2:]
         return f"[{self.fingerprint.hex()}/{path}]{xpub}"
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
         require_sighash_all(psbt)
-        child = self._child(multisig.epoch)
+        st = multisig.record.script_type
+        path = epoch_path(self.coin_type, multisig.epoch, st)
+        child = self._child(multisig.epoch, st)
         pub = child.key.get_public_key()
-        der = psbt.inputs[0].bip32_derivations.get(pub)
-        expected_path = list(bip32.parse_path(epoch_path(self.coin_type, multisig.epoch))) + list(
-            KEY_TAIL
-        )
+        expected_path = list(bip32.parse_path(path)) + list(KEY_TAIL)
+        if multisig.is_taproot:
+            # BIP371: the key is named x-only, with the leaf it signs in.
+            tap = psbt.inputs[0].taproot_bip32_derivations.get(PublicKey.from_xonly(pub.xonly()))
+            der = tap[1] if tap and multisig.leaf_hash in tap[0] else None
+        else:
+            der = psbt.inputs[0].bip32_derivations.get(pub)
         if (
             der is None
             or der.fingerprint != self.fingerprint
@@ -101,9 +109,14 @@ class SoftwareSigner:
         ):
             raise SignerError(
                 f"the PSBT does not name this signer's epoch-{multisig.epoch} key "
-                f"({self.fingerprint.hex()} at {epoch_path(self.coin_type, multisig.epoch)}/0/0)"
+                f"({self.fingerprint.hex()} at {path}/0/0)"
             )
-        if pub not in {k.pubkey for k in multisig.keys}:
+        member = (
+            multisig.key_index(pub) is not None
+            if multisig.is_taproot
+            else pub in {k.pubkey for k in multisig.keys}
+        )
+        if not member:
             raise SignerError("this signer's key is not in the epoch's multisig")
         # A copy that shares all but input 0's signatures (no serialize-and-parse round trip):
         # the caller compares what the signer added against the PSBT it passed in.
@@ -111,6 +124,11 @@ class SoftwareSigner:
         out.inputs = list(psbt.inputs)
         out.inputs[0] = copy.copy(psbt.inputs[0])
         out.inputs[0].partial_sigs = dict(psbt.inputs[0].partial_sigs)
-        sig = child.key.sign(sighash(out, 0, multisig))
-        out.inputs[0].partial_sigs[pub] = sig.serialize() + bytes([SIGHASH.ALL])
+        out.inputs[0].taproot_sigs = dict(psbt.inputs[0].taproot_sigs)
+        msg = sighash(out, 0, multisig)
+        if multisig.is_taproot:
+            sig = child.key.schnorr_sign(msg).serialize() + bytes([SIGHASH.ALL])
+        else:
+            sig = child.key.sign(msg).serialize() + bytes([SIGHASH.ALL])
+        put_signature(out, 0, multisig, pub, sig)
         return out
