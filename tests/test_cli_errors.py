@@ -55,6 +55,41 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     s.bind(str(dead))
     s.close()
     out["dead.sock"] = str(dead)
+    # A real deployment (the console's test world), and one naming a chain nobody knows.
+    from test_tui_world import World
+
+    world = World(d)
+    deployment = d / "deployment.json"
+    world.deployment.save(deployment)
+    world.close()
+    import json as _json
+
+    wrong = _json.loads(deployment.read_text())
+    wrong["chain"] = "dogecoin-main"
+    (d / "wrongchain").mkdir()
+    (d / "wrongchain" / "deployment.json").write_text(_json.dumps(wrong))
+    (d / "wrongchain" / "appliance.toml").write_text(
+        (d / "app" / "appliance.toml").read_text())
+    (d / "wrongchain" / "seed.txt").write_text(" ".join(["abandon"] * 11 + ["about"]) + "\n")
+    out["wrongchain.toml"] = str(d / "wrongchain" / "appliance.toml")
+    # An appliance whose HWI device is not there.
+    (d / "nodevice").mkdir()
+    (d / "nodevice" / "appliance.toml").write_text(
+        f'deployment = "{deployment}"\njournal = "journal.sqlite"\nvalidator_id = "v0"\n'
+        '[signer]\nkind = "hwi"\ndevice_type = "jade"\ndevice_path = "tcp:127.0.0.1:1"\n'
+        "[limits]\nmax_fee_sat = 1000\nmax_fee_rate = 10.0\n")
+    out["nodevice.toml"] = str(d / "nodevice" / "appliance.toml")
+    # Node configs: PoW node unreachable, PoW node refusing the password, no QC source.
+    (d / "qc" / "epochs").mkdir(parents=True)
+    (d / "bft.key").write_text("11" * 32 + "\n")
+    for name, url, qc in (("unreachable", "http://127.0.0.1:1", "qc"),
+                          ("unauthorised", "http://u:wrong@127.0.0.1:{auth_port}", "qc"),
+                          ("noqc", "http://127.0.0.1:1", "no-such-qc-dir")):
+        (d / f"{name}.toml").write_text(
+            f'validator_id = "v0"\nbft_key_file = "bft.key"\ndeployment = "{deployment}"\n'
+            f'qc_source = "{qc}"\nlisten = "127.0.0.1:0"\n[appliance]\nlink = "/dev/null"\n'
+            f'[pow]\nnodes = [{{ url = "{url}" }}]\n')
+        out[f"{name}.toml"] = str(d / f"{name}.toml")
     # A devnet datadir that already holds a devnet.
     used = d / "used"
     (used / "validators" / "v0").mkdir(parents=True)
@@ -62,6 +97,28 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (used / "validators" / "v0" / "seed.txt").write_text("words\n")
     out["used"] = str(used)
     return out
+
+
+@pytest.fixture(scope="module")
+def auth_port():
+    """An HTTP server that refuses every RPC call with 401, as a node does a bad password."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +213,16 @@ CASES: list[tuple[str, int, str]] = [
     ("status --config {bad.toml}", 2, "{bad.toml} is not valid TOML"),
     ("status --config {dir}", 2, "{dir}"),
     ("status --config {missing} --last 0", 2, "--last: 0 is out of range"),
+    ("status --config {unreachable.toml}", 2, "[pow] nodes: none answered"),
+    ("status --config {unauthorised.toml}", 2, "[pow] nodes: none answered"),
+    ("status --config {noqc.toml}", 2, "no-such-qc-dir (from {noqc.toml}): no epochs/"),
+    # wrong chain, unreachable device
+    ("appliance status --config {wrongchain.toml}", 2, "dogecoin-main"),
+    ("appliance status --config {nodevice.toml}", 2,
+     "--config {nodevice.toml}: signer: jade ? at tcp:127.0.0.1:1: cannot connect"),
+    ("appliance sign --config {nodevice.toml} --request {missing}", 2,
+     "--request {missing}: no such file"),
+    ("appliance serve --config {nodevice.toml} --link /dev/null", 2, "cannot connect"),
     # tui
     ("tui", 2, "required: --config"),
     ("tui --config {missing}", 2, "{missing}"),
@@ -168,6 +235,12 @@ def _fill(text: str, files: dict[str, str], port: int) -> str:
     for key, value in files.items():
         text = text.replace("{" + key + "}", value)
     return text.replace("{busy_port}", str(port))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _auth_port_in_configs(files, auth_port) -> None:
+    path = Path(files["unauthorised.toml"])
+    path.write_text(path.read_text().replace("{auth_port}", str(auth_port)))
 
 
 @pytest.mark.parametrize("template,status,needle", CASES, ids=[c[0] or "(none)" for c in CASES])
