@@ -6,7 +6,7 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bftanchor.link.frame import (
@@ -128,7 +128,7 @@ def test_truncated_frames_expire_and_later_frames_survive(parts, secret, sizes):
     next frames; once the line goes quiet every complete frame is recovered."""
     clock = FakeClock()
     decoder = FrameDecoder(secret=secret, frame_timeout=1.0, clock=clock)
-    stream, expected = b"", []
+    stream, expected, cut_frames = b"", [], []
     for t, rid, payload, cut in parts:
         data = encode_frame(t, rid, payload, secret=secret)
         if cut is None:
@@ -136,6 +136,10 @@ def test_truncated_frames_expire_and_later_frames_survive(parts, secret, sizes):
             expected.append(expected_frame(t, rid, payload, secret))
         else:
             stream += data[: max(1, int(cut * (len(data) - 1)))]
+            cut_frames.append(data)
+    # If the bytes after a cut happen to be exactly the bytes cut off, the "cut" frame is
+    # whole again on the wire and rightly decoded: not the case this test is about.
+    assume(not any(data in stream for data in cut_frames))
     items = feed_in_chunks(decoder, stream, sizes)
     clock.now += 1.5
     items += decoder.feed(b"")
