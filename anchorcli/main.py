@@ -260,6 +260,7 @@ def cmd_appliance_sign(args: argparse.Namespace) -> int:
 def cmd_appliance_journal(args: argparse.Namespace) -> int:
     from appliance.config import ApplianceConfig, ConfigError
     from appliance.interchange import (
+        InterchangeConflict,
         InterchangeError,
         export_journal,
         import_journal,
@@ -302,7 +303,8 @@ def cmd_appliance_journal(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except (InterchangeError, JournalError, OSError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
-        return EXIT_FAIL if isinstance(exc, InterchangeError) else EXIT_USAGE
+        # A conflicting history is what the job found (1); an unreadable file is bad input.
+        return EXIT_FAIL if isinstance(exc, InterchangeConflict) else EXIT_USAGE
     finally:
         journal.close()
 

@@ -31,7 +31,12 @@ FIELDS = ("txid", "epoch", "round", "payload", "input", "input_value", "coin_val
 
 
 class InterchangeError(ValueError):
-    """An interchange file that cannot be imported; the message names why."""
+    """An interchange file that cannot be read as one; the message names why."""
+
+
+class InterchangeConflict(InterchangeError):
+    """A well-formed export whose history the journal must refuse (another genesis, or a
+    checkpoint that conflicts with one the journal holds)."""
 
 
 def export_journal(journal: Journal) -> dict[str, Any]:
@@ -70,23 +75,27 @@ def import_journal(
     if data.get("version") != VERSION:
         raise InterchangeError(f"interchange version {data.get('version')!r}, expected "
                                f"{VERSION}")
-    g = data.get("genesis") or {}
-    if g.get("outpoint") != str(journal.genesis.outpoint):
-        raise InterchangeError(f"the export belongs to genesis {g.get('outpoint')}, this "
+    g = data.get("genesis")
+    if not isinstance(g, dict) or g.get("outpoint") != str(journal.genesis.outpoint):
+        found = g.get("outpoint") if isinstance(g, dict) else g
+        raise InterchangeConflict(f"the export belongs to genesis {found}, this "
                                f"appliance's is {journal.genesis.outpoint}")
     try:
+        if not isinstance(data.get("checkpoints") or [], list) or not isinstance(
+                data.get("records") or [], list):
+            raise ValueError("checkpoints and records must be lists")
         rows = [_candidate(c) for c in data.get("checkpoints") or []]
         records = [EpochRecord.from_json(r) for r in data.get("records") or []]
         mark = data.get("watermark")
         mark_t = None if mark is None else (int(mark["epoch"]), int(mark["round"]))
-    except (KeyError, TypeError, ValueError, CheckpointError) as exc:
-        raise InterchangeError(f"the export is malformed: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, CheckpointError) as exc:
+        raise InterchangeError(f"the export is malformed: {exc!r}") from exc
     held = {r.epoch: r for r in journal.records()}
     if epoch0 is not None:
         held.setdefault(epoch0.epoch, epoch0)
     for r in records:
         if r.epoch in held and held[r.epoch].body_json() != r.body_json():
-            raise InterchangeError(f"the export's epoch {r.epoch} record differs from the "
+            raise InterchangeConflict(f"the export's epoch {r.epoch} record differs from the "
                                    "one this appliance holds")
     _, problems = trusted_records(held, records)
     if problems:
@@ -95,7 +104,7 @@ def import_journal(
     try:
         added = journal.import_rows(rows, records, mark_t)
     except JournalRefusal as exc:
-        raise InterchangeError(f"the export conflicts with this journal: {exc}") from exc
+        raise InterchangeConflict(f"the export conflicts with this journal: {exc}") from exc
     except sqlite3.Error as exc:
         raise JournalError(f"journal {journal.path}: {exc}") from exc
     return {"checkpoints": len(rows), "added": added}
@@ -131,5 +140,5 @@ def load_file(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except OSError as exc:
         raise InterchangeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
         raise InterchangeError(f"{path} is not JSON: {exc}") from exc

@@ -256,6 +256,12 @@ def test_journal_moves_only_by_export_and_import(world, tmp_path):
     refused_imp = run("appliance", "journal", "import", "--config", str(new.config), str(bad))
     assert refused_imp.returncode == 1 and "conflicts with this journal" in refused_imp.stderr
     assert len(refused_imp.stderr.strip().splitlines()) == 1
+    # An unreadable file is bad input: exit 2, one line, the journal untouched.
+    for junk in ("[1, 2]", "{not json", "[" * 50_000 + "]" * 50_000,
+                 json.dumps(data | {"checkpoints": {"a": 1}})):
+        bad.write_text(junk)
+        r = run("appliance", "journal", "import", "--config", str(new.config), str(bad))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_only_sighash_all_is_signed(world):
