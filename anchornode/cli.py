@@ -14,7 +14,7 @@ from anchornode.config import EXAMPLE, NodeConfig, NodeConfigError
 from anchornode.pow.rpc import PowRpc, RpcError, url_with_auth
 from anchornode.qcsource import DirectorySource, open_source
 from bftanchor.deployment import Deployment, DeploymentError
-from bftanchor.usage import ArgumentParser, InputError, int_range
+from bftanchor.usage import ArgumentParser, InputError, int_range, read_text
 
 log = logging.getLogger("bft_anchor.node")
 
@@ -61,6 +61,19 @@ def build_node_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bft_secret(path: Path) -> bytes:
+    """The validator's BFT secret key: 64 hex digits in bft_key_file, or an InputError
+    naming the file (never Python's "non-hexadecimal number found in fromhex()")."""
+    text = read_text(path, "bft_key_file").strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) != 32:
+        raise InputError(f"bft_key_file {path}", "must hold the BFT secret key as 64 hex digits")
+    return secret
+
+
 def main_node(argv: list[str]) -> int:
     p = build_node_parser()
     args = p.parse_args(argv)
@@ -78,7 +91,7 @@ def main_node(argv: list[str]) -> int:
             f = cfg.fees
             cfg.fees = FeePolicy(f.min_rate, f.max_rate, args.fee_rate, f.conf_target)
         deployment = Deployment.load(cfg.deployment)
-        secret = bytes.fromhex(cfg.bft_key_file.read_text().strip())
+        secret = _bft_secret(cfg.bft_key_file)
         service = NodeService(
             cfg, deployment, secret, _appliance_client(cfg), _rpcs(cfg), open_source(cfg.qc_source)
         )

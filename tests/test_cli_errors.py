@@ -90,6 +90,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             f'qc_source = "{qc}"\nlisten = "127.0.0.1:0"\n[appliance]\nlink = "/dev/null"\n'
             f'[pow]\nnodes = [{{ url = "{url}" }}]\n')
         out[f"{name}.toml"] = str(d / f"{name}.toml")
+    (d / "badkey").write_text("not hex at all\n")
+    (d / "badkey.toml").write_text(
+        (d / "unreachable.toml").read_text().replace('"bft.key"', '"badkey"'))
+    out["badkey.toml"] = str(d / "badkey.toml")
+    cookie = f'cookie = "{d / "cookie"}"'
+    (d / "badcookie.toml").write_text((d / "unreachable.toml").read_text().replace(
+        'url = "http://127.0.0.1:1" }', f'url = "http://127.0.0.1:1", {cookie} }}'))
+    out["badcookie.toml"] = str(d / "badcookie.toml")
     # A devnet datadir that already holds a devnet.
     used = d / "used"
     (used / "validators" / "v0").mkdir(parents=True)
@@ -215,6 +223,8 @@ CASES: list[tuple[str, int, str]] = [
     ("status --config {missing} --last 0", 2, "--last: 0 is out of range"),
     ("status --config {unreachable.toml}", 2, "[pow] nodes: none answered"),
     ("status --config {unauthorised.toml}", 2, "[pow] nodes: none answered"),
+    ("status --config {badcookie.toml}", 2, "is not USER:PASSWORD"),
+    ("node --config {badkey.toml}", 2, "bft_key_file {dir}/badkey: must hold the BFT secret"),
     ("status --config {noqc.toml}", 2, "no-such-qc-dir (from {noqc.toml}): no epochs/"),
     # wrong chain, unreachable device
     ("appliance status --config {wrongchain.toml}", 2, "dogecoin-main"),
