@@ -34,6 +34,7 @@ from bftanchor.template import (
     Outpoint,
     estimate_vsize,
     input_sequence,
+    verify_partial_sig,
 )
 
 
@@ -364,6 +365,18 @@ def _evaluate(
     expected = Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
     if expected.serialize() != tx.serialize():
         v.refuse("the transaction differs from the checkpoint the appliance would build")
+
+    # Signatures already on the coin input must be real ones of this transaction: the
+    # signer would keep a junk one under this appliance's key and return none of its own
+    # after the journal had bound the coin, a refusal that left a signing row behind.
+    if v.ok:
+        for pub, sig in psbt.inputs[0].partial_sigs.items():
+            try:
+                verify_partial_sig(psbt, 0, source, pub, sig)
+            except CheckpointError as exc:
+                v.refuse(f"input 0 carries a partial signature that is not valid ({exc}), "
+                         f"expected none or valid signatures by epoch {qc.epoch}'s keys")
+                return
 
     # 9. The journal allows it.
     txid = tx.txid().hex()

@@ -265,3 +265,24 @@ def test_one_bft_key_under_two_ids_is_refused(world, tmp_path):
     out = run("appliance", "status", "--config", str(world.config))
     assert out.returncode == 2 and "two validators share a bft_pubkey" in out.stderr, out
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_junk_partial_signature_on_the_coin_is_refused_before_the_journal(world):
+    """A PSBT carrying a junk "signature" under this appliance's own key: the signer kept
+    it and returned none of its own, so the request was refused only after the journal
+    had bound the coin to this checkpoint (a signing row, no signature). Now it is
+    refused by the policy, with nothing bound; valid signatures of others may stay."""
+    qc = world.qc(5)
+    prop = propose(GENESIS, qc, world.records, False, 2.0, MAGIC)
+    psbt = prop.psbt
+    pub = prop.source.key_for("v0").pubkey
+    psbt.inputs[0].partial_sigs[pub] = bytes.fromhex("3006020101020101") + b"\x01"
+    world.refused(world.request(psbt, qc), "input 0 carries a partial signature that is "
+                  "not valid")
+    # Another validator's real signature on the same PSBT is fine; ours is added.
+    clean = propose(GENESIS, qc, world.records, False, 2.0, MAGIC).psbt
+    other = world.signers["v1"].sign(clean, prop.source)
+    rc, out = world.sign(world.request(other, qc))
+    assert rc == 0 and out["signed"], out
+    assert set(PSBT.from_string(out["psbt"]).inputs[0].partial_sigs) == {
+        pub, prop.source.key_for("v1").pubkey}
