@@ -72,6 +72,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (d / "app" / "appliance.toml").read_text())
     (d / "wrongchain" / "seed.txt").write_text(" ".join(["abandon"] * 11 + ["about"]) + "\n")
     out["wrongchain.toml"] = str(d / "wrongchain" / "appliance.toml")
+    # A working appliance (software keys), to reach the checks after its config.
+    (d / "goodapp").mkdir()
+    (d / "goodapp" / "appliance.toml").write_text(
+        (d / "app" / "appliance.toml").read_text().replace(
+            'deployment = "deployment.json"', f'deployment = "{deployment}"'))
+    (d / "goodapp" / "seed.txt").write_text(" ".join(["abandon"] * 11 + ["about"]) + "\n")
+    out["goodapp.toml"] = str(d / "goodapp" / "appliance.toml")
     # An appliance whose HWI device is not there.
     (d / "nodevice").mkdir()
     (d / "nodevice" / "appliance.toml").write_text(
@@ -184,6 +191,8 @@ CASES: list[tuple[str, int, str]] = [
     ("appliance serve --config {app.toml} --link /dev/nope", 2, "deployment"),
     ("appliance serve --config {app.toml} --link /dev/nope --approval sometimes", 2,
      "--approval: invalid choice"),
+    ("appliance serve --config {goodapp.toml} --link /dev/nope", 2, "--link /dev/nope: "),
+    ("appliance serve --config {goodapp.toml} --link {dir}", 2, "--link {dir}: "),
     # appliance init
     ("appliance init {file}", 2, "directory {file}: is a file"),
     ("appliance init /proc/bft-anchor-x/y", 2, "directory /proc/bft-anchor-x/y"),
@@ -269,6 +278,11 @@ def test_debug_shows_the_traceback(files, capsys):
     assert main(["--debug", "appliance", "status", "--config", files["app.toml"]]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("bft-anchor appliance")
+
+
+def test_a_good_config_still_works(files, capsys):
+    assert main(["appliance", "status", "--config", files["goodapp.toml"]]) == 0
+    assert '"journal_head"' in capsys.readouterr().out
 
 
 def test_version(capsys):
