@@ -329,6 +329,8 @@ def _read_secret(path: Path | None, what: str = "--secret-file") -> bytes | None
 
 def _check_link(link: str) -> None:
     """Open and close the serial link once, so a wrong --link is named before serving."""
+    import os
+
     import serial
 
     from bftanchor.link.transport import open_serial
@@ -336,7 +338,9 @@ def _check_link(link: str) -> None:
     try:
         open_serial(link).close()
     except (OSError, serial.SerialException, ValueError) as exc:
-        raise InputError(f"--link {link}", str(exc).split(": ", 1)[-1] or "cannot open") from exc
+        code = getattr(exc, "errno", None)
+        reason = os.strerror(code) if isinstance(code, int) else str(exc) or "cannot open"
+        raise InputError(f"--link {link}", reason) from exc
 
 
 def cmd_appliance_serve(args: argparse.Namespace) -> int:
