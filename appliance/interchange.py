@@ -99,8 +99,8 @@ def import_journal(
                                    "one this appliance holds")
     _, problems = trusted_records(held, records)
     if problems:
-        raise InterchangeError(f"the export's epoch records do not verify back to epoch "
-                               f"{min(held, default=0)}: {'; '.join(problems)}")
+        raise InterchangeConflict(f"the export's epoch records do not verify back to epoch "
+                                  f"{min(held, default=0)}: {'; '.join(problems)}")
     try:
         added = journal.import_rows(rows, records, mark_t)
     except JournalRefusal as exc:
