@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+# Fee-ladder levels this appliance signs on one coin: a node rebuilds its ladder now and
+# then (a new attempt, a new fee estimate), but a flood of one-satoshi steps is junk.
+MAX_LEVELS_PER_COIN = 64
+
+
 class JournalRefusal(Exception):
     """The journal forbids this signature; reasons says why."""
 
@@ -284,6 +289,12 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
                 f"{c.dest_epoch}'s"
             )
             break
+    own = sum(1 for e in state.spends_of(c.input) if e.kind == "signed")
+    if own >= MAX_LEVELS_PER_COIN:
+        reasons.append(
+            f"coin {c.input} already has {own} fee-ladder levels signed, expected at most "
+            f"{MAX_LEVELS_PER_COIN} (each costs a signature and a journal row)"
+        )
     parent = state.created_by(c.input)
     if parent is not None and (c.epoch, c.round) <= (parent.epoch, parent.round):
         reasons.append(

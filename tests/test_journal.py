@@ -165,3 +165,12 @@ def test_snapshot_follows_writes_by_this_and_other_connections(tmp_path):
     assert [e.kind for e in a.state().entries] == ["signed", "adopted"]
     a.close()
     b.close()
+
+
+def test_fee_levels_per_coin_are_bounded(journal):
+    from appliance.journal import MAX_LEVELS_PER_COIN
+
+    for i in range(MAX_LEVELS_PER_COIN):
+        journal.reserve(cand(f"{i:064x}", 0, 5, fee=500 + i), "h")
+    with pytest.raises(JournalRefusal, match="fee-ladder levels signed, expected at most"):
+        journal.reserve(cand("ff" * 32, 0, 5, fee=10_000), "h")
