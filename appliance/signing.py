@@ -110,7 +110,7 @@ class Appliance:
         try:
             record = EpochRecord.from_json(record_json)
         except CheckpointError as exc:
-            return [f"record does not parse: {exc}"]
+            return self._record_refused([f"record does not parse: {exc}"])
         records, problems = trusted_records(self.held_records(), [record])
         cannot = getattr(self.signer, "cannot_sign", None)
         member = any(v.fingerprint == self.signer.fingerprint for v in record.validators)
@@ -121,6 +121,11 @@ class Appliance:
         if not problems:
             self.journal.store_records([records[record.epoch]])
             self.journal.log("install-record", {"epoch": record.epoch}, epoch=record.epoch)
+        return self._record_refused(problems) if problems else problems
+
+    def _record_refused(self, problems: list[str]) -> list[str]:
+        """A record the appliance will not hold is a refusal like any other: journaled."""
+        self.refuse_request([f"epoch record not installed: {p}" for p in problems])
         return problems
 
     def decide(

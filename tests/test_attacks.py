@@ -202,6 +202,22 @@ def test_an_unreadable_sign_request_on_the_link_is_journaled(world):
             time.sleep(0.05)
         reasons = " | ".join(refusals[0]["detail"]["reasons"])
         assert "the sign request does not read" in reasons and "psbt" in reasons, reasons
+        # An epoch record the appliance will not hold (not certified) is refused on the
+        # link and journaled too.
+        forged = world.records[1].with_certificate({}).to_json()
+        body = json.dumps({"record": forged}).encode()
+        master.write(encode_frame(MsgType.INSTALL_RECORD, 0x5A5A0002, body))
+        deadline = time.monotonic() + 30
+        while True:
+            history = control_call(control, {"cmd": "history", "limit": 50})["history"]
+            refusals = [h for h in history if h["decision"] == "refused"]
+            if len(refusals) == 2:
+                break
+            assert time.monotonic() < deadline, history
+            time.sleep(0.05)
+        reasons = " | ".join(refusals[0]["detail"]["reasons"])  # newest first
+        assert "epoch record not installed" in reasons and "not certified" in reasons, reasons
+        assert control_call(control, {"cmd": "status"})["status"]["epochs"] == [0]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
