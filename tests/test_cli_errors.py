@@ -111,6 +111,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (used / "deployment.json").write_text("{}")
     (used / "validators" / "v0" / "seed.txt").write_text("words\n")
     out["used"] = str(used)
+    running = d / "running"  # a PoW node runs there (its pid file)
+    (running / "pow" / "regtest").mkdir(parents=True)
+    (running / "pow" / "regtest" / "litecoind.pid").write_text("12345\n")
+    out["running"] = str(running)
     return out
 
 
@@ -168,6 +172,7 @@ CASES: list[tuple[str, int, str]] = [
     ("devnet --signer trezor", 2, "--signer: invalid choice"),
     ("devnet --datadir {file}", 2, "--datadir {file}: is a file"),
     ("devnet --datadir {used}", 2, "--datadir {used}: already holds a devnet"),
+    ("devnet --datadir {running}", 2, "--datadir {running}: is in use by a running PoW node"),
     ("devnet --datadir /proc/bft-anchor-x", 2, "--datadir /proc/bft-anchor-x: cannot be created"),
     # appliance sign
     ("appliance sign --config {app.toml}", 2, "required: --request"),
