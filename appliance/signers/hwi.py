@@ -11,6 +11,7 @@ checked against the expected key and sighash before it is handed on: a device
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,6 +61,8 @@ class HWISigner:
         self.allow_emulators = allow_emulators
         self.password = password
         self._registered: set[str] = set()
+        self._lock = threading.RLock()
+        self._open: Any = None
         if self._fingerprint is None:
             with self._client() as client:
                 self._fingerprint = bytes(client.get_master_fingerprint())
@@ -83,43 +86,79 @@ class HWISigner:
 
     @contextmanager
     def _client(self) -> Iterator[Any]:
-        """A fresh client per operation: a device unplugged in between is found again."""
-        from hwilib import commands
+        """The device's HWI client, kept open between operations (opening one costs a few
+        round trips: version, entropy, unlock) and used by one thread at a time. Any
+        failure closes it, so a device unplugged in between is found again next time."""
         from hwilib.errors import HWWError
 
-        chain = _chain_for(self.coin_type)
-        client = None
-        try:
-            if self.device_type and self.device_path:
-                client = commands.get_client(self.device_type, self.device_path,
-                                             self.password, chain=chain)
-            else:
-                client = commands.find_device(
-                    self.password, self.device_type, self.fingerprint.hex(), chain=chain,
-                    allow_emulators=self.allow_emulators,
-                )
-            if client is None:
+        with self._lock:
+            try:
+                if self._open is None:
+                    self._open = self._connect()
+                yield self._open
+            except HWWError as exc:
+                self._close()
+                raise SignerError(self._explain(exc)) from exc
+            except (OSError, ConnectionError) as exc:
+                self._close()
                 raise SignerError(
-                    f"{self.label}: not found. Plug it in and unlock it"
-                    + ("" if self.allow_emulators else " (emulators are not allowed)")
-                )
-            if self.device_type is None:
-                self.device_type = type(client).__name__.removesuffix("Client").lower()
-            yield client
-        except HWWError as exc:
-            raise SignerError(self._explain(exc)) from exc
-        except (OSError, ConnectionError) as exc:
-            raise SignerError(f"{self.label}: cannot connect ({exc}); is it plugged in?") from exc
-        except SignerError:
-            raise
-        except Exception as exc:  # a device library's own error, raised outside HWI's wrapper
-            raise SignerError(self._explain(exc)) from exc
-        finally:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # closing a vanished device must not mask the cause
-                    pass
+                    f"{self.label}: cannot connect ({exc}); is it plugged in?"
+                ) from exc
+            except SignerError:
+                self._close()
+                raise
+            except Exception as exc:  # a device library's own error, outside HWI's wrapper
+                self._close()
+                raise SignerError(self._explain(exc)) from exc
+
+    def _connect(self) -> Any:
+        from hwilib import commands
+
+        chain = _chain_for(self.coin_type)
+        if self.device_type and self.device_path:
+            client = commands.get_client(self.device_type, self.device_path,
+                                         self.password, chain=chain)
+        else:
+            client = commands.find_device(
+                self.password, self.device_type, self.fingerprint.hex(), chain=chain,
+                allow_emulators=self.allow_emulators,
+            )
+        if client is None:
+            raise SignerError(
+                f"{self.label}: not found. Plug it in and unlock it"
+                + ("" if self.allow_emulators else " (emulators are not allowed)")
+            )
+        if self.device_type is None:
+            self.device_type = type(client).__name__.removesuffix("Client").lower()
+        return client
+
+    def _close(self) -> None:
+        client, self._open = self._open, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a vanished device must not mask the cause
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _with_client(self, action: Any) -> Any:
+        """action(client), once more on a fresh connection when a kept one had gone stale
+        (the device was unplugged and plugged in again since the last operation)."""
+        from hwilib.errors import DeviceConnectionError
+
+        for attempt in (0, 1):
+            kept = self._open is not None
+            try:
+                with self._client() as client:
+                    return action(client)
+            except SignerError as exc:
+                stale = isinstance(exc.__cause__, (OSError, ConnectionError, DeviceConnectionError))
+                if attempt or not (kept and stale):
+                    raise
+        raise AssertionError("unreachable")
 
     def _explain(self, exc: Exception) -> str:
         from hwilib.errors import (
@@ -215,8 +254,7 @@ class HWISigner:
             )
         self.register(multisig)
         b64 = psbt.to_string()
-        with self._client() as client:
-            result = commands.signtx(client, b64)
+        result = self._with_client(lambda client: commands.signtx(client, b64))
         try:
             signed = PSBT.from_string(result["psbt"])
         except Exception as exc:
