@@ -19,7 +19,6 @@ from anchorcli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, report
 from bftanchor.usage import (
     ArgumentParser,
     InputError,
-    ProblemFound,
     UsageError,
     float_range,
     int_range,
@@ -456,20 +455,33 @@ def cmd_appliance_control(args: argparse.Namespace) -> int:
         req["limit"] = args.limit
     reply = _control(args.control, req)
     if not reply.get("ok"):
-        raise ProblemFound(f"{args.appliance_command} {getattr(args, 'id', '')}".strip(),
-                           str(reply.get("error") or reply.get("problems") or "refused"))
+        # The appliance could not do it (no such pending id, a bad mode): bad input, exit 2.
+        raise InputError(f"{args.appliance_command} {getattr(args, 'id', '')}".strip(),
+                         str(reply.get("error") or reply.get("problems") or "refused"))
     # Times in ISO 8601, in the table and in --json alike.
     for item in reply.get("pending", []):
         item["created"] = iso8601(item.get("created"))
     for row in reply.get("history", []):
         row["ts"] = iso8601(row.get("ts"))
-    if getattr(args, "json", False) or args.appliance_command not in ("pending", "history"):
+    cmd = args.appliance_command
+    outcome = reply.get("outcome") if cmd == "approve" else None
+    signed = bool(outcome.get("signed")) if isinstance(outcome, dict) else True
+    if args.json:
         print(json.dumps(reply, indent=1))
-    elif args.appliance_command == "pending":
+    elif cmd == "pending":
         print(format_pending(reply["pending"]))
-    else:
+    elif cmd == "history":
         print(format_history(reply["history"]))
-    return EXIT_OK
+    elif cmd == "approve":
+        summary = (outcome or {}).get("summary") or {}
+        print(f"signed {summary.get('txid', '')}".rstrip() if signed else
+              "not signed: " + "; ".join((outcome or {}).get("reasons") or ["refused"]))
+    elif cmd == "refuse":
+        print(f"refused {args.id} (journaled)")
+    else:
+        print(f"approval mode is now {reply.get('mode', args.mode)} (journaled)")
+    # Approving what the appliance then refuses to sign is the job finding a problem.
+    return EXIT_OK if signed else EXIT_FAIL
 
 
 def cmd_appliance_init(args: argparse.Namespace) -> int:
@@ -806,9 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "history":
             c.add_argument("--limit", type=int_range(1, 100000), default=50,
                            help="how many decisions to show (default 50)")
-        if name in ("pending", "history"):
-            c.add_argument("--json", action="store_true",
-                           help="print JSON instead of a table (times in ISO 8601 either way)")
+        c.add_argument("--json", action="store_true",
+                       help="print the appliance's JSON reply instead of a table or a line "
+                       "(times in ISO 8601 either way)")
         c.set_defaults(func=cmd_appliance_control)
 
     for name, (module, func, helptext) in DELEGATED.items():

@@ -42,9 +42,9 @@ def test_pending_and_history_read_as_tables_and_json(served, capsys) -> None:
     (item,) = json.loads(capsys.readouterr().out)["pending"]
     assert ISO.fullmatch(item["created"]) and item["summary"]["round"] == 5
 
-    assert main(["appliance", "refuse", "--control", sock, item["id"]]) == 0
-    capsys.readouterr()
-    assert main(["appliance", "refuse", "--control", sock, item["id"]]) == 1
+    assert main(["appliance", "refuse", "--control", sock, item["id"], "--reason", "why"]) == 0
+    assert capsys.readouterr().out.strip() == f"refused {item['id']} (journaled)"
+    assert main(["appliance", "refuse", "--control", sock, item["id"]]) == 2  # not pending
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bft-anchor appliance refuse: refuse {item['id']}")
 
@@ -54,4 +54,17 @@ def test_pending_and_history_read_as_tables_and_json(served, capsys) -> None:
     assert all(ISO.search(line) for line in lines[1:]) and len(lines) >= 2
     assert main(["appliance", "history", "--control", sock, "--json", "--limit", "1"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["history"]
-    assert ISO.fullmatch(row["ts"])
+    assert ISO.fullmatch(row["ts"]) and row["detail"]["reasons"] == ["refused by the operator: why"]
+
+
+def test_approve_prints_the_txid_and_mode_says_what_it_did(served, capsys) -> None:
+    w, sock = served
+    w.submit(w.request(5))
+    (item,) = w.service.queue.pending()
+    assert main(["appliance", "approve", "--control", sock, item.id]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("signed ") and len(out.split()[1]) == 64
+    assert main(["appliance", "mode", "--control", sock, "auto"]) == 0
+    assert capsys.readouterr().out.strip() == "approval mode is now auto (journaled)"
+    assert main(["appliance", "approve", "--control", sock, item.id]) == 2  # not pending
+    assert "no pending request" in capsys.readouterr().err
