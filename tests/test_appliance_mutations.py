@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import secrets
 
+import pytest
 from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
@@ -27,6 +28,7 @@ from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
+from bftanchor.epoch import BIP48_SCRIPT_TYPE, SCRIPT_TR, SCRIPT_WSH
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
 from bftanchor.template import Coin, Outpoint, build_checkpoint_tx
@@ -36,12 +38,16 @@ WINDOW = 10
 
 
 class World:
-    def __init__(self, tmp) -> None:
+    def __init__(self, tmp, script: str = SCRIPT_WSH) -> None:
         self.sim = SimulatedBFTChain.create(4, 1000, seed=7)
         signers = {v.id: SoftwareSigner.from_seed(seed_for(f"mut/{v.id}"))
                    for v in self.sim.validators}
-        self.records = {e: self.sim.make_record(e, {v: s.pow_key(e) for v, s in signers.items()})
-                        for e in (0, 1)}
+        st_ = BIP48_SCRIPT_TYPE[script]
+        self.records = {
+            e: self.sim.make_record(e, {v: s.pow_key(e, st_) for v, s in signers.items()},
+                                    script=script)
+            for e in (0, 1)
+        }
         dep = Deployment("litecoin-regtest", MAGIC, GENESIS, self.records[0], WINDOW)
         self.journal = Journal(tmp / "j.sqlite", GENESIS)
         self.app = Appliance(dep, self.journal, signers["v0"], Limits())
@@ -130,6 +136,21 @@ def mutate(kind: str, n: int, psbt: PSBT, qc: dict, recs: list, lineage: list, w
         recs.append({"epoch": "x"} if n % 2 else [n])
     elif kind == "lineage_junk":
         lineage.extend(["zz", _rand_tx().serialize().hex(), n])
+    # Tapscript (BIP371) fields: another leaf, internal key, merkle root or key origins.
+    elif kind == "tap_leaf":
+        for cb in list(i0.taproot_scripts):
+            i0.taproot_scripts[cb] = secrets.token_bytes(1 + n % 60) + b"\xc0"
+    elif kind == "tap_control":
+        i0.taproot_scripts = {bytes([0xC0 | n % 2]) + secrets.token_bytes(32): v
+                              for v in i0.taproot_scripts.values()}
+    elif kind == "tap_internal":
+        from embit.ec import PrivateKey
+
+        i0.taproot_internal_key = PrivateKey(secrets.token_bytes(32)).get_public_key()
+    elif kind == "tap_merkle":
+        i0.taproot_merkle_root = secrets.token_bytes(32)
+    elif kind == "tap_derivations":
+        i0.taproot_bip32_derivations = {}
     return psbt
 
 
@@ -137,11 +158,13 @@ KINDS = ["tx_version", "locktime", "sequence", "input_txid", "input_vout", "utxo
          "utxo_script", "witness_script", "derivations", "sighash", "non_witness_utxo",
          "topup", "out_value", "out_script", "out_handover", "out_add", "out_drop",
          "payload_byte", "qc_round", "qc_epoch", "qc_commit", "qc_sigs", "qc_sig_garble",
-         "records_drop", "records_alter", "records_garbage", "lineage_junk", "none"]
+         "records_drop", "records_alter", "records_garbage", "lineage_junk", "none",
+         "tap_leaf", "tap_control", "tap_internal", "tap_merkle", "tap_derivations"]
 
 
-def test_mutated_requests_are_signed_exactly_or_refused(tmp_path):
-    w = World(tmp_path)
+@pytest.mark.parametrize("script", [SCRIPT_WSH, SCRIPT_TR], ids=["wsh", "tr"])
+def test_mutated_requests_are_signed_exactly_or_refused(tmp_path, script):
+    w = World(tmp_path, script)
     seen = {"signed": 0, "refused": 0}
 
     @settings(max_examples=250, deadline=None, derandomize=True,
