@@ -7,7 +7,7 @@ from clidirs import cli_dir, cli_sign
 from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
-from helpers import MAGIC, Fleet
+from helpers import MAGIC, SCRIPT_IDS, SCRIPT_PAIRS, Fleet
 
 from anchorharness.proposal import collect
 from anchornode.feewallet import select_topup, sign_topups
@@ -23,9 +23,11 @@ from bftanchor.template import (
 )
 
 
-@pytest.fixture
+@pytest.fixture(params=SCRIPT_PAIRS, ids=SCRIPT_IDS)
 def fleet(regtest, tmp_path, request):
-    return Fleet(regtest, tmp_path, tag=request.node.name, value=20_000)  # a coin running low
+    """A coin running low, on wsh epochs and on tapscript epochs (whose signatures commit
+    to the top-up inputs' previous outputs too, BIP341)."""
+    return Fleet(regtest, tmp_path, tag=request.node.name, value=20_000, scripts=request.param)
 
 
 def topped_up_psbt(fleet, topup: TopUp, qc, fee: int | None = None):
