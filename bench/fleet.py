@@ -28,7 +28,7 @@ from appliance.signing import Appliance
 from bftanchor.bftsig import sign_compact
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
-from bftanchor.epoch import EpochRecord
+from bftanchor.epoch import BIP48_SCRIPT_TYPE, SCRIPT_WSH, EpochRecord
 from bftanchor.network import network
 from bftanchor.qc import QC, VoteInfo, signed_digest
 from bftanchor.template import Coin, Outpoint
@@ -70,13 +70,15 @@ class BenchFleet:
     genesis: Coin | None = None
     coin: Coin | None = None
     _round: int = 0
+    script: str = SCRIPT_WSH  # or SCRIPT_TR: tr(NUMS, sortedmulti_a), keys on 48h/../3h
 
     def __post_init__(self) -> None:
         self.sim = SimulatedBFTChain.create(self.n, ROUNDS_PER_EPOCH, seed=len(self.tag))
         self.mnemonics = {v.id: mnemonic_for(self.tag, v.id) for v in self.sim.validators}
         self.signers = {vid: SoftwareSigner.from_mnemonic(m) for vid, m in self.mnemonics.items()}
-        pow_keys = {vid: s.pow_key(0) for vid, s in self.signers.items()}
-        self.record = self.sim.make_record(0, pow_keys)
+        st = BIP48_SCRIPT_TYPE[self.script]
+        pow_keys = {vid: s.pow_key(0, st) for vid, s in self.signers.items()}
+        self.record = self.sim.make_record(0, pow_keys, script=self.script)
         self.multisig = EpochMultisig(self.record)
 
     @property
