@@ -21,8 +21,10 @@ from bftanchor.epoch import EpochRecord, Validator, threshold_for
 from bftanchor.qc import QC, VoteInfo, signed_digest, verify_qc
 
 NAME = "qc_verify"
-SIZES = (4, 21, 100)
-TARGET = 1.3
+SIZES = (4, 21, 100, 150)
+# Targets on the median against k bare libsecp256k1 verifications: 1.3x for n = 100
+# (issue 13), 1.2x for n = 150 (issue 14, tapscript-sized validator sets).
+TARGETS = {100: 1.3, 150: 1.2}
 
 
 def make_case(n: int) -> tuple[QC, EpochRecord]:
@@ -126,9 +128,9 @@ def run(ctx: BenchContext) -> list[Row]:
         label = f"{k} x bare verify"
         v = times[f"verify n={n}"]
         note = f"backend {bftsig.VERIFY_BACKEND}"
-        if n == max(SIZES):
-            ok = median(v) * 1e6 / base <= TARGET
-            note += f"; target <= {TARGET}x {'met' if ok else 'MISSED'}"
+        if n in TARGETS:
+            ok = median(v) * 1e6 / base <= TARGETS[n]
+            note += f"; target <= {TARGETS[n]}x {'met' if ok else 'MISSED'}"
         rows.append(
             Row(NAME, f"n={n} k={k}", "verify_qc median", median(v) * 1e6, "us", base, label, note)
         )
