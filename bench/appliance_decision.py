@@ -186,7 +186,8 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
     baseline is the appliance's own n = 15 decision, alternated round by round with
     the n = 100 one so both see the same machine. Target: within 3x.
     """
-    big = BenchFleet(100, tag="decision-tr-100", script=SCRIPT_TR)
+    n_big = ctx.pick(100, 21)
+    big = BenchFleet(n_big, tag=f"decision-tr-{n_big}", script=SCRIPT_TR)
     small = BenchFleet(15, tag="decision-wsh-15")
     apps = {}
     for name, fleet in (("big", big), ("small", small)):
@@ -211,7 +212,7 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
         first = False
     for a in apps.values():
         a.journal.close()
-    case = "n=100 k=67 tr-sortedmulti_a"
+    case = f"n={big.n} k={big.k} tr-sortedmulti_a"
     label = "n=15 k=11 wsh, same run"
     note = f"{len(times['big'])} rounds each, alternated; target <= 3x"
     return [

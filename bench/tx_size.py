@@ -40,7 +40,7 @@ def run(ctx: BenchContext) -> list[Row]:
     tr_sizes = TAPROOT_SIZES if not ctx.quick else (21,)
     fleets = {(n, SCRIPT_WSH): BenchFleet(n, tag=f"size-{n}") for n in sizes}
     fleets.update({(n, SCRIPT_TR): BenchFleet(n, tag=f"size-tr-{n}", script=SCRIPT_TR)
-                   for n in (4, *tr_sizes)})
+                   for n in ((4, *tr_sizes) if not ctx.quick else tr_sizes)})
     for fleet in fleets.values():
         fleet.fund(node)
     node.mine(1)
