@@ -196,3 +196,28 @@ def test_policy_refuses_a_foreign_leaf_or_sighash(five):
     v = evaluate(psbt, qc, records, state, Limits(), b"BFTA")
     assert not v.ok and any("sighash type" in r for r in v.reasons)
     assert any("merkle root" in r for r in v.reasons)
+
+
+def test_console_decodes_a_tapscript_handover(five):
+    from tui.decode import decode_request
+
+    sim, _, records = five
+    ms = EpochMultisig(records[0])
+    qc = sim.qc(0, 95)
+    psbt = build_checkpoint_psbt(
+        COIN, ms, Payload(0, 95, qc.commit_state_id), EpochMultisig(records[1]), 1000
+    )
+    item = {
+        "id": "1",
+        "created": 0.0,
+        "verdict": {"ok": True, "reasons": [], "summary": {}},
+        "qc": qc.to_json(),
+        "records": [r.to_json() for r in records.values()],
+        "psbt": psbt.to_string(),
+    }
+    view = decode_request(item, {0: records[0]}, "litecoin-regtest", b"BFTA")
+    assert not view.problems, view.problems
+    roles = [o.role for o in view.outputs]
+    assert roles[1] == "coin -> epoch 1 multisig, tapscript 4-of-5 (HANDOVER)"
+    assert view.handover and view.dest_epoch == 1
+    assert view.vsize == estimate_vsize(psbt.tx, ms) and view.fee == 1000

@@ -102,6 +102,13 @@ def same_fingerprint(typed: str, expected: str) -> bool:
     return bool(norm(typed)) and norm(typed) == norm(expected)
 
 
+def _script_label(record: EpochRecord) -> str:
+    """A tapscript epoch's coin is named as such (wsh stays the unmarked default)."""
+    if not record.is_taproot:
+        return ""
+    return f", tapscript {record.threshold}-of-{record.n}"
+
+
 def decode_request(
     item: dict[str, Any],
     held: dict[int, EpochRecord],
@@ -204,9 +211,9 @@ def decode_request(
             address = None
         paid = paid_epoch(spk, qc.epoch, records) if qc is not None else None
         if paid is not None and paid == qc.epoch:
-            role = f"coin -> epoch {paid} multisig"
+            role = f"coin -> epoch {paid} multisig{_script_label(records[paid])}"
         elif paid is not None:
-            role = f"coin -> epoch {paid} multisig (HANDOVER)"
+            role = f"coin -> epoch {paid} multisig{_script_label(records[paid])} (HANDOVER)"
             view.handover = True
             view.dest_epoch = paid
             view.dest_fingerprint = wallet_fingerprint(EpochMultisig(records[paid]))
