@@ -64,6 +64,7 @@ class ChainView:
         self.on_spent: list[Callable[[Outpoint], None]] = []
         # When this node first saw each checkpoint seq become the next one (wall clock).
         self.seq_seen: dict[int, float] = {}
+        self.genesis_time: float | None = None  # the genesis coin's block time
 
     # --- reading the PoW nodes ---------------------------------------------------------
 
@@ -103,6 +104,7 @@ class ChainView:
             if start is None:
                 return
             self.follower = CoinFollower(rpc, self.deployment.genesis.outpoint, start)
+            self.genesis_time = float(rpc.getblockheader(rpc.getblockhash(start))["time"])
             self._forget()
         before = len(self.follower.spends)
         new = self.follower.poll()
@@ -156,6 +158,11 @@ class ChainView:
             return self.read("gettxout", op.txid, op.vout, True) is None
         except RpcError:
             return False
+
+    @property
+    def coin_time(self) -> float | None:
+        """The block time of the block that confirmed the coin (every node reads the same)."""
+        return self.last_checkpoint[1] if self.last_checkpoint else self.genesis_time
 
     def restore_dropped(self) -> str | None:
         """Send again a known checkpoint that spends the coin when neither the chain nor

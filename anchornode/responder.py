@@ -67,6 +67,7 @@ class PeerResponder:
         auth: Authenticator,
         ladders: dict[Outpoint, Ladder],
         attempt_limit: Callable[[int, float], int] | None = None,
+        on_signed: Callable[[int, int], None] | None = None,
     ) -> None:
         self.me = me
         self.secret = secret
@@ -77,6 +78,7 @@ class PeerResponder:
         self.ladders = ladders
         # Without a limit (a responder on its own): attempts 0 and 1 only.
         self.attempt_limit = attempt_limit or (lambda seq, now: 1)
+        self.on_signed = on_signed or (lambda seq, attempt: None)
         self.accepted = PeerView()
         self._signing = threading.Lock()  # one proposal at a time reaches the appliance
 
@@ -226,6 +228,7 @@ class PeerResponder:
                 prior = self.accepted.accepted.get(msg.body["seq"])
                 if prior is None or msg.body["attempt"] >= prior[0]:
                     self.accepted.accepted[msg.body["seq"]] = (msg.body["attempt"], txids)
+            self.on_signed(msg.body["seq"], msg.body["attempt"])
         log.info(
             "signed proposal from %s: checkpoint %s attempt %s (%d fee levels)",
             msg.sender,

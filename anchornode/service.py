@@ -76,7 +76,7 @@ class NodeService:
         )
         self.responder = PeerResponder(
             self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders,
-            self.attempt_limit,
+            self.attempt_limit, self.note_attempt,
         )
         self.server: PeerServer | None = None
 
@@ -152,12 +152,21 @@ class NodeService:
             return None
 
     def attempt_limit(self, seq: int, now: float) -> int:
-        """The highest attempt this node accepts for checkpoint seq now: its own count
-        (from when it found the checkpoint due, else from when it first saw seq) plus
+        """The highest attempt this node accepts for checkpoint seq now: the attempts
+        that fit in the time since the coin confirmed (its block's time, which a node
+        that restarted reads as the others do; or this node's own earlier start), plus
         one for clock and poll skew. A proposal beyond it is refused, so no validator
         can make the others wait longer than the time that has really passed."""
-        since = self.due_since.get(seq, self.view.seq_seen.get(seq, now))
+        starts = [self.due_since.get(seq), self.view.seq_seen.get(seq), self.view.coin_time]
+        since = min((t for t in starts if t is not None), default=now)
         return attempt_at(since, now, self.cfg.schedule.initiator_timeout) + 1
+
+    def note_attempt(self, seq: int, attempt: int, now: float | None = None) -> None:
+        """This node signed attempt `attempt`: count its own attempts from no later than
+        that, so a node that restarted (and started counting again) catches up."""
+        now = time.time() if now is None else now
+        start = now - attempt * self.cfg.schedule.initiator_timeout
+        self.due_since[seq] = min(self.due_since.get(seq, start), start)
 
     def _pending(self, tip: int) -> None:
         """The coin is spent in the mempool: wait, or move up the fee ladder when stuck."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from helpers import Fleet, seed_for
 
+from bftanchor.secretfile import write_secret
+
 CLI = [sys.executable, "-m", "anchorcli"]
 
 
@@ -18,7 +20,7 @@ def cli_dir(fleet: Fleet, vid: str, tag: str) -> Path:
     if not d.exists():
         d.mkdir()
         fleet.deployment.save(d / "deployment.json")
-        (d / "seed.txt").write_text("hex:" + seed_for(f"{tag}/{vid}").hex() + "\n")
+        write_secret(d / "seed.txt", "hex:" + seed_for(f"{tag}/{vid}").hex() + "\n")
         (d / "appliance.toml").write_text(
             f'deployment = "deployment.json"\njournal = "{fleet.tmp / f"{vid}.sqlite"}"\n'
             f'validator_id = "{vid}"\n[signer]\nkind = "software"\nseed_file = "seed.txt"\n')

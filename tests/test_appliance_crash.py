@@ -38,6 +38,7 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.link import LinkEndpoint, Message, MsgType, open_pty_pair
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
+from bftanchor.secretfile import write_secret
 from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
 
 KILLS = 200
@@ -80,7 +81,7 @@ def make_req(fleet: Fleet, kind: str, coin: Coin, qc: QC, fee: int) -> Req:
 def appliance_dir(fleet: Fleet, root: Path, tag: str) -> Path:
     root.mkdir(parents=True)
     fleet.deployment.save(root / "deployment.json")
-    (root / "seed.txt").write_text("hex:" + seed_for(f"{tag}/v0").hex() + "\n")
+    write_secret(root / "seed.txt", "hex:" + seed_for(f"{tag}/v0").hex() + "\n")
     (root / "appliance.toml").write_text(
         'deployment = "deployment.json"\njournal = "journal.sqlite"\nvalidator_id = "v0"\n'
         '[signer]\nkind = "software"\nseed_file = "seed.txt"\n'

@@ -55,6 +55,7 @@ from bftanchor.link.frame import MAGIC as SYNC
 from bftanchor.link.messages import encode_payload
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
+from bftanchor.secretfile import write_secret
 from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt, verify_partial_sig
 
 CLI = [sys.executable, "-m", "anchorcli"]
@@ -156,7 +157,7 @@ def served(regtest, tmp_path, request):
     root = tmp_path / "appliance"
     root.mkdir()
     fleet.deployment.save(root / "deployment.json")
-    (root / "seed.txt").write_text("hex:" + seed_for(f"{tag}/v0").hex() + "\n")
+    write_secret(root / "seed.txt", "hex:" + seed_for(f"{tag}/v0").hex() + "\n")
     (root / "appliance.toml").write_text(
         'deployment = "deployment.json"\njournal = "journal.sqlite"\nvalidator_id = "v0"\n'
         '[signer]\nkind = "software"\nseed_file = "seed.txt"\n'

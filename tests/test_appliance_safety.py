@@ -22,6 +22,7 @@ from anchornode.bftsim import SimulatedBFTChain
 from appliance.config import ApplianceConfig
 from appliance.signers.software import SoftwareSigner
 from bftanchor.deployment import Deployment
+from bftanchor.secretfile import write_secret
 from bftanchor.template import Coin, Outpoint
 
 CLI = [sys.executable, "-m", "anchorcli"]
@@ -228,7 +229,7 @@ def test_journal_moves_only_by_export_and_import(world, tmp_path):
     new = World(tmp_path / "new")
     (new.dir / "deployment.json").write_text((world.dir / "deployment.json").read_text())
     new.records = world.records
-    (new.dir / "seed.txt").write_text((world.dir / "seed.txt").read_text())
+    write_secret(new.dir / "seed.txt", (world.dir / "seed.txt").read_text())
     imp = run("appliance", "journal", "import", "--config", str(new.config), str(export))
     assert imp.returncode == 0, imp.stderr
     # The new machine refuses another checkpoint on the coin the old one signed for.

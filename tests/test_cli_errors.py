@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from anchorcli.main import main
+from bftanchor.secretfile import write_secret
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +71,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "wrongchain" / "deployment.json").write_text(_json.dumps(wrong))
     (d / "wrongchain" / "appliance.toml").write_text(
         (d / "app" / "appliance.toml").read_text())
-    (d / "wrongchain" / "seed.txt").write_text(" ".join(["abandon"] * 11 + ["about"]) + "\n")
+    write_secret(d / "wrongchain" / "seed.txt", " ".join(["abandon"] * 11 + ["about"]) + "\n")
     out["wrongchain.toml"] = str(d / "wrongchain" / "appliance.toml")
     # A working appliance (software keys), to reach the checks after its config.
     (d / "goodapp").mkdir()
     (d / "goodapp" / "appliance.toml").write_text(
         (d / "app" / "appliance.toml").read_text().replace(
             'deployment = "deployment.json"', f'deployment = "{deployment}"'))
-    (d / "goodapp" / "seed.txt").write_text(" ".join(["abandon"] * 11 + ["about"]) + "\n")
+    write_secret(d / "goodapp" / "seed.txt", " ".join(["abandon"] * 11 + ["about"]) + "\n")
     out["goodapp.toml"] = str(d / "goodapp" / "appliance.toml")
     # An appliance whose HWI device is not there.
     (d / "nodevice").mkdir()

@@ -13,13 +13,14 @@ from embit.psbt import PSBT
 from helpers import Fleet, seed_for, twin_qc
 
 from appliance.signing import CRASH_ENV
+from bftanchor.secretfile import write_secret
 
 
 @pytest.fixture
 def setup(regtest, tmp_path):
     fleet = Fleet(regtest, tmp_path / "fleet", tag="crash")
     fleet.deployment.save(tmp_path / "deployment.json")
-    (tmp_path / "seed.txt").write_text("hex:" + seed_for("crash/v0").hex() + "\n")
+    write_secret(tmp_path / "seed.txt", "hex:" + seed_for("crash/v0").hex() + "\n")
     (tmp_path / "appliance.toml").write_text(
         'deployment = "deployment.json"\njournal = "journal.sqlite"\nvalidator_id = "v0"\n'
         '[signer]\nkind = "software"\nseed_file = "seed.txt"\n'

@@ -277,7 +277,7 @@ def test_one_signed_message_cannot_halt_the_network(net: Net) -> None:
     qc = net.qc(10)
     v1 = net.nodes["v1"].responder
     n = len(net.records[0].validators)
-    absurd = 10**6 * n + 2  # attempt whose initiator (seq 0) is v2
+    absurd = 10**12 * n + 2  # attempt whose initiator (seq 0) is v2
     body = dict(net.proposal("v0", qc), attempt=absurd)
     for liar_body in (dict(body, psbts=[]), body):
         kind, reply = v1.on_propose(msg("v2", liar_body))
@@ -404,3 +404,18 @@ def test_a_bound_node_proposes_its_bound_qc(net: Net) -> None:
     txid = v1.round.run(0, 1, v1.view.coin, net.source.latest(), False)
     payload = Transaction.from_string(net.chain.mempool[txid]).vout[0].script_pubkey.data
     assert payload[-32:] == old.commit_state_id
+
+
+def test_a_restarted_node_accepts_the_others_attempts_and_catches_up(net: Net) -> None:
+    """A node that restarts counts attempts from its restart; it must still accept the
+    attempts the others have reached (bounded by the coin's block time), and count
+    from theirs once it has signed one."""
+    net.qc(10)
+    v1 = net.nodes["v1"]
+    v1.view.poll()
+    coin_time = v1.view.coin_time
+    now = coin_time + 6 * 5.0 + 1  # six timeouts after the coin confirmed
+    v1.due_since[0] = now  # just restarted: its own count says attempt 0
+    assert v1.attempt_limit(0, now) == 7
+    v1.note_attempt(0, 6, now)
+    assert v1.attempt_limit(0, now) == 7 and v1.due_since[0] == now - 30.0

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,15 @@ RESUME = OPTS.initiator_timeout + 2 * OPTS.block_interval + 4.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("resilience"), OPTS).start()
+    # Started from a relative directory, as `bft-anchor devnet --nodes --datadir dn` does
+    # (issue 12 item 8: the nodes' cookie paths must still resolve).
+    base = tmp_path_factory.mktemp("resilience")
+    cwd = os.getcwd()
+    os.chdir(base.parent)
+    try:
+        c = Cluster(Path(base.name), OPTS).start()
+    finally:
+        os.chdir(cwd)
     yield c
     c.stop()
 
@@ -109,6 +118,10 @@ def test_one_validator_cannot_halt_the_network_with_an_absurd_attempt(cluster, w
     accepted attempt, and every honest proposal after it was refused as superseded."""
     c = cluster
     watch.wait_more(1, 60, "before the fault")
+    assert "cookie = \"/" in (c.member("v0").dir / "node.toml").read_text()  # absolute
+    for m in c.members:  # secrets written owner-only from the start
+        for name in ("seed.txt", "bft.key"):
+            assert (m.dir / name).stat().st_mode & 0o077 == 0
     liar = c.member("v3")
     rec = c.records[0]
     n = rec.n

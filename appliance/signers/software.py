@@ -17,6 +17,7 @@ from embit.transaction import SIGHASH
 
 from appliance.signers.base import SignerError, epoch_path, require_sighash_all
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
+from bftanchor.secretfile import SecretFileError, read_secret
 from bftanchor.template import put_signature, sighash
 
 
@@ -44,9 +45,12 @@ class SoftwareSigner:
 
     @classmethod
     def from_file(cls, path: Path, passphrase: str = "", coin_type: int = 1) -> SoftwareSigner:
-        """A seed file holds a BIP39 mnemonic, or `hex:` and a raw BIP32 seed."""
+        """A seed file holds a BIP39 mnemonic, or `hex:` and a raw BIP32 seed. A seed
+        file others may read is refused: the key must be taken as known to them."""
         try:
-            text = Path(path).read_text().strip()
+            text = read_secret(Path(path), "seed file").strip()
+        except SecretFileError as exc:
+            raise SignerError(str(exc)) from exc
         except OSError as exc:
             raise SignerError(f"cannot read seed file {path}: {exc}") from exc
         if text.startswith("hex:"):
