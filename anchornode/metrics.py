@@ -12,6 +12,7 @@ when one is configured.
 from __future__ import annotations
 
 import hmac
+import http.client
 import json
 import threading
 import time
@@ -161,6 +162,38 @@ class Metrics:
         return generate_latest(self.registry).decode()
 
 
+MAX_REQUEST = 16 * 1024  # bytes of request line and headers read from one connection
+
+
+class _Capped:
+    """A reader that refuses to read more than `left` bytes (http.server answers 431 or
+    hangs up): it would otherwise buffer up to 100 header lines of 64 KiB each from
+    every connection."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self.raw = raw
+        self.left = left
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise http.client.LineTooLong(f"request longer than {MAX_REQUEST} bytes")
+        n = self.left if size is None or size < 0 else min(size, self.left)
+        line = self.raw.readline(n)
+        self.left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise http.client.LineTooLong(f"request longer than {MAX_REQUEST} bytes")
+        n = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.raw.read(n)
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class MetricsServer(BoundedServerMixin, ThreadingHTTPServer):
     max_connections = 32
     lifetime = 10.0
@@ -184,6 +217,10 @@ def serve_metrics(
     class Handler(BaseHTTPRequestHandler):
         timeout = min(5.0, lifetime)  # per read: an idle connection is closed
         protocol_version = "HTTP/1.0"
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = _Capped(self.rfile, MAX_REQUEST)  # type: ignore[assignment]
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/metrics":

@@ -108,3 +108,24 @@ def test_status_needs_loopback_or_token():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_request_larger_than_the_cap_is_cut_off(server):
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n")
+        sent = 0
+        try:
+            for i in range(100):
+                s.sendall(f"X-{i}: ".encode() + b"a" * 60_000 + b"\r\n")
+                sent += 60_000
+        except OSError:
+            pass  # the server hung up: it read no more than its cap
+        s.settimeout(5)
+        try:
+            reply = s.recv(65536)
+        except OSError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/1.0 200")
+    status, _ = get(port, "/metrics")
+    assert status == 200
