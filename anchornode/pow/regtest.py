@@ -80,6 +80,7 @@ class RegtestNode:
         self.wallet_rpc: PowRpc | None = None
         self._clients: list[PowRpc] = []
         self._wallets: list[str] = []
+        self._ready = False
 
     @property
     def url(self) -> str:
@@ -139,6 +140,7 @@ class RegtestNode:
             time.sleep(0.1)
         for name in self._wallets:  # a restarted node loads no wallet by itself
             self._load_wallet(name)
+        self._ready = True
         return self
 
     def create_wallet(self, name: str = "miner") -> PowRpc:
@@ -214,6 +216,7 @@ class RegtestNode:
         self.rpc.addnode(f"127.0.0.1:{other.p2p_port}", "onetry")
 
     def stop(self, timeout: float = 30.0, keep_datadir: bool = False) -> None:
+        self._ready = False
         if self.proc is None:
             return
         if self.proc.poll() is None and self.rpc is not None:
@@ -242,7 +245,8 @@ class RegtestNode:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Started, answering RPC and with its wallets loaded (not merely spawned)."""
+        return self._ready and self.proc is not None and self.proc.poll() is None
 
     def restart(self, extra_args: list[str] | None = None) -> RegtestNode:
         """Stop and start again on the same ports and datadir (the node writes a new cookie)."""
