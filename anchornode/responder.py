@@ -32,7 +32,7 @@ from anchornode.listener import RateLimitedLog, short
 from anchornode.metrics import Metrics
 from anchornode.peer_protocol import Authenticator, Message, PeerError, seal
 from anchornode.pow.rpc import RpcError
-from anchornode.round import LINEAGE_MAX, sign_locally
+from anchornode.round import LINEAGE_MAX, RECORDS_BACK, sign_locally
 from anchornode.schedule import initiator_index
 from appliance.lineage import quorum_signers
 from bftanchor.coinpath import paid_epoch
@@ -46,7 +46,7 @@ log = logging.getLogger("bft_anchor.node")
 stranger_log = RateLimitedLog(log)  # lines about unauthenticated input: rate-limited
 
 MAX_RUNGS = 8  # fee levels one proposal may carry
-MAX_RECORDS = 2  # the coin's epoch and the next
+MAX_RECORDS = RECORDS_BACK + 2  # the coin's epoch, the next, and those before it
 
 
 @dataclass

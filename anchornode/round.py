@@ -50,6 +50,7 @@ from bftanchor.template import (
 log = logging.getLogger("bft_anchor.node")
 
 LINEAGE_MAX = 32
+RECORDS_BACK = 15  # epochs before the coin's whose records a proposal carries
 
 # How a sealed message reaches a peer and its answer comes back (TCP by default).
 PeerSend = Callable[[PeerConfig, bytes, float], bytes]
@@ -184,9 +185,11 @@ class SigningRound:
             cfg, view.records, view.deployment.magic, view.rpcs, coin, qc, handover
         )
         source = multisig_for(view.records[coin.epoch])
+        # Every record an appliance may need to certify its way from an epoch it held
+        # before going offline to the coin's (each is certified by its predecessor).
         recs = [
             view.records[e].to_json()
-            for e in sorted({coin.epoch, coin.epoch + 1})
+            for e in range(max(0, coin.epoch - RECORDS_BACK), coin.epoch + 2)
             if e in view.records
         ]
         lineage = [s.raw for s in view.spends][-LINEAGE_MAX:]
@@ -299,7 +302,7 @@ class SigningRound:
     ) -> tuple[list[str] | None, Any]:
         """(the peer's signed PSBTs, None), or (None, the QC it says it is bound to for
         this coin, if any) when it refused or did not answer."""
-        epoch = min(int(e["epoch"]) for e in body["records"])
+        epoch = int(body["qc"]["vote_info"]["epoch"])  # the coin's: this node is a member
         data = seal("propose", self.me, epoch, body, self.secret)
         timeout = max(0.5, deadline - time.monotonic())
         try:
