@@ -409,6 +409,7 @@ def check_appliance(path: Path, rep: Report) -> None:
         cfg = ApplianceConfig.load(path)
     except ConfigError as exc:
         raise ConfigUnreadable(str(exc)) from None
+    seed_shared = False  # the signer refuses a seed others can read: reported once, here
     if cfg.signer.kind == "software" and cfg.signer.seed_file is not None:
         seed = cfg.signer.seed_file
         if not seed.exists():
@@ -416,6 +417,7 @@ def check_appliance(path: Path, rep: Report) -> None:
                      "restore the seed from its backup (or use a device: signer.kind = hwi)")
         elif seed.stat().st_mode & 0o077:
             rep.fail("seed permissions", f"{seed} is readable by others", f"chmod 600 {seed}")
+            seed_shared = True
     try:
         deployment = Deployment.load(cfg.deployment)
     except DeploymentError as exc:
@@ -434,6 +436,8 @@ def check_appliance(path: Path, rep: Report) -> None:
         signer = make_signer(cfg, record.coin_type)
         key = signer.pow_key(record.epoch)
     except (SignerError, OSError, ValueError) as exc:
+        if seed_shared:
+            return
         rep.fail("device", f"not reachable: {exc}",
                  "plug the device in and unlock it; check [signer] device_type/device_path or "
                  "fingerprint in appliance.toml")

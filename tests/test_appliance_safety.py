@@ -229,6 +229,7 @@ def test_journal_moves_only_by_export_and_import(world, tmp_path):
     new = World(tmp_path / "new")
     (new.dir / "deployment.json").write_text((world.dir / "deployment.json").read_text())
     new.records = world.records
+    (new.dir / "seed.txt").unlink()  # the new machine holds the old one's key
     write_secret(new.dir / "seed.txt", (world.dir / "seed.txt").read_text())
     imp = run("appliance", "journal", "import", "--config", str(new.config), str(export))
     assert imp.returncode == 0, imp.stderr
