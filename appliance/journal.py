@@ -752,8 +752,13 @@ class Journal:
 
     @_locked
     def store_records(self, records: Iterable[EpochRecord]) -> None:
+        """Hold each record whose epoch has none yet (the first one held stays)."""
         try:
+            held = {e for (e,) in self._db.execute("SELECT epoch FROM records")}
             for r in records:
+                if r.epoch in held:
+                    continue  # INSERT OR IGNORE would ignore it: skip serialising it
+                held.add(r.epoch)
                 self._db.execute(
                     "INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
                     (r.epoch, json.dumps(r.to_json(), sort_keys=True)),

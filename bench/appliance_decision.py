@@ -30,6 +30,7 @@ NAME = "appliance_decision"
 SIZES = (4, 15)
 HWI_MODULE = Path(__file__).resolve().parent.parent / "appliance" / "signers" / "hwi.py"
 VID = "v0"
+HWI_OVERHEAD_TARGET_MS = 3.0
 # The decision re-reads the whole journal, so it slows as the journal grows (the
 # memory benchmark shows by how much over 1,000 requests); the figures here are for
 # a journal of at most this many rows.
@@ -37,28 +38,34 @@ MAX_ROUNDS = 100
 
 
 def sequence(
-    fleet: BenchFleet, appliance: Appliance, wallet: Any, budget_s: float, min_n: int, max_n: int
-) -> tuple[list[float], list[float]]:
-    """Alternate appliance and node wallet on successive rounds; return both timings."""
+    fleet: BenchFleet,
+    appliances: list[Appliance],
+    wallet: Any,
+    budget_s: float,
+    min_n: int,
+    max_n: int,
+) -> tuple[list[list[float]], list[float]]:
+    """Each round: every appliance decides the same request (each on its own journal), then
+    the node wallet signs it; return each appliance's timings and the node's."""
     pub = fleet.multisig.key_for(VID).pubkey
-    app_t: list[float] = []
+    app_t: list[list[float]] = [[] for _ in appliances]
     node_t: list[float] = []
     start = time.perf_counter()
-    while keep_going(start, budget_s, len(app_t), min_n, max_n):
+    while keep_going(start, budget_s, len(node_t), min_n, max_n):
         p, request = fleet.next_request()
-        t0 = time.perf_counter()
-        out = appliance.handle_sign(*request)
+        for app, times in zip(appliances, app_t, strict=True):
+            t0 = time.perf_counter()
+            out = app.handle_sign(*request)
+            times.append(time.perf_counter() - t0)
+            if not out.signed or out.from_journal:
+                raise RuntimeError(f"the appliance did not sign afresh: {out.reasons}")
         t1 = time.perf_counter()
         got = wallet.walletprocesspsbt(request[0], True, "ALL", False)
-        t2 = time.perf_counter()
-        if not out.signed or out.from_journal:
-            raise RuntimeError(f"the appliance did not sign afresh: {out.reasons}")
+        node_t.append(time.perf_counter() - t1)
         node_sig = PSBT.from_string(got["psbt"]).inputs[0].partial_sigs.get(pub)
         if node_sig is None:
             raise RuntimeError("the node wallet did not sign with the validator's key")
         verify_partial_sig(p.psbt, 0, fleet.multisig, pub, node_sig)
-        app_t.append(t1 - t0)
-        node_t.append(t2 - t1)
         fleet.advance(p)
     return app_t, node_t
 
@@ -117,66 +124,59 @@ def run(ctx: BenchContext) -> list[Row]:
         fleet.fake_genesis()
         fleet.teach_wallet(wallet, VID)
         case = f"n={n} k={fleet.k} wsh-sortedmulti"
-        app = fleet.appliance(VID, ctx.scratch(f"decision-{n}") / "software.sqlite")
-        ctx.say(f"appliance_decision: n={n}, software signer vs node wallet")
-        app_t, node_t = sequence(
-            fleet, app, wallet, ctx.pick(12.0, 1.0), ctx.pick(40, 5), MAX_ROUNDS
-        )
-        app.journal.close()
-        rows += rows_for(case, "software signer", app_t, node_t)
-
+        scratch = ctx.scratch(f"decision-{n}")
+        app = fleet.appliance(VID, scratch / "software.sqlite")
+        signer, emu, why_not = None, None, ""
         if not HWI_MODULE.exists():
-            hwi_rows.append(
-                Row(
-                    NAME,
-                    case,
-                    "handle_sign (HWI, Jade emulator)",
-                    None,
-                    "",
-                    note="not measured: HWI signer not present",
-                )
-            )
-            continue
-        ctx.say(f"appliance_decision: n={n}, HWI signer on the Jade emulator vs node wallet")
+            why_not = "HWI signer not present"
+        else:
+            try:
+                signer, emu = hwi_signer_for(fleet)
+            except Exception as exc:
+                why_not = f"{type(exc).__name__}: {exc}"
         try:
-            signer, emu = hwi_signer_for(fleet)
-        except Exception as exc:
-            hwi_rows.append(
-                Row(
-                    NAME,
-                    case,
-                    "handle_sign (HWI, Jade emulator)",
-                    None,
-                    "",
-                    note=f"not measured: {type(exc).__name__}: {exc}",
-                )
-            )
-            continue
-        try:
-            # A fresh journal on the coin's current position; the first request registers
-            # the multisig on the device and is left out of the timing.
-            fleet.genesis = fleet.coin
-            hwi_app = fleet.appliance(VID, ctx.scratch(f"decision-{n}") / "hwi.sqlite", signer)
-            sequence(fleet, hwi_app, wallet, 0.0, 1, 1)
+            apps = [app]
+            if signer is not None:
+                apps.append(fleet.appliance(VID, scratch / "hwi.sqlite", signer))
+            # The first round registers the multisig on the device: left out of the timing.
+            sequence(fleet, apps, wallet, 0.0, 1, 1)
+            ctx.say(f"appliance_decision: n={n}, software signer"
+                    f"{' and HWI on the Jade emulator' if signer else ''} vs node wallet")
             app_t, node_t = sequence(
-                fleet, hwi_app, wallet, ctx.pick(20.0, 1.0), ctx.pick(10, 2), MAX_ROUNDS
-            )
-            hwi_app.journal.close()
-            hwi_rows += rows_for(case, "HWI, Jade emulator", app_t, node_t)
-        except Exception as exc:
-            hwi_rows.append(
-                Row(
-                    NAME,
-                    case,
-                    "handle_sign (HWI, Jade emulator)",
-                    None,
-                    "",
-                    note=f"not measured: {type(exc).__name__}: {exc}",
-                )
+                fleet, apps, wallet, ctx.pick(20.0, 1.5), ctx.pick(40, 5), MAX_ROUNDS
             )
         finally:
-            emu.stop()
+            for a in app_t_owners(locals()):
+                a.journal.close()
+            if emu is not None:
+                emu.stop()
+        rows += rows_for(case, "software signer", app_t[0], node_t)
+        if signer is None:
+            hwi_rows.append(
+                Row(NAME, case, "handle_sign (HWI, Jade emulator)", None, "",
+                    note=f"not measured: {why_not}")
+            )
+            continue
+        hwi_rows += rows_for(case, "HWI, Jade emulator", app_t[1], node_t)
+        overhead = [h - s for h, s in zip(app_t[1], app_t[0], strict=True)]
+        hwi_rows.append(
+            Row(
+                NAME,
+                case,
+                "HWI path overhead over software, median of pairs",
+                median(overhead) * 1e3,
+                "ms",
+                HWI_OVERHEAD_TARGET_MS,
+                "target",
+                "same request, same round: HWI client, link to the emulator and its signing",
+            )
+        )
     return rows + hwi_rows + tapscript_scale(ctx)
+
+
+def app_t_owners(scope: dict[str, Any]) -> list[Appliance]:
+    """The appliances a run opened (for closing their journals)."""
+    return list(scope.get("apps") or [])
 
 
 def tapscript_scale(ctx: BenchContext) -> list[Row]:

@@ -97,6 +97,8 @@ class MultisigRecord:
     master_blinding_key: bytes | None = None
     _cache: dict[tuple[int, ...], list[bytes]] = field(
         default_factory=dict, compare=False, repr=False, hash=False)
+    _script_cache: dict[tuple[bytes, ...], Scripts] = field(
+        default_factory=dict, compare=False, repr=False, hash=False)
 
     def same_registration(self, other: MultisigRecord) -> bool:
         """register_multisig.c: an identical record makes re-registration a no-op."""
@@ -122,7 +124,12 @@ class MultisigRecord:
         return [k.derive(list(p)).sec() for k, p in zip(self.parent_keys, paths, strict=True)]
 
     def scripts(self, pubkeys: Sequence[bytes]) -> Scripts:
-        return build_scripts(self.variant, self.sorted, self.threshold, pubkeys)
+        """Built once per key list: the device checks the same wallet on every signature."""
+        key = tuple(pubkeys)
+        cache = self._script_cache
+        if key not in cache:
+            cache[key] = build_scripts(self.variant, self.sorted, self.threshold, pubkeys)
+        return cache[key]
 
     def matches(self, suffix: Sequence[int], keys_in_map: Iterable[bytes],
                 script_pubkey: bytes) -> bool:
