@@ -17,10 +17,10 @@ from typing import Any
 
 from embit.psbt import PSBT
 
+from anchorharness.fleet import BenchFleet
 from appliance.signers.base import Signer
 from appliance.signing import Appliance
 from bench.context import BenchContext
-from bench.fleet import BenchFleet
 from bench.table import Row
 from bench.timing import keep_going, median, p95
 from bftanchor.epoch import SCRIPT_TR

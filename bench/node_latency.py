@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from anchorharness.fleet import FEE_RATE, BenchFleet
 from anchornode.appliance_client import InProcessAppliance
 from anchornode.fees import FeePolicy
 from anchornode.localnet import LocalNet, local_node
 from anchornode.qcsource import MemorySource
 from anchornode.schedule import ScheduleConfig
 from bench.context import BenchContext
-from bench.fleet import FEE_RATE, BenchFleet
 from bench.table import Row
 from bench.timing import keep_going, median, p95
 from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.fleet import BenchFleet
+from anchorharness.fleet import BenchFleet
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
+from anchorharness.fleet import FEE_RATE, MAGIC, BenchFleet
 from bench.context import BenchContext
-from bench.fleet import FEE_RATE, MAGIC, BenchFleet
 from bench.table import Row
 from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH
 from bftanchor.payload import Payload
