@@ -23,7 +23,7 @@ from embit.transaction import Transaction
 from anchornode.delivery import CheckpointFailed, deliver
 from anchornode.metrics import Metrics
 from anchornode.pow.follow import CoinFollower, Spend, confirmed_height
-from anchornode.pow.rpc import PowRpc, RpcError, first_answer
+from anchornode.pow.rpc import PowRpc, RpcError, first_answer, to_sat
 from anchornode.qcsource import QCSource
 from anchornode.schedule import ChainState
 from anchornode.store import CheckpointStore
@@ -84,6 +84,26 @@ class ChainView:
 
     def tip(self) -> int:
         return int(self.read("getblockcount"))
+
+    def topup_prevouts(self, tx: Any) -> dict[Outpoint, Any]:
+        """The outputs a checkpoint's top-up inputs spend, while unspent (gettxout, mempool
+        included): a tapscript signature commits to them (BIP341), so checking one needs
+        them. What the node cannot find is left out (the signatures then do not verify)."""
+        from embit.script import Script
+        from embit.transaction import TransactionOutput
+
+        out: dict[Outpoint, Any] = {}
+        for txin in tx.vin[1:]:
+            op = Outpoint(txin.txid.hex(), txin.vout)
+            try:
+                got = self.read("gettxout", op.txid, op.vout, True)
+            except RpcError:
+                continue
+            if got:
+                value = to_sat(got["value"])
+                spk = Script(bytes.fromhex(got["scriptPubKey"]["hex"]))
+                out[op] = TransactionOutput(value, spk)
+        return out
 
     # --- the coin ----------------------------------------------------------------------
 

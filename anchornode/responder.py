@@ -264,7 +264,12 @@ class PeerResponder:
             if not txs or any(Outpoint(t.vin[0].txid.hex(), t.vin[0].vout) != op for t in txs):
                 return "error", {"reasons": ["announced transactions do not spend the coin"]}
             ms = multisig_for(view.records[view.coin.epoch])
-            if any(len(quorum_signers(t, view.coin, ms)) < ms.threshold for t in txs):
+            if any(
+                len(quorum_signers(
+                    t, view.coin, ms, view.topup_prevouts(t) if ms.is_taproot else None
+                )) < ms.threshold
+                for t in txs
+            ):
                 return "error", {"reasons": ["announced transactions are not fully signed"]}
             for raw in rungs:  # quorum-signed: kept, a reorg may drop it later
                 view.store.add(raw)

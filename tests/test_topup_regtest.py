@@ -55,6 +55,19 @@ def test_topup_signed_by_appliances_and_fee_wallet_accepted_by_node(fleet, regte
     accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
     assert accept["allowed"], accept
     assert tx.vout[1].value == fleet.coin.value + 50_000
+    if ms.is_taproot:
+        # BIP341 signatures commit to the top-up's previous output: a node proves the
+        # quorum signed only with it (found unspent through gettxout, as peers do).
+        from types import SimpleNamespace
+
+        from anchornode.chainview import ChainView
+        from appliance.lineage import quorum_signers
+
+        assert quorum_signers(tx, fleet.coin, ms) == []
+        view = SimpleNamespace(read=lambda m, *a: getattr(regtest.rpc, m)(*a))
+        prevouts = ChainView.topup_prevouts(view, tx)  # type: ignore[arg-type]
+        assert len(prevouts) == len(tx.vin) - 1
+        assert len(quorum_signers(tx, fleet.coin, ms, prevouts)) == ms.threshold
 
 
 def test_change_larger_than_topups_is_refused(fleet, regtest):
