@@ -116,3 +116,50 @@ def test_devnet_refuses_what_no_device_signs():
     )
     assert out.returncode == 2
     assert "cannot sign tapscript multisig" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_largest_set_999_is_accepted_and_1000_is_refused(regtest):
+    """The consensus limit worked out in docs/protocol.md: a 667-of-999 leaf is standard
+    (about 79,000 WU of 400,000); a 1000th key would overflow the 1000-item stack."""
+    from anchornode.bftsim import SimulatedBFTChain
+    from anchornode.pow.rpc import to_coin, to_sat
+    from appliance.signers.software import SoftwareSigner
+    from bftanchor.errors import DescriptorError
+    from bftanchor.network import network
+    from bftanchor.payload import Payload
+    from bftanchor.template import (
+        Coin,
+        Outpoint,
+        build_checkpoint_psbt,
+        build_checkpoint_tx,
+        fee_for,
+        finalize,
+        get_signature,
+        put_signature,
+    )
+
+    sim = SimulatedBFTChain.create(1000, 100)
+    signers = {v.id: SoftwareSigner.from_seed(i.to_bytes(2, "big") * 16)
+               for i, v in enumerate(sim.validators)}
+    keys = {vid: s.pow_key(0, 3) for vid, s in signers.items()}
+    with pytest.raises(DescriptorError, match="at most 999"):
+        EpochMultisig(sim.make_record(0, keys, SCRIPT_TR, n=1000))
+    sim.records.clear()
+    ms = EpochMultisig(sim.make_record(0, keys, SCRIPT_TR, n=999))
+    txid = regtest.wallet_rpc.sendtoaddress(ms.address(network(regtest.chain)),
+                                            float(to_coin(1_000_000)))
+    info = regtest.rpc.getrawtransaction(txid, True)
+    vout = next(o["n"] for o in info["vout"]
+                if o["scriptPubKey"]["hex"] == ms.script_pubkey.data.hex())
+    regtest.mine(1)
+    coin = Coin(Outpoint(txid, vout), to_sat(info["vout"][vout]["value"]), 0)
+    payload = Payload(0, 5, b"\x01" * 32)
+    fee = fee_for(1.0, build_checkpoint_tx(coin, payload, ms, 1), ms)
+    psbt = build_checkpoint_psbt(coin, ms, payload, ms, fee)
+    for key in ms.keys[: ms.threshold]:
+        signed = signers[key.validator_id].sign(psbt, ms)
+        put_signature(psbt, 0, ms, key.pubkey, get_signature(signed, 0, ms, key.pubkey))
+    tx = finalize(psbt, ms)
+    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
+    assert accept["allowed"], accept
+    assert accept["vsize"] == estimate_vsize(tx, ms) and accept["vsize"] * 4 < 100_000
