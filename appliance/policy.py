@@ -34,6 +34,7 @@ from bftanchor.template import (
     Outpoint,
     estimate_vsize,
     input_sequence,
+    signatures,
     verify_partial_sig,
 )
 
@@ -370,7 +371,8 @@ def _evaluate(
     # signer would keep a junk one under this appliance's key and return none of its own
     # after the journal had bound the coin, a refusal that left a signing row behind.
     if v.ok:
-        for pub, sig in psbt.inputs[0].partial_sigs.items():
+        present = {**psbt.inputs[0].partial_sigs, **signatures(psbt, 0, source)}
+        for pub, sig in present.items():
             try:
                 verify_partial_sig(psbt, 0, source, pub, sig)
             except CheckpointError as exc:

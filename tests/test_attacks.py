@@ -35,7 +35,7 @@ from appliance.signers.software import SoftwareSigner
 from bftanchor.deployment import Deployment
 from bftanchor.link import MsgType, encode_frame, open_pty_pair
 from bftanchor.qc import QC
-from bftanchor.template import TOPUP_SEQUENCE, Coin, Outpoint
+from bftanchor.template import TOPUP_SEQUENCE, Coin, Outpoint, put_signature
 
 CLI = [sys.executable, "-m", "anchorcli"]
 WINDOW = 10
@@ -302,3 +302,25 @@ def test_a_junk_partial_signature_on_the_coin_is_refused_before_the_journal(worl
     assert rc == 0 and out["signed"], out
     assert set(PSBT.from_string(out["psbt"]).inputs[0].partial_sigs) == {
         pub, prop.source.key_for("v1").pubkey}
+
+
+def test_a_junk_taproot_signature_on_the_coin_is_refused_before_the_journal(tmp_path):
+    """The same for a tapscript epoch: a junk BIP340 "signature" under this appliance's
+    key for the leaf was kept by the signer; the coin was bound with no signature out."""
+    from bftanchor.epoch import SCRIPT_TR
+
+    w = World(tmp_path)
+    w.records = {e: w.sim.make_record(e, {v: s.pow_key(e, 3) for v, s in w.signers.items()},
+                                      SCRIPT_TR) for e in (0, 1)}
+    genesis = Coin(GENESIS.outpoint, GENESIS.value, 0)
+    Deployment("litecoin-regtest", MAGIC, genesis, w.records[0], WINDOW).save(
+        w.dir / "deployment.json")
+    qc = w.qc(5)
+    prop = propose(genesis, qc, w.records, False, 2.0, MAGIC)
+    psbt = prop.psbt
+    pub = prop.source.key_for("v0").pubkey
+    put_signature(psbt, 0, prop.source, pub, bytes(64) + b"\x01")
+    w.refused(w.request(psbt, qc), "input 0 carries a partial signature that is not valid")
+    clean = propose(genesis, qc, w.records, False, 2.0, MAGIC).psbt
+    rc, out = w.sign(w.request(clean, qc))
+    assert rc == 0 and out["signed"], out
