@@ -8,6 +8,7 @@ with the same script code the audit uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -56,17 +57,24 @@ class WrongKey:
         return self.other.handle_sign(psbt_b64, qc_json, records_json, lineage).reply()
 
 
+@functools.cache
+def validator_set() -> tuple[SimulatedBFTChain, dict[str, SoftwareSigner], dict]:
+    """Keys and certified records, derived once for the module (the EC math is the slow
+    part); every test gets fresh journals, chain and nodes."""
+    sim = SimulatedBFTChain.create(N, ROUNDS, seed=7)
+    signers = {
+        v.id: SoftwareSigner.from_seed(hashlib.sha256(f"round {v.id}".encode()).digest())
+        for v in sim.validators
+    }
+    records = {
+        e: sim.make_record(e, {vid: s.pow_key(e) for vid, s in signers.items()}) for e in (0, 1)
+    }
+    return sim, signers, records
+
+
 class Net:
     def __init__(self, tmp: Path) -> None:
-        self.sim = SimulatedBFTChain.create(N, ROUNDS, seed=7)
-        self.signers = {
-            v.id: SoftwareSigner.from_seed(hashlib.sha256(f"round {v.id}".encode()).digest())
-            for v in self.sim.validators
-        }
-        self.records = {
-            e: self.sim.make_record(e, {vid: s.pow_key(e) for vid, s in self.signers.items()})
-            for e in (0, 1)
-        }
+        self.sim, self.signers, self.records = validator_set()
         self.chain = FakeChain()
         ms0 = multisig_for(self.records[0])
         funding = Transaction(
