@@ -567,7 +567,7 @@ def cmd_appliance_share(args: argparse.Namespace) -> int:
     try:
         cfg = ApplianceConfig.load(args.config)
         share = make_share(cfg, args.chain, args.epoch,
-                           bft_pubkey_of(args.bft_pubkey, args.bft_key_file))
+                           bft_pubkey_of(args.bft_pubkey, args.bft_key_file), args.script)
         out = args.out or Path(f"share-{share.validator_id}-e{args.epoch}.json")
         share.save(out)
     except (ConfigError, ShareError, SignerError, ValueError, OSError) as exc:
@@ -605,6 +605,11 @@ def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
     sh.add_argument("--bft-pubkey", help="the validator's BFT public key (66 hex)")
     sh.add_argument("--bft-key-file", type=Path, help="or the BFT key file to derive it from")
     sh.add_argument("--out", type=Path, help="default share-<id>-e<epoch>.json")
+    sh.add_argument("--script", choices=["wsh-sortedmulti", "tr-sortedmulti_a"],
+                    default="wsh-sortedmulti",
+                    help="the epoch's script: its key is on BIP48 script type 2' (wsh, the "
+                    "default) or 3' (tapscript, for more than 20 validators); a device that "
+                    "cannot sign tapscript multisig is refused here")
     sh.set_defaults(func=cmd_appliance_share)
     ins = apsub.add_parser("install", help="check, register and install the deployment file",
                            description="Check the deployment against this appliance and the "

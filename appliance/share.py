@@ -81,6 +81,11 @@ def make_share(
     if not config.validator_id:
         raise ShareError(f"{config.path} names no validator_id")
     signer = make_signer(config, coin_type(chain))
+    cannot = getattr(signer, "cannot_sign_script", None)
+    if cannot is not None:
+        reasons = cannot(script)
+        if reasons:
+            raise ShareError(reasons[0])
     bip48_type = SCRIPT_TYPES[script]["bip48_type"]
     share = KeyShare(chain, epoch, config.validator_id, bft_pubkey,
                      signer.pow_key(epoch, bip48_type), script, device_info(signer))

@@ -93,3 +93,24 @@ def test_device_check_lists_every_profile_for_a_size():
         capture_output=True, text=True, timeout=60,
     )
     assert "Blockstream Jade" in out.stdout and "can sign" in out.stdout
+
+
+def test_a_jade_operator_cannot_share_a_tapscript_key(jade, tmp_path):
+    """`appliance share --script tr-sortedmulti_a` on a Jade: refused, with the reason,
+    before any record is drafted."""
+    from appliance.config import EXAMPLE, ApplianceConfig
+    from appliance.share import make_share
+    from bftanchor.share import ShareError
+
+    cfg = tmp_path / "appliance.toml"
+    text = EXAMPLE.replace('kind = "software"', 'kind = "hwi"').replace(
+        'seed_file = "seed.txt"', f'device_type = "jade"\ndevice_path = "{jade.path}"')
+    cfg.write_text(text)
+    config = ApplianceConfig.load(cfg)
+    from bftanchor.bftsig import pubkey_from_secret
+
+    bft = pubkey_from_secret(b"\x11" * 32)
+    with pytest.raises(ShareError, match="cannot sign this epoch"):
+        make_share(config, "litecoin-regtest", 1, bft, SCRIPT_TR)
+    share = make_share(config, "litecoin-regtest", 1, bft, SCRIPT_WSH)
+    assert "/1h/2h]" in share.pow_key

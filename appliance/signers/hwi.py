@@ -196,6 +196,15 @@ class HWISigner:
 
         return tapscript_reasons(self.device_type or "", record.n, self.label)
 
+    def cannot_sign_script(self, script: str) -> list[str]:
+        """Why this device cannot sign any epoch of `script` ([]: it can, as profiled); asked
+        when the operator shares the key, before any record exists."""
+        if script != "tr-sortedmulti_a":
+            return []
+        from appliance.devices.profiles import tapscript_reasons
+
+        return tapscript_reasons(self.device_type or "", 21, self.label)
+
     def pow_key(self, epoch: int, script_type: int = 2) -> str:
         from hwilib import commands
 
