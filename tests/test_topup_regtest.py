@@ -164,3 +164,37 @@ def test_inflated_topup_amount_cannot_drain_the_coin(fleet, regtest, request, tm
     change = sum(o.value for o in tx.vout[2:])
     assert to_sat(after["value"]) == to_sat(before["value"]) + topups - change - reported
     assert to_sat(after["value"]) == to_sat(before["value"]) + honest.amount
+
+
+def test_tapscript_lineage_with_topups_needs_their_funding(fleet, regtest):
+    """An appliance catching up on a topped-up tapscript checkpoint proves its signatures
+    only with the top-ups' previous outputs (BIP341): given the funding transactions in
+    the lineage it adopts the checkpoint, without them it names what is missing."""
+    if not fleet.records[0].is_taproot:
+        pytest.skip("BIP143 (wsh) signatures commit to the coin's own amount only")
+    from anchorharness.proposal import Proposal
+    from bftanchor.template import Coin, Outpoint
+
+    wallet = regtest.wallet_rpc
+    topup = select_topup(wallet, 50_000, 5_000)
+    qc = fleet.qc(5)
+    psbt, ms = topped_up_psbt(fleet, topup, qc)
+    proposal = Proposal(psbt, qc, [fleet.records[0]], ms, ms, 0)
+    quorum = [p for p in fleet.peers() if p.validator_id != "v3"]
+    signed, signed_by, refusals = collect(proposal, quorum)
+    assert len(signed_by) == 3, refusals
+    tx = finalize(sign_topups(wallet, signed), ms)
+    txid = regtest.rpc.sendrawtransaction(tx.serialize().hex())
+    regtest.mine(1)
+    funding = sorted({wallet.gettransaction(t.txid.hex())["hex"] for t in tx.vin[1:]})
+    fleet.coin = Coin(Outpoint(txid, 1), tx.vout[1].value, 0)
+    qc2 = fleet.qc(10)
+    request = fleet.request(fleet.propose(qc2).psbt, qc2)
+    v3 = fleet.appliances["v3"]
+    out = v3.handle_sign(*request, [tx.serialize().hex()])
+    assert not out.signed
+    assert "top-up inputs" in " ".join(out.reasons) and "not in the lineage" in " ".join(
+        out.reasons)
+    out = v3.handle_sign(*request, [tx.serialize().hex(), *funding])
+    assert out.signed, out.reasons
+    assert [e.kind for e in v3.journal.state().entries][:1] == ["adopted"]
