@@ -26,7 +26,7 @@ from anchornode.bftsim import SimulatedBFTChain
 from anchornode.bootstrap import check_coin, fund_from_wallet, write_deployment, write_draft
 from anchornode.pow.regtest import MiningError, RegtestNode, free_port
 from anchornode.pow.rpc import PowRpc, RpcError
-from anchornode.procutil import die_with_parent
+from anchornode.procutil import die_with_parent, spawn_appliance
 from anchornode.qcsource import DirectoryWriter
 from appliance.config import EXAMPLE as APPLIANCE_EXAMPLE
 from appliance.signers.software import SoftwareSigner
@@ -220,24 +220,7 @@ class Cluster:
 
     def start_appliance(self, m: Member) -> None:
         logf = open(m.appliance_log, "ab")  # noqa: SIM115 (the child owns it)
-        m.appliance = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "anchorcli",
-                "-v",
-                "appliance",
-                "serve",
-                "--config",
-                str(m.dir / "appliance.toml"),
-                "--link",
-                m.slave,
-            ],
-            stdout=logf,
-            stderr=logf,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
+        m.appliance = spawn_appliance(m.dir / "appliance.toml", m.slave, logf)
         logf.close()
 
     def start_node(self, m: Member) -> None:

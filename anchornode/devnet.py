@@ -37,7 +37,7 @@ from anchornode.delivery import CheckpointFailed
 from anchornode.fees import FeePolicy
 from anchornode.localnet import LocalNet, local_node
 from anchornode.pow.regtest import RegtestNode
-from anchornode.procutil import die_with_parent
+from anchornode.procutil import spawn_appliance
 from anchornode.qcsource import MemorySource
 from anchornode.schedule import ScheduleConfig
 from anchornode.service import NodeService
@@ -88,24 +88,7 @@ class LinkAppliance:
         self.validator_id = validator_id
         self.master, slave = open_pty_pair()
         self.log = open(log_dir / f"appliance-{validator_id}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "anchorcli",
-                "-v",
-                "appliance",
-                "serve",
-                "--config",
-                str(config),
-                "--link",
-                slave,
-            ],
-            stdout=self.log,
-            stderr=self.log,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
+        self.proc = spawn_appliance(config, slave, self.log)
         self.client = LinkApplianceClient(self.master, timeout=30)
 
     def sign(self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: Any) -> SignReply:

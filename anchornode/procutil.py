@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
 import sys
+from pathlib import Path
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 
@@ -23,3 +26,16 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except OSError:
         pass
+
+
+def spawn_appliance(config: Path, link: str, log: IO[bytes]) -> subprocess.Popen:
+    """`bft-anchor appliance serve` on a serial link (a pty in the devnet and the cluster),
+    logging to `log`, stopped with its parent."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "anchorcli", "-v", "appliance", "serve",
+         "--config", str(config), "--link", link],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
