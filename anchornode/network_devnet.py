@@ -32,6 +32,8 @@ def run_network_devnet(validators: int, epochs: int, datadir: Path | None,
             shown: set[str] = set()
             deadline = time.monotonic() + epochs * opts.rounds_per_epoch * 1.0 + 60
             while not c.finished and time.monotonic() < deadline:
+                if c.error:  # the PoW node would not mine: nothing more can happen
+                    raise RuntimeError(c.error)
                 for cp in c.checkpoints():
                     if cp.txid not in shown:
                         shown.add(cp.txid)
