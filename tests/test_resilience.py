@@ -27,7 +27,7 @@ import pytest
 from anchornode.cluster import Cluster, ClusterOptions
 from anchornode.peer_protocol import exchange, seal, unverified
 from anchornode.pow.follow import CoinFollower, confirmed_height
-from anchornode.pow.regtest import RegtestNode
+from anchornode.pow.regtest import MiningError, RegtestNode
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.payload import Payload
 from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
@@ -364,6 +364,8 @@ def test_the_chain_runs_past_block_500_and_audits_clean(cluster, watch):
     c.wait_for(lambda: c.rpc().getblockcount() >= 505, 200, "block 505")
     c.wait_for(lambda: watch.spends()[-1].height > 500, 60, "a checkpoint above block 500")
     assert c.error is None
+    with pytest.raises(MiningError, match="generatetoaddress"):  # a failure is an error
+        c.pow[0].mine(1, address="not-an-address")
     report = c.audit()
     assert report.ok, report.violations
     heights = [cp.height for cp in report.checkpoints]
