@@ -32,14 +32,14 @@ REFUSAL_KINDS = {
     "replay": ("replay",),
     "stale": ("off our clock",),
     "malformed": ("malformed", "not json", "lacks", "mangles", "too deep", "exceeds", "field"),
+    "appliance": ("appliance", "journal"),
+    "bad_signature": ("bad signature",),
     "not_initiator": ("not the initiator",),
     "attempt": ("attempt",),
-    "sequence": ("checkpoint", "sees"),
+    "sequence": ("proposal for checkpoint",),
     "qc": ("qc",),
     "payload": ("payload", "output 0"),
     "coin": ("coin",),
-    "appliance": ("appliance",),
-    "bad_signature": ("bad signature",),
 }
 SEEN_TXIDS = 100_000  # confirmed checkpoints remembered so a rescan counts none twice
 
