@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import Fleet
+from helpers import SCRIPT_IDS, SCRIPT_PAIRS, Fleet
 
 from anchornode.audit import AuditInputError, audit_chain
 from bftanchor.bftsig import sign_compact
+from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH
 from bftanchor.template import TOPUP_SEQUENCE
 
 pytestmark = pytest.mark.integration
@@ -42,8 +43,11 @@ def one_line(out):
 
 # --- an honest chain, audited at every moment --------------------------------------------
 
-def test_honest_chain_passes_at_every_moment(regtest, tmp_path):
-    fleet = Fleet(regtest, tmp_path, tag="honest")  # epoch 0: rounds 0..99, window 90..99
+@pytest.mark.parametrize("scripts", SCRIPT_PAIRS + [(SCRIPT_WSH, SCRIPT_TR)],
+                         ids=SCRIPT_IDS + ["wsh-to-tr"])
+def test_honest_chain_passes_at_every_moment(regtest, tmp_path, scripts):
+    # epoch 0: rounds 0..99, window 90..99; on wsh, tapscript and a handover between them
+    fleet = Fleet(regtest, tmp_path, tag=f"honest-{'-'.join(scripts)}", scripts=scripts)
     assert audit(fleet).ok and audit(fleet).coin_epoch == 0  # no checkpoint yet
     txids = []
     for r in (5, 10):

@@ -1,12 +1,13 @@
 import pytest
-from helpers import Fleet
+from helpers import SCRIPT_IDS, SCRIPT_PAIRS, Fleet
 
 from anchornode.status import chain_status, format_status
 
 
-@pytest.fixture
+@pytest.fixture(params=SCRIPT_PAIRS, ids=SCRIPT_IDS)
 def fleet(regtest, tmp_path, request):
-    return Fleet(regtest, tmp_path, tag=request.node.name)
+    """Status reads signers from wsh witnesses and from tapscript ones."""
+    return Fleet(regtest, tmp_path, tag=request.node.name, scripts=request.param)
 
 
 def test_signers_missed_and_epoch_alert(fleet, regtest):
