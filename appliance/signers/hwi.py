@@ -11,6 +11,8 @@ checked against the expected key and sighash before it is handed on: a device
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +42,23 @@ def _chain_for(coin_type: int) -> Any:
     from hwilib.common import Chain
 
     return Chain.MAIN if coin_type in (0, 2) else Chain.TEST
+
+
+def _still_connected(client: Any) -> bool:
+    """False when a kept client's TCP link (an emulator) was closed by the other end: HWI's
+    Jade TCP reader would wait for ever on a closed socket. Serial devices report an
+    unplugged port themselves (an OSError, which closes the client)."""
+    sock = getattr(getattr(getattr(getattr(client, "jade", None), "jade", None), "impl", None),
+                   "tcp_sock", None)
+    if sock is None:
+        return True  # not a TCP link: nothing to look at
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return True  # nothing pending: the link is idle and open
+        return sock.recv(1, socket.MSG_PEEK) != b""  # pending EOF: closed by the device
+    except (OSError, ValueError):
+        return False
 
 
 class HWISigner:
@@ -93,6 +112,8 @@ class HWISigner:
 
         with self._lock:
             try:
+                if self._open is not None and not _still_connected(self._open):
+                    self._close()
                 if self._open is None:
                     self._open = self._connect()
                 yield self._open
