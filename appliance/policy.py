@@ -215,6 +215,14 @@ def _evaluate(
     if isinstance(source, TapscriptMultisig):
         for reason in taproot_input_problems(psbt.inputs[0], source):
             v.refuse(reason)
+        got_der, want_der = psbt.inputs[0].taproot_bip32_derivations, source.tap_derivations()
+    else:
+        got_der, want_der = psbt.inputs[0].bip32_derivations, source.bip32_derivations()
+    # The signer finds its key by these: decided here, before the journal binds the coin,
+    # rather than by a signer that fails after it (a refusal that left a signing row).
+    if dict(got_der) != want_der:
+        v.refuse(f"input 0's key derivations are not epoch {qc.epoch}'s multisig keys with "
+                 f"their origins ({len(got_der)} given, {len(want_der)} expected)")
 
     # 4. Output 0 is exactly this QC's payload.
     if tx.vout[0].value != 0:

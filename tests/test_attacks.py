@@ -324,3 +324,24 @@ def test_a_junk_taproot_signature_on_the_coin_is_refused_before_the_journal(tmp_
     clean = propose(genesis, qc, w.records, False, 2.0, MAGIC).psbt
     rc, out = w.sign(w.request(clean, qc))
     assert rc == 0 and out["signed"], out
+
+
+def test_lying_key_derivations_are_refused_before_the_journal(world):
+    """Input 0's derivations stripped, or naming this appliance's key at another path:
+    the software signer refused, but only after the journal had bound the coin to this
+    checkpoint, so the next real checkpoint on the coin (another QC) was refused too.
+    Now the policy refuses first, and the real checkpoint signs afterwards."""
+    qc = world.qc(5)
+    prop = propose(GENESIS, qc, world.records, False, 2.0, MAGIC)
+    pub = prop.source.key_for("v0").pubkey
+    stripped = PSBT.parse(prop.psbt.serialize())
+    stripped.inputs[0].bip32_derivations = {}
+    world.refused(world.request(stripped, qc), "input 0's key derivations are not epoch 0's")
+    moved = PSBT.parse(prop.psbt.serialize())
+    der = moved.inputs[0].bip32_derivations[pub]
+    der.derivation = der.derivation[:-1] + [7]
+    world.refused(world.request(moved, qc), "input 0's key derivations are not epoch 0's")
+    nxt = world.qc(6)
+    rc, out = world.sign(world.request(propose(GENESIS, nxt, world.records, False, 2.0,
+                                               MAGIC).psbt, nxt))
+    assert rc == 0 and out["signed"], out
