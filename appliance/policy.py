@@ -308,6 +308,11 @@ def _evaluate(
         if u is not None and (u.value != real.value or u.script_pubkey != real.script_pubkey):
             v.refuse(f"top-up input {i} declares {u.value} sat, its previous transaction "
                      f"proves {real.value} sat")
+        elif u is None and isinstance(source, TapscriptMultisig):
+            # BIP341 signs every input's amount and script, read from witness_utxo: without
+            # it the signer would fail only after the journal had bound the coin.
+            v.refuse(f"top-up input {i} carries no witness_utxo, expected its output "
+                     "(a tapscript signature commits to every input's amount and script)")
         spk = real.script_pubkey
         if spk in (source.script_pubkey, dest_spk):
             v.refuse(f"top-up input {i} is locked by a checkpoint multisig, expected a "

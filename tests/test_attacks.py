@@ -304,9 +304,10 @@ def test_a_junk_partial_signature_on_the_coin_is_refused_before_the_journal(worl
         pub, prop.source.key_for("v1").pubkey}
 
 
-def test_a_junk_taproot_signature_on_the_coin_is_refused_before_the_journal(tmp_path):
+def test_a_tapscript_request_the_signer_would_fail_is_refused_before_the_journal(tmp_path):
     """The same for a tapscript epoch: a junk BIP340 "signature" under this appliance's
-    key for the leaf was kept by the signer; the coin was bound with no signature out."""
+    key for the leaf was kept by the signer, and a top-up without witness_utxo made the
+    BIP341 digest fail in the signer; both bound the coin with no signature out."""
     from bftanchor.epoch import SCRIPT_TR
 
     w = World(tmp_path)
@@ -321,6 +322,15 @@ def test_a_junk_taproot_signature_on_the_coin_is_refused_before_the_journal(tmp_
     pub = prop.source.key_for("v0").pubkey
     put_signature(psbt, 0, prop.source, pub, bytes(64) + b"\x01")
     w.refused(w.request(psbt, qc), "input 0 carries a partial signature that is not valid")
+    # A top-up without witness_utxo: the BIP341 digest needs every input's output.
+    prev = funding(10_000)
+    bare = propose(genesis, qc, w.records, False, 2.0, MAGIC).psbt
+    bare.outputs[1].value = genesis.value
+    bare.inputs.append(InputScope(vin=TransactionInput(prev.txid(), 0,
+                                                       sequence=TOPUP_SEQUENCE)))
+    bare.inputs[-1].non_witness_utxo = prev
+    bare.outputs.append(OutputScope(vout=TransactionOutput(9_000, p2wpkh())))
+    w.refused(w.request(bare, qc), "top-up input 1 carries no witness_utxo")
     clean = propose(genesis, qc, w.records, False, 2.0, MAGIC).psbt
     rc, out = w.sign(w.request(clean, qc))
     assert rc == 0 and out["signed"], out
