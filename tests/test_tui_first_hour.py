@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from first_hour import first_hour
 from test_tui_tmux import Terminal, _tmux
 
 
+@pytest.mark.slow  # a whole scripted hour in tmux (~30 s): `-m "not slow"` leaves it out
 def test_first_hour_of_a_new_operator(tmp_path: Path) -> None:
     term = Terminal(_tmux(), f"bft-anchor-first-hour-{os.getpid()}")
     try:
