@@ -44,8 +44,9 @@ from anchornode.service import NodeService
 from appliance.config import EXAMPLE, ApplianceConfig
 from appliance.runtime import open_appliance
 from appliance.share import make_share
+from bftanchor.coinpath import paid_epoch
 from bftanchor.deployment import Deployment, load_epochs
-from bftanchor.descriptor import EpochMultisig, multisig_for
+from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import verify_chain
 from bftanchor.network import network
 from bftanchor.payload import Payload
@@ -405,7 +406,7 @@ def _checkpoint_entry(
     payload = Payload.from_script(tx.vout[0].script_pubkey.data, service.deployment.magic)
     spent = Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout)
     ladder = service.ladders.get(spent)
-    nxt = service.view.records.get(payload.epoch + 1)
+    paid = paid_epoch(tx.vout[1].script_pubkey, payload.epoch, service.view.records)
     return {
         "epoch": payload.epoch,
         "round": payload.round,
@@ -415,8 +416,7 @@ def _checkpoint_entry(
         "block_hash": block,
         "height": pow_node.rpc.getblockheader(block)["height"],
         "initiator": initiator,
-        "handover": nxt is not None
-        and tx.vout[1].script_pubkey == multisig_for(nxt).script_pubkey,
+        "handover": paid == payload.epoch + 1,
         "fee": ladder.fees[0] if ladder else None,
     }
 
