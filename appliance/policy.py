@@ -202,6 +202,16 @@ def _evaluate(
     ws = psbt.inputs[0].witness_script
     if ws is not None and ws != source.witness_script:
         v.refuse(f"input 0's witness script is not epoch {qc.epoch}'s multisig script")
+    # What a device needs to sign, checked before the journal binds the coin (a device
+    # that cannot sign fails after it): the script, and an input not already finalized.
+    if ws is None and not isinstance(source, TapscriptMultisig):
+        v.refuse(f"input 0 carries no witness_script, expected epoch {qc.epoch}'s multisig "
+                 "script")
+    if isinstance(source, TapscriptMultisig) and not psbt.inputs[0].taproot_scripts:
+        v.refuse(f"input 0 carries no tapscript leaf, expected epoch {qc.epoch}'s "
+                 "sortedmulti_a leaf")
+    if psbt.inputs[0].final_scriptwitness is not None or psbt.inputs[0].final_scriptsig:
+        v.refuse("input 0 is already finalized, expected the coin input unsigned")
     nwu = psbt.inputs[0].non_witness_utxo
     if nwu is not None:
         if nwu.txid() != tx.vin[0].txid:

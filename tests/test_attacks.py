@@ -355,3 +355,20 @@ def test_lying_key_derivations_are_refused_before_the_journal(world):
     rc, out = world.sign(world.request(propose(GENESIS, nxt, world.records, False, 2.0,
                                                MAGIC).psbt, nxt))
     assert rc == 0 and out["signed"], out
+
+
+def test_a_psbt_a_device_cannot_sign_is_refused_before_the_journal(world):
+    """No witness_script on the coin input, or the input already finalized: a device
+    (HWI) then signs nothing, after the journal had bound the coin. Refused first."""
+    from embit.script import Witness
+
+    qc = world.qc(5)
+    prop = propose(GENESIS, qc, world.records, False, 2.0, MAGIC)
+    bare = PSBT.parse(prop.psbt.serialize())
+    bare.inputs[0].witness_script = None
+    world.refused(world.request(bare, qc), "input 0 carries no witness_script")
+    final = PSBT.parse(prop.psbt.serialize())
+    final.inputs[0].final_scriptwitness = Witness([b"", prop.source.witness_script.data])
+    world.refused(world.request(final, qc), "input 0 is already finalized")
+    rc, out = world.sign(world.request(prop.psbt, qc))
+    assert rc == 0 and out["signed"], out
