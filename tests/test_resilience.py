@@ -32,7 +32,7 @@ from bftanchor.descriptor import EpochMultisig
 from bftanchor.payload import Payload
 from bftanchor.template import Coin, Outpoint, build_checkpoint_psbt
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OPTS = ClusterOptions(
     validators=4,
