@@ -433,7 +433,7 @@ def check_appliance(path: Path, rep: Report) -> None:
                  "set validator_id in appliance.toml to your id in the deployment")
         return
     try:
-        signer = make_signer(cfg, record.coin_type)
+        signer = make_signer(cfg, record.coin_type, deployment)
         key = signer.pow_key(record.epoch)
     except (SignerError, OSError, ValueError) as exc:
         if seed_shared:

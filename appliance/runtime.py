@@ -11,7 +11,9 @@ from bftanchor.deployment import Deployment
 from bftanchor.epoch import HARDENED
 
 
-def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
+def make_signer(config: ApplianceConfig, coin_type: int,
+                deployment: Deployment | None = None) -> Signer:
+    """The configured signer; given the deployment, a device names its wallets after it."""
     sc = config.signer
     if sc.kind == "software":
         assert sc.seed_file is not None
@@ -19,7 +21,8 @@ def make_signer(config: ApplianceConfig, coin_type: int) -> Signer:
     if sc.kind == "hwi":
         from appliance.signers.hwi import HWISigner  # needs hwilib; only loaded when configured
 
-        return HWISigner.from_config(sc, coin_type=coin_type)
+        tag = deployment.device_tag if deployment is not None else None
+        return HWISigner.from_config(sc, coin_type=coin_type, wallet_tag=tag)
     raise ConfigError(f"unknown signer kind {sc.kind!r}")
 
 
@@ -28,7 +31,7 @@ def open_appliance(config: ApplianceConfig) -> Appliance:
     coin_type = deployment.epoch0.validators[0].origin_path[1] - HARDENED
     journal = Journal(config.journal, deployment.genesis, config.journal_id)
     try:
-        signer = make_signer(config, coin_type)
+        signer = make_signer(config, coin_type, deployment)
     except SignerError as exc:
         journal.close()
         raise ConfigError(f"signer: {exc}") from exc

@@ -93,7 +93,8 @@ def make_share(
 
 
 def registered_on_device(signer: Signer, multisig: EpochMultisig) -> bool | None:
-    """Whether the device holds the epoch's multisig registration (None: cannot tell)."""
+    """Whether the device holds the epoch's multisig registration (None: cannot tell), under
+    the signer's name for it or under HWI's hash name (a registration made by HWI itself)."""
     from appliance.signers.hwi import HWISigner
 
     if not isinstance(signer, HWISigner):
@@ -105,8 +106,9 @@ def registered_on_device(signer: Signer, multisig: EpochMultisig) -> bool | None
         if jade is None:
             return None
         origins = [(k.fingerprint, list(k.path[:-2])) for k in multisig.keys]
-        name = JadeClient._get_multisig_name(JADE_WSH_VARIANT, multisig.threshold, origins)
-        return name in (jade.get_registered_multisigs() or {})
+        hwi_name = JadeClient._get_multisig_name(JADE_WSH_VARIANT, multisig.threshold, origins)
+        names = {hwi_name, signer.wallet_name(multisig.epoch)}
+        return bool(names & set(jade.get_registered_multisigs() or {}))
 
 
 def install_deployment(config: ApplianceConfig, source: Path, typed_fingerprint: str) -> str:
@@ -132,7 +134,7 @@ def install_deployment(config: ApplianceConfig, source: Path, typed_fingerprint:
         raise ShareError(
             f"deployment {source}: validator {config.validator_id!r} is not in epoch 0"
         ) from None
-    signer = make_signer(config, rec.coin_type)
+    signer = make_signer(config, rec.coin_type, deployment)
     mine = rec.validators[rec.index_of(config.validator_id)].pow_key
     if signer.pow_key(0) != mine:
         raise ShareError(

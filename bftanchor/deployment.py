@@ -23,6 +23,21 @@ class DeploymentError(ValueError):
     pass
 
 
+# Jade keeps a multisig record under a name of at most 15 printable ASCII characters
+# (33-126): MAX_MULTISIG_NAME_SIZE 16 with its NUL, and the NVS key-name limit (multisig.h).
+DEVICE_NAME_MAX = 15
+
+
+def device_wallet_name(tag: str, epoch: int) -> str:
+    """`<tag>-e<epoch>` within DEVICE_NAME_MAX: the epoch is kept whole, the tag shortened
+    (an epoch past 13 digits, never reached, keeps its last digits)."""
+    suffix = f"e{epoch}"
+    room = DEVICE_NAME_MAX - len(suffix) - 1
+    if room < 1 or not tag:
+        return suffix[-DEVICE_NAME_MAX:]
+    return f"{tag[:room]}-{suffix}"
+
+
 @dataclass(frozen=True)
 class Deployment:
     chain: str
@@ -46,6 +61,19 @@ class Deployment:
             "epoch0": self.epoch0.to_json(),
             "handover_window": self.handover_window,
         }
+
+    @property
+    def device_tag(self) -> str:
+        """Names this deployment on a signing device: the magic (as text when it is plain
+        letters and digits, else its hex) and the genesis txid's first 4 hex digits, so two
+        deployments sharing a magic still differ."""
+        text = self.magic.decode("ascii", errors="replace")
+        magic = text if text.isascii() and text.isalnum() else self.magic.hex()[:4]
+        return f"{magic}{self.genesis.outpoint.txid[:4]}"
+
+    def wallet_name(self, epoch: int) -> str:
+        """The name epoch `epoch`'s multisig is registered under on a device."""
+        return device_wallet_name(self.device_tag, epoch)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")

@@ -79,6 +79,52 @@ def test_registers_before_signing_and_output_is_recognised(world):
     assert sign_prompt.details["outputs"][0]["shown"] is True  # OP_RETURN always shown
 
 
+def test_wallet_is_registered_under_the_deployments_name_and_signing_finds_it(world):
+    from appliance.emulator.multisig import name_valid
+    from appliance.share import registered_on_device
+
+    sim, emu, hwi, signers, rec, ms, coin = world(require_registration=True)
+    dep = Deployment("litecoin-regtest", b"BFTA", coin, rec, 10)
+    hwi.wallet_tag = dep.device_tag
+    name = dep.wallet_name(0)
+    assert name == "BFTAcdcd-e0" and name_valid(name)
+    assert registered_on_device(hwi, ms) is False
+    qc, psbt = checkpoint_psbt(sim, ms, coin)
+    signed = hwi.sign(psbt, ms)  # registers first, then signs
+    assert set(signed.inputs[0].partial_sigs) == {ms.key_for("v0").pubkey}
+    assert [r.name for r in emu.device.registry.all()] == [name]
+    (reg,) = [p for p in emu.prompts if p.kind == "register_multisig"]
+    assert reg.details["multisig_name"] == name  # what the operator approves on the device
+    sign_prompt = [p for p in emu.prompts if p.kind == "sign_psbt"][-1]
+    assert sign_prompt.details["outputs"][1]["validated"] is True  # found by content
+    assert registered_on_device(hwi, ms) is True
+    # A second signer (a restarted appliance) re-registers the same record silently.
+    again = HWISigner(device_type="jade", device_path=emu.path, wallet_tag=dep.device_tag)
+    again.register(ms)
+    assert len([p for p in emu.prompts if p.kind == "register_multisig"]) == 1
+
+
+@pytest.mark.parametrize("tag,epoch", [
+    ("BFTAcdcd", 0), ("BFTAcdcd", 12345), ("BFTAcdcd", 10**9), ("x" * 40, 7),
+    ("BFTAcdcd", 10**20), ("", 3),
+])
+def test_device_wallet_names_fit_the_jade_limit(tag, epoch):
+    from appliance.emulator.multisig import name_valid
+    from bftanchor.deployment import DEVICE_NAME_MAX, device_wallet_name
+
+    name = device_wallet_name(tag, epoch)
+    assert len(name) <= DEVICE_NAME_MAX and name_valid(name)
+    if epoch < 10**13:
+        assert name.endswith(f"e{epoch}")
+        assert device_wallet_name(tag, epoch + 1) != name
+
+
+def test_deployment_tag_of_an_unprintable_magic_is_hex(world):
+    sim, emu, hwi, signers, rec, ms, coin = world()
+    dep = Deployment("litecoin-regtest", b"\x00\xff-\x01", coin, rec, 10)
+    assert dep.device_tag == "00ffcdcd" and dep.wallet_name(2) == "00ffcdcd-e2"
+
+
 def test_unregistered_multisig_refused_under_require_registration(world):
     from hwilib import commands
 

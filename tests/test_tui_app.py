@@ -235,7 +235,8 @@ async def test_rotation_ceremony_registers_the_next_multisig_and_the_handover_si
     kind, reply = world.submit(world.request(90, handover=True))
     assert kind == MsgType.REFUSAL, reply
     record_file = world.write_record()
-    name1 = jade_registration_name(world.rec1)
+    name1 = world.deployment.wallet_name(1)  # deployment and epoch, not HWI's hash name
+    assert name1.endswith("-e1") and name1 != jade_registration_name(world.rec1)
     app, seen = console(world.backend)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
@@ -288,6 +289,10 @@ async def test_rotation_ceremony_registers_the_next_multisig_and_the_handover_si
         await pilot.pause()
         regs = {r["name"]: r["epoch"] for r in app.data.device.registered or []}
         assert regs.get(name1) == 1
+        table = app.screen.query_one("#registered", DataTable)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        k, n = world.rec1.threshold, world.rec1.n
+        assert ["epoch 1", c.fingerprint, name1, f"{k} of {n}", "yes"] in rows, rows
         # The handover now waits for approval, then signs.
         kind, reply = world.submit(world.request(91, handover=True))
         assert kind == MsgType.PENDING, reply

@@ -60,6 +60,7 @@ class World:
         self.ms0, self.ms1 = EpochMultisig(self.rec0), EpochMultisig(self.rec1)
         self.coin = Coin(Outpoint("cd" * 32, 0), 5_000_000, 0)
         self.deployment = Deployment(CHAIN, MAGIC, self.coin, self.rec0, 10)
+        self.hwi.wallet_tag = self.deployment.device_tag  # as make_signer does
         self.journal_path = tmp / "journal.sqlite"
         self.appliance = Appliance(
             self.deployment, Journal(self.journal_path, self.coin), self.hwi, Limits()

@@ -196,7 +196,9 @@ class Backend:
                 jade = getattr(client, "jade", None)
                 if jade is not None:
                     regs = jade.get_registered_multisigs() or {}
+                    # Named by this signer (deployment and epoch) or by HWI's own hash.
                     names = {jade_registration_name(r): e for e, r in records.items()}
+                    names.update({signer.wallet_name(e): e for e in records})
                     view.registered = [
                         {"name": name, "epoch": names.get(name), **dict(info)}
                         for name, info in sorted(regs.items())
@@ -351,7 +353,8 @@ class RemoteBackend(Backend):
         cfg = ApplianceConfig.load(config_path)
         deployment = Deployment.load(cfg.deployment)
         coin_type = deployment.epoch0.validators[0].origin_path[1] - HARDENED
-        backend = cls(control, deployment, make_signer(cfg, coin_type), cfg.validator_id)
+        backend = cls(control, deployment, make_signer(cfg, coin_type, deployment),
+                      cfg.validator_id)
         try:
             backend.check_identity()
         except BackendError as exc:

@@ -3,7 +3,10 @@
 The device is found by master fingerprint (hwilib.commands.enumerate, emulators
 only when configured) or by explicit type and path. Before signing, the epoch's
 multisig is registered where the device needs it, so the coin's output shows as
-change and not as an external payment. Every signature the device returns is
+change and not as an external payment; on a Jade under a name the operator can read
+(deployment and epoch, Deployment.wallet_name) rather than HWI's hash name. Jade's PSBT
+signing (firmware >= 0.1.47, the profile's minimum) finds a registration by its content,
+not its name, so the name is free to choose. Every signature the device returns is
 checked against the expected key and sighash before it is handed on: a device
 (or an emulator, or a cable) that returns garbage is caught here.
 """
@@ -23,6 +26,7 @@ from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
 
 from appliance.signers.base import SignerError, epoch_path, require_sighash_all
+from bftanchor.deployment import device_wallet_name
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import TemplateError
@@ -36,6 +40,29 @@ REGISTRATION = {
     "ledger": "bip388-wallet-policy",  # HWI registers the policy itself when signing
     "coldcard": "multisig-file",  # imported on the device from a file, not over HWI
 }
+JADE_WSH_VARIANT = "wsh(multi(k))"  # Jade's script variant of wsh(sortedmulti)
+UNTAGGED = "bfa"  # the name's tag when the signer was made without its deployment
+
+
+def jade_register(client: Any, name: str, multisig: EpochMultisig) -> str:
+    """Register the epoch's wsh(sortedmulti) on a Jade under `name` (the device asks its
+    user to approve it; re-registering the same record is a no-op) and return the address
+    the device derives for it, as HWI's display_multisig_address does under its own name."""
+    from hwilib.devices.jade import jade_exception
+
+    record = multisig.record
+    signers = [{"fingerprint": v.fingerprint, "derivation": v.origin_path,
+                "xpub": v.pow_key.split("]", 1)[1], "path": []} for v in record.validators]
+
+    @jade_exception  # the device's refusals become HWI's errors (ActionCanceledError, ...)
+    def register_multisig(_: Any) -> str:
+        network = client._network()
+        client.jade.register_multisig(network, name, JADE_WSH_VARIANT, True,
+                                      record.threshold, signers)
+        paths = [[0, 0] for _ in record.validators]
+        return str(client.jade.get_receive_address(network, paths, multisig_name=name))
+
+    return register_multisig(client)
 
 
 def _chain_for(coin_type: int) -> Any:
@@ -70,6 +97,7 @@ class HWISigner:
         coin_type: int = 1,
         allow_emulators: bool = False,
         password: str | None = None,
+        wallet_tag: str | None = None,
     ) -> None:
         if fingerprint is None and not (device_type and device_path):
             raise SignerError("an HWI signer needs a fingerprint, or a device type and path")
@@ -79,6 +107,7 @@ class HWISigner:
         self.coin_type = coin_type
         self.allow_emulators = allow_emulators
         self.password = password
+        self.wallet_tag = wallet_tag or UNTAGGED  # Deployment.device_tag
         self._registered: set[str] = set()
         self._lock = threading.RLock()
         self._open: Any = None
@@ -87,10 +116,14 @@ class HWISigner:
                 self._fingerprint = bytes(client.get_master_fingerprint())
 
     @classmethod
-    def from_config(cls, sc: Any, coin_type: int) -> HWISigner:
+    def from_config(cls, sc: Any, coin_type: int, wallet_tag: str | None = None) -> HWISigner:
         fp = bytes.fromhex(sc.fingerprint) if sc.fingerprint else None
         return cls(fp, sc.device_type, sc.device_path, coin_type, sc.allow_emulators,
-                   sc.extra.get("password"))
+                   sc.extra.get("password"), wallet_tag)
+
+    def wallet_name(self, epoch: int) -> str:
+        """The name epoch `epoch`'s multisig is registered under on this device."""
+        return device_wallet_name(self.wallet_tag, epoch)
 
     @property
     def label(self) -> str:
@@ -249,13 +282,17 @@ class HWISigner:
         with self._client() as client:
             kind = REGISTRATION.get(self.device_type or "", "none")
             if kind == "register_multisig":
-                address = commands.displayaddress(client, desc=desc)["address"]
+                if getattr(client, "jade", None) is not None:
+                    address = jade_register(client, self.wallet_name(multisig.epoch), multisig)
+                else:
+                    address = commands.displayaddress(client, desc=desc)["address"]
                 if address_to_scriptpubkey(address) != multisig.script_pubkey:
                     raise SignerError(
                         f"{self.label} registered the multisig but shows address {address}, "
                         "which is not the epoch's script: refusing to use this device"
                     )
-                log.info("registered epoch %d multisig on %s", multisig.epoch, self.label)
+                log.info("registered epoch %d multisig on %s as %s", multisig.epoch, self.label,
+                         self.wallet_name(multisig.epoch))
             elif kind == "multisig-file":
                 raise SignerError(
                     f"{self.label} registers a multisig only from a file imported on the device "
