@@ -34,16 +34,19 @@ def screen_text(app) -> str:
 
 @sync
 async def test_the_fingerprint_is_typed_first_and_a_mismatch_warns_of_forgery(
-    world: World,
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = world.write_record()
+    # The operator types the path relative to where the console runs: a few keys, not a
+    # 70-character temporary path (each key press waits for Textual to go idle).
+    monkeypatch.chdir(record.parent)
     app, seen = console(world.backend)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4", "k")
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, EpochsScreen)
-        await pilot.press(*str(record), "enter")
+        await pilot.press(*record.name, "enter")
         await settle(pilot)
         c = screen.ceremony
         assert c is not None and c.step == FINGERPRINT

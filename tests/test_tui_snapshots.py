@@ -69,14 +69,17 @@ def test_device_screen(world: World, snap_compare: Any) -> None:
     assert snap_compare(console(world), press=["3"], terminal_size=SIZE)
 
 
-def test_epochs_screen_mid_ceremony(world: World, snap_compare: Any) -> None:
+def test_epochs_screen_mid_ceremony(
+    world: World, snap_compare: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     record = world.write_record()
+    monkeypatch.chdir(record.parent)  # a short relative path: each key press waits for idle
 
     async def to_step_c(pilot: Pilot) -> None:
         await pilot.press("4")
         await pilot.press("k")
         await settle(pilot)
-        await pilot.press(*str(record), "enter")
+        await pilot.press(*record.name, "enter")
         await settle(pilot)
         pilot.app.clear_notifications()  # toasts expire on a clock: not in a snapshot
 
