@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -312,6 +313,7 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _locked(method: F) -> F:
@@ -358,6 +360,7 @@ class Journal:
         corrupt journal is refused, never silently recreated (a fresh journal would let
         the appliance sign again what it signed before)."""
         self.path = Path(path)
+        self._commit_thread: ThreadPoolExecutor | None = None
         self.genesis = genesis
         # One connection shared by the appliance's threads; this lock serialises it.
         self.lock = threading.RLock()
@@ -475,6 +478,9 @@ class Journal:
 
     @_locked
     def close(self) -> None:
+        if self._commit_thread is not None:
+            self._commit_thread.shutdown()
+            self._commit_thread = None
         self._db.close()
 
     @_locked
@@ -562,22 +568,40 @@ class Journal:
         transaction (never before a decision to sign). Returns the existing entry when
         the same transaction was signed before.
         """
+        return self.reserve_while(c, request_hash, adopted, lambda: None)[0]
+
+    @_locked
+    def reserve_while(
+        self,
+        c: Candidate,
+        request_hash: str,
+        adopted: Iterable[Candidate],
+        work: Callable[[], T],
+    ) -> tuple[SignedEntry, T]:
+        """reserve(), running `work` (the signer computing the signature) while the
+        commit's fsync is in flight: the fsync is the decision's largest single cost and
+        needs no CPU. `work`'s result is handed back only once the reservation is
+        durable; if the commit fails it is dropped and the error raised, as if nothing
+        had been computed. `work` must not touch the journal. An exception from `work`
+        is raised after the commit, which stands (the safe side of a failed signer)."""
         db = self._db
         adopted = list(adopted)
         db.execute("BEGIN IMMEDIATE")
         try:
             state = self.state()
             existing = state.by_txid(c.txid)
-            if existing is not None:
-                db.execute("COMMIT")
-                return existing
-            reasons = signing_conflicts(state.with_adopted(adopted), c)
-            if reasons:
-                raise JournalRefusal(reasons)
-            if self._write_adopted(adopted):
-                self._snapshot = None
-            self._insert(c, request_hash, "signed")
-            db.execute("COMMIT")
+            if existing is None:
+                reasons = signing_conflicts(state.with_adopted(adopted), c)
+                if reasons:
+                    raise JournalRefusal(reasons)
+                if self._write_adopted(adopted):
+                    self._snapshot = None
+                self._insert(c, request_hash, "signed")
+            committing = self._committer().submit(db.execute, "COMMIT")
+            try:
+                result = work()
+            finally:
+                committing.result()  # durable (or raising) before anything is returned
         except sqlite3.IntegrityError as exc:
             self._rollback()
             raise JournalRefusal([str(exc)]) from exc
@@ -586,11 +610,20 @@ class Journal:
             raise _db_error(self.path, exc) from exc
         except BaseException:
             self._rollback()
+            self._snapshot = None  # `work` failed after the commit: read the row back
             raise
+        if existing is not None:
+            return existing, result
         self._take_new_rows()
         entry = self.state().by_txid(c.txid)
         assert entry is not None
-        return entry
+        return entry, result
+
+    def _committer(self) -> ThreadPoolExecutor:
+        """One thread that runs a reservation's COMMIT (sqlite3 releases the GIL in it)."""
+        if self._commit_thread is None:
+            self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="journal-commit")
+        return self._commit_thread
 
     def _insert(self, c: Candidate, request_hash: str, kind: str) -> int:
         """One row; an adopted checkpoint already held is skipped (returns 0)."""

@@ -236,24 +236,11 @@ class Appliance:
         if existing is not None and existing.signed_psbt is not None:
             log.info("answered from journal: txid %s", cand.txid)
             return SignOutcome(True, [], existing.signed_psbt, summary, from_journal=True)
-        try:
-            self.journal.reserve(
-                cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted
-            )
-        except JournalRefusal as exc:
-            reasons = [f"journal: {r}" for r in exc.reasons]
-            self._refuse(reasons, summary)
-            return SignOutcome(False, reasons, summary=summary)
-        if verdict.adopted:
-            self.journal.log("adopted", {"txids": [c.txid for c in verdict.adopted]})
-            log.info("adopted %d checkpoint(s) signed by the quorum", len(verdict.adopted))
-        self.journal.store_records(
-            records[e] for e in {cand.epoch, cand.dest_epoch, *(c.dest_epoch for c in
-                                                               verdict.adopted)}
-        )
-        _crash_point("after-journal")
         source = multisig_for(records[cand.epoch])
-        try:
+
+        def sign() -> str:
+            """The signature, checked; computed while the reservation's fsync runs and
+            handed back by the journal only once the reservation is durable."""
             signed = self.signer.sign(psbt, source)
             before = signatures(psbt, 0, source)
             mine = [
@@ -271,13 +258,34 @@ class Appliance:
                 for i in range(1, len(psbt.inputs))
             ):
                 raise SignerError("the signer signed an input other than the coin")
+            return signed.to_string()
+
+        out: str | None = None
+        failure: str | None = None
+        try:
+            _, out = self.journal.reserve_while(
+                cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted, sign
+            )
+        except JournalRefusal as exc:
+            reasons = [f"journal: {r}" for r in exc.reasons]
+            self._refuse(reasons, summary)
+            return SignOutcome(False, reasons, summary=summary)
         except (SignerError, CheckpointError) as exc:
             # The journal keeps the reservation: the same tx may be retried, nothing
             # conflicting may be signed, which is the safe side of a failed device.
-            reason = f"signer: {exc}"
+            failure = f"signer: {exc}"
+        if verdict.adopted:
+            self.journal.log("adopted", {"txids": [c.txid for c in verdict.adopted]})
+            log.info("adopted %d checkpoint(s) signed by the quorum", len(verdict.adopted))
+        self.journal.store_records(
+            records[e] for e in {cand.epoch, cand.dest_epoch, *(c.dest_epoch for c in
+                                                               verdict.adopted)}
+        )
+        _crash_point("after-journal")  # durable, and the signature has not left
+        if failure is not None or out is None:
+            reason = failure or "signer: no signature"
             self._refuse([reason], summary)
             return SignOutcome(False, [reason], summary=summary)
-        out = signed.to_string()
         self.journal.record_signature(cand.txid, out, summary, cand.epoch, cand.round)
         _crash_point("after-sign")
         log.info(

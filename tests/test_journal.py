@@ -2,7 +2,13 @@ import sqlite3
 
 import pytest
 
-from appliance.journal import Candidate, Journal, JournalRefusal, signing_conflicts
+from appliance.journal import (
+    Candidate,
+    Journal,
+    JournalError,
+    JournalRefusal,
+    signing_conflicts,
+)
 from bftanchor.template import Coin, Outpoint
 
 GENESIS = Coin(Outpoint("11" * 32, 0), 1_000_000, 0)
@@ -174,3 +180,61 @@ def test_fee_levels_per_coin_are_bounded(journal):
         journal.reserve(cand(f"{i:064x}", 0, 5, fee=500 + i), "h")
     with pytest.raises(JournalRefusal, match="fee-ladder levels signed, expected at most"):
         journal.reserve(cand("ff" * 32, 0, 5, fee=10_000), "h")
+
+
+def test_work_done_during_the_commit_is_returned_only_once_the_row_is_durable(tmp_path):
+    """reserve_while runs the signer while the reservation's fsync is in flight: what it
+    computed comes back only when another connection (a restart) already sees the row."""
+    j = Journal(tmp_path / "j.sqlite", GENESIS)
+    try:
+        c = cand("a1" * 32, 0, 5)
+        entry, out = j.reserve_while(c, "h", [], lambda: "signature")
+        assert out == "signature" and entry.txid == c.txid
+        other = sqlite3.connect(tmp_path / "j.sqlite")
+        assert other.execute("SELECT txid FROM signed").fetchall() == [(c.txid,)]
+        other.close()
+        # Work that fails (a device error) leaves the reservation standing, and the
+        # journal's own view of it current: a conflicting payload is still refused.
+        def fails() -> str:
+            raise RuntimeError("device unplugged")
+
+        nxt = cand("b2" * 32, 0, 10, payload="bb", inp=Outpoint("a1" * 32, 1))
+        with pytest.raises(RuntimeError, match="unplugged"):
+            j.reserve_while(nxt, "h", [], fails)
+        assert j.state().by_txid(nxt.txid) is not None
+        with pytest.raises(JournalRefusal):
+            j.reserve(cand("b3" * 32, 0, 10, payload="zz", inp=Outpoint("a1" * 32, 1)), "h")
+    finally:
+        j.close()
+
+
+class _FailingCommit:
+    """The journal's connection, with a COMMIT that fails as a full disk would."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._db, name)
+
+
+def test_a_failed_commit_drops_what_the_work_computed(tmp_path):
+    j = Journal(tmp_path / "j.sqlite", GENESIS)
+    real = j._db
+    j._db = _FailingCommit(real)
+    try:
+        computed = []
+        with pytest.raises(JournalError, match="disk full"):
+            j.reserve_while(cand("a1" * 32, 0, 5), "h", [], lambda: computed.append(1) or "sig")
+        assert computed == [1]  # it ran, and its result never left reserve_while
+        j._db = real
+        assert j.state().by_txid("a1" * 32) is None
+        assert real.execute("SELECT COUNT(*) FROM signed").fetchone()[0] == 0
+    finally:
+        j._db = real
+        j.close()
