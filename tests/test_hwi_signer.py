@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from embit import bip39
+from embit.networks import NETWORKS
 from embit.psbt import PSBT
 
 from anchornode.bftsim import SimulatedBFTChain
@@ -102,6 +103,44 @@ def test_wallet_is_registered_under_the_deployments_name_and_signing_finds_it(wo
     again = HWISigner(device_type="jade", device_path=emu.path, wallet_tag=dep.device_tag)
     again.register(ms)
     assert len([p for p in emu.prompts if p.kind == "register_multisig"]) == 1
+
+
+def test_a_wallet_hwi_registered_under_its_own_name_is_not_registered_again(world):
+    from hwilib import commands
+
+    sim, emu, hwi, signers, rec, ms, coin = world(require_registration=True)
+    with hwi._client() as client:  # HWI's own registration, under its hash name
+        shown = commands.displayaddress(client, desc=ms.descriptor())["address"]
+    (old,) = emu.device.registry.all()
+    assert old.name.startswith("hwi")
+    hwi.wallet_tag = "BFTAcdcd"
+    assert hwi.register(ms) == shown  # the device's address under the old name, checked
+    assert [r.name for r in emu.device.registry.all()] == [old.name]
+    assert len([p for p in emu.prompts if p.kind == "register_multisig"]) == 1
+    qc, psbt = checkpoint_psbt(sim, ms, coin)
+    assert set(hwi.sign(psbt, ms).inputs[0].partial_sigs) == {ms.key_for("v0").pubkey}
+
+
+def test_a_foreign_wallet_under_the_signers_name_is_overwritten_not_trusted(world):
+    """A record under this deployment's name holding other keys is not taken for the
+    epoch's wallet: the device overwrites it (its user sees "overwriting") and the address
+    it then shows is the epoch's."""
+    sim, emu, hwi, signers, rec, ms, coin = world()
+    hwi.wallet_tag = "BFTAcdcd"
+    strangers = {vid: SoftwareSigner.from_mnemonic(MNEMONICS[10 + i])
+                 for i, vid in enumerate(signers)}
+    other = sim.make_record(0, {vid: (hwi if vid == "v0" else strangers[vid]).pow_key(0)
+                                for vid in signers})
+    with hwi._client() as client:
+        from appliance.signers.hwi import jade_register
+
+        jade_register(client, hwi.wallet_name(0), EpochMultisig(other))
+    assert hwi.register(ms) == ms.address(NETWORKS["test"])
+    regs = [p.details for p in emu.prompts if p.kind == "register_multisig"]
+    assert [r["overwriting"] for r in regs] == [False, True]
+    (held,) = emu.device.registry.all()
+    assert held.name == "BFTAcdcd-e0" and sorted(s.xpub for s in held.signers) == sorted(
+        v.pow_key.split("]")[1] for v in rec.validators)
 
 
 @pytest.mark.parametrize("tag,epoch", [

@@ -369,3 +369,41 @@ async def test_attached_to_a_running_appliance_through_its_control_socket(
             assert app.is_running
     finally:
         server.server_close()
+
+
+@sync
+async def test_device_screen_flags_a_wallet_named_as_an_epochs_but_holding_other_keys(
+    world: World,
+) -> None:
+    """A name is only a claim: a registration under epoch 0's name whose keys are not epoch
+    0's is shown as NOT epoch 0, never as the epoch's wallet."""
+    import hashlib
+
+    from appliance.signers.hwi import jade_register
+    from appliance.signers.software import SoftwareSigner
+    from bftanchor.descriptor import EpochMultisig
+
+    keys = {vid: SoftwareSigner.from_seed(hashlib.sha256(f"stranger {vid}".encode()).digest())
+            .pow_key(0) for vid in world.others}
+    keys["v0"] = world.hwi.pow_key(0)
+    forged = world.sim.make_record(0, keys)
+    name0 = world.deployment.wallet_name(0)
+    with world.hwi._client() as client:
+        jade_register(client, name0, EpochMultisig(forged))
+    app, seen = console(world.backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await app.refresh_device()
+        await pilot.pause()
+        (reg,) = app.data.device.registered or []
+        assert reg["name"] == name0 and reg["epoch"] is None and reg["not_epoch"] == 0
+        table = app.screen.query_one("#registered", DataTable)
+        row = [str(c) for c in table.get_row_at(0)]
+        assert row[0] == "NOT epoch 0" and row[2] == name0, row
+        # Registering the real epoch 0 wallet overwrites it (the device asks its user), and
+        # the screen then lists it as epoch 0's.
+        world.hwi.register(world.ms0)
+        await app.refresh_device()
+        await pilot.pause()
+        (reg,) = app.data.device.registered or []
+        assert reg["epoch"] == 0 and "not_epoch" not in reg

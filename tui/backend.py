@@ -105,6 +105,23 @@ def jade_registration_name(record: EpochRecord) -> str:
     return JadeClient._get_multisig_name(JADE_VARIANT, record.threshold, signers)
 
 
+def holds_record(details: Any, record: EpochRecord) -> bool:
+    """Whether a Jade registration (get_registered_multisig's reply) is the record's
+    wsh(sortedmulti): its threshold and its signers' public keys, whatever xpub version
+    the device returns them in."""
+    from embit import bip32
+
+    try:
+        desc = details["descriptor"]
+        keys = sorted(bip32.HDKey.from_string(s["xpub"]).key.sec() for s in desc["signers"])
+        ok = desc["threshold"] == record.threshold and bool(desc.get("sorted"))
+    except (KeyError, TypeError, ValueError):
+        return False
+    mine = sorted(bip32.HDKey.from_string(v.pow_key.split("]", 1)[1]).key.sec()
+                  for v in record.validators)
+    return ok and keys == mine
+
+
 class Backend:
     """The console's one appliance: the common half (deployment, signer, device)."""
 
@@ -199,10 +216,16 @@ class Backend:
                     # Named by this signer (deployment and epoch) or by HWI's own hash.
                     names = {jade_registration_name(r): e for e, r in records.items()}
                     names.update({signer.wallet_name(e): e for e in records})
-                    view.registered = [
-                        {"name": name, "epoch": names.get(name), **dict(info)}
-                        for name, info in sorted(regs.items())
-                    ]
+                    view.registered = []
+                    for name, info in sorted(regs.items()):
+                        epoch = names.get(name)
+                        entry = {"name": name, "epoch": epoch, **dict(info)}
+                        # A name is a claim: the wallet is the epoch's only if its keys are.
+                        if epoch is not None and not holds_record(
+                            jade.get_registered_multisig(name), records[epoch]
+                        ):
+                            entry["epoch"], entry["not_epoch"] = None, epoch
+                        view.registered.append(entry)
                 else:
                     view.registered_note = (
                         "HWI cannot list the wallets registered on this device type"

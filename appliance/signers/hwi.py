@@ -47,20 +47,31 @@ UNTAGGED = "bfa"  # the name's tag when the signer was made without its deployme
 def jade_register(client: Any, name: str, multisig: EpochMultisig) -> str:
     """Register the epoch's wsh(sortedmulti) on a Jade under `name` (the device asks its
     user to approve it; re-registering the same record is a no-op) and return the address
-    the device derives for it, as HWI's display_multisig_address does under its own name."""
-    from hwilib.devices.jade import jade_exception
+    the device derives for it, as HWI's display_multisig_address does under its own name.
+
+    A device that already holds the wallet under HWI's hash name (registered by HWI
+    itself, or by an older bft-anchor) is not asked again, which would take a second of
+    its 16 slots: the address it derives under that name is returned, and the caller's
+    check of that address against the epoch's script covers the record's content."""
+    from hwilib.devices.jade import JadeClient, jade_exception
 
     record = multisig.record
     signers = [{"fingerprint": v.fingerprint, "derivation": v.origin_path,
                 "xpub": v.pow_key.split("]", 1)[1], "path": []} for v in record.validators]
+    hwi_name = JadeClient._get_multisig_name(
+        JADE_WSH_VARIANT, record.threshold, [(v.fingerprint, v.origin_path)
+                                             for v in record.validators])
 
     @jade_exception  # the device's refusals become HWI's errors (ActionCanceledError, ...)
     def register_multisig(_: Any) -> str:
         network = client._network()
-        client.jade.register_multisig(network, name, JADE_WSH_VARIANT, True,
-                                      record.threshold, signers)
+        held = client.jade.get_registered_multisigs() or {}
+        use = hwi_name if hwi_name in held and name not in held else name
+        if use == name:
+            client.jade.register_multisig(network, name, JADE_WSH_VARIANT, True,
+                                          record.threshold, signers)
         paths = [[0, 0] for _ in record.validators]
-        return str(client.jade.get_receive_address(network, paths, multisig_name=name))
+        return str(client.jade.get_receive_address(network, paths, multisig_name=use))
 
     return register_multisig(client)
 

@@ -115,8 +115,14 @@ class DeviceScreen(ConsoleScreen):
             epoch = r.get("epoch")
             record = data.records.get(epoch) if epoch is not None else None
             fp = wallet_fingerprint(EpochMultisig(record)) if record is not None else "-"
+            if epoch is not None:
+                label = Text(f"epoch {epoch}", style="green")
+            elif r.get("not_epoch") is not None:  # named as an epoch's, holding other keys
+                label = Text(f"NOT epoch {r['not_epoch']}", style="bold red")
+            else:
+                label = Text("other")
             table.add_row(
-                Text(f"epoch {epoch}", style="green") if epoch is not None else Text("other"),
+                label,
                 fp,
                 str(r.get("name")),
                 f"{r.get('threshold')} of {r.get('num_signers')}",
