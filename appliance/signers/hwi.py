@@ -5,8 +5,10 @@ only when configured) or by explicit type and path. Before signing, the epoch's
 multisig is registered where the device needs it, so the coin's output shows as
 change and not as an external payment; on a Jade under a name the operator can read
 (deployment and epoch, Deployment.wallet_name) rather than HWI's hash name. Jade's PSBT
-signing (firmware >= 0.1.47, the profile's minimum) finds a registration by its content,
-not its name, so the name is free to choose. Every signature the device returns is
+signing (firmware >= 0.1.47, the profile's minimum) signs by key match and, where it uses a
+registration (change validation), finds it by content, not by name: the name is free to
+choose. Only HWI's legacy path below 0.1.47 looks wallets up by HWI's name.
+Every signature the device returns is
 checked against the expected key and sighash before it is handed on: a device
 (or an emulator, or a cable) that returns garbage is caught here.
 """
