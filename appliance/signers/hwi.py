@@ -7,10 +7,9 @@ change and not as an external payment; on a Jade under a name the operator can r
 (deployment and epoch, Deployment.wallet_name) rather than HWI's hash name. Jade's PSBT
 signing (firmware >= 0.1.47, the profile's minimum) signs by key match and, where it uses a
 registration (change validation), finds it by content, not by name: the name is free to
-choose. Only HWI's legacy path below 0.1.47 looks wallets up by HWI's name.
-Every signature the device returns is
-checked against the expected key and sighash before it is handed on: a device
-(or an emulator, or a cable) that returns garbage is caught here.
+choose. Only HWI's legacy path below 0.1.47 looks wallets up by HWI's name. Every signature
+the device returns is checked against the expected key and sighash before it is handed
+on: a device (or an emulator, or a cable) that returns garbage is caught here.
 """
 
 from __future__ import annotations
