@@ -221,7 +221,7 @@ class PeerResponder:
             coin = self.view.coin.outpoint
             if not signed:
                 return "refuse", self._refusal(["the appliance refused (see its journal)"])
-            self.view.store.bind_qc(coin, msg.body["qc"])
+            self.view.store.bind_qc(coin, msg.body["qc"], signed[0])
             # Only what the appliance signed fixes this checkpoint's attempt here.
             txids = frozenset(PSBT.from_string(p).tx.txid().hex() for p in psbts)
             with self.view.lock:
@@ -245,6 +245,9 @@ class PeerResponder:
         bound = self.view.store.bound_qc(self.view.coin.outpoint)
         if bound is not None:
             body["bound_qc"] = bound
+            psbt = self.view.store.bound_psbt(self.view.coin.outpoint)
+            if psbt is not None:  # its appliance's signature: evidence for a release
+                body["bound_psbt"] = psbt
         return body
 
     def on_broadcast(self, msg: Message) -> tuple[str, dict[str, Any]]:

@@ -9,7 +9,13 @@ appliance is already bound to for the coin (CheckpointStore.bound_qc), and an
 initiator not yet bound that is refused by peers bound to another QC proposes that
 one instead, once, in the same attempt. Without this, a stall that left some
 appliances signed for one QC and others for a newer one would stop the network
-for good. Each returned signature is checked
+for good. When validators are split between payloads (bound ones included: two
+signed one payload, two another, k = 3 of 4), a refusing peer returns its
+appliance's signature on its bound transaction; once n - k + 1 validators are
+seen signed on one payload other than the proposed one, the initiator proposes
+that payload instead, once, carrying those signatures in the lineage: they prove
+to every appliance bound elsewhere that its payload can never complete, so it may
+release it (docs/protocol.md, "The journal"). Each returned signature is checked
 against the epoch's key before it is kept; then every rung is finalized, the lowest
 is delivered to every PoW node and the whole ladder is announced to the peers.
 """
@@ -37,12 +43,14 @@ from anchornode.metrics import Metrics
 from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.errors import CheckpointError
+from bftanchor.payload import Payload
 from bftanchor.qc import QC, verify_qc
 from bftanchor.template import (
     Coin,
     Outpoint,
     finalize,
     get_signature,
+    partial_checkpoint,
     put_signature,
     verify_partial_sig,
 )
@@ -54,6 +62,16 @@ RECORDS_BACK = 15  # epochs before the coin's whose records a proposal carries
 
 # How a sealed message reaches a peer and its answer comes back (TCP by default).
 PeerSend = Callable[[PeerConfig, bytes, float], bytes]
+
+
+class Release(Exception):
+    """n - k + 1 validators are bound to another payload: propose its QC with evidence."""
+
+    def __init__(self, qc: QC, evidence: list[str], signers: list[str]) -> None:
+        super().__init__(f"release to epoch {qc.epoch} round {qc.round}")
+        self.qc = qc
+        self.evidence = evidence
+        self.signers = signers
 
 
 class Adopt(Exception):
@@ -142,14 +160,31 @@ class SigningRound:
             handover = self.is_handover(coin, qc)
             log.info("coin %s: proposing epoch %d round %d, the QC this appliance signed for it",
                      coin.outpoint, qc.epoch, qc.round)
-        try:
-            return self._attempt(seq, attempt, coin, qc, handover, t0)
-        except Adopt as adopt:
-            log.warning(
-                "peers are bound to epoch %d round %d for coin %s: proposing that QC",
-                adopt.qc.epoch, adopt.qc.round, coin.outpoint,
-            )
-            return self._attempt(seq, attempt, coin, adopt.qc, self.is_handover(coin, adopt.qc), t0)
+        evidence: list[str] = []
+        switched: set[str] = set()
+        while True:  # at most one adoption and one release per attempt
+            try:
+                return self._attempt(seq, attempt, coin, qc, handover, t0, evidence)
+            except Adopt as adopt:
+                if "adopt" in switched:
+                    raise CheckpointFailed(f"no {adopt}") from None
+                switched.add("adopt")
+                log.warning(
+                    "peers are bound to epoch %d round %d for coin %s: proposing that QC",
+                    adopt.qc.epoch, adopt.qc.round, coin.outpoint,
+                )
+                qc = adopt.qc
+            except Release as rel:
+                if "release" in switched:
+                    raise CheckpointFailed(f"no {rel}") from None
+                switched.add("release")
+                log.warning(
+                    "validators are split on coin %s: %s signed epoch %d round %d; proposing "
+                    "it with their signatures as evidence for a release",
+                    coin.outpoint, ",".join(rel.signers), rel.qc.epoch, rel.qc.round,
+                )
+                qc, evidence = rel.qc, rel.evidence
+            handover = self.is_handover(coin, qc)
 
     def is_handover(self, coin: Coin, qc: QC) -> bool:
         """Whether a checkpoint of this QC hands the coin over (its round is in the window)."""
@@ -177,8 +212,69 @@ class SigningRound:
                 continue
         return None
 
+    def _release(
+        self, coin: Coin, qc: QC, bound: dict[str, tuple[Any, Any]], source: EpochMultisig
+    ) -> Release | None:
+        """A payload other than qc's that n - k + 1 validators proved they signed on this
+        coin (their appliances' signatures on their bound transactions), with that evidence.
+
+        Each claim is checked here: the QC verifies, the PSBT spends this coin with that
+        QC's payload and carries a valid signature by the validator's own key. Of several
+        such payloads, the one most validators signed, then the highest round."""
+        record = self.view.records[coin.epoch]
+        magic = self.view.deployment.magic
+        keys = {k.validator_id: k.pubkey for k in source.keys}
+        current = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic).script()
+        groups: dict[bytes, tuple[QC, dict[str, tuple[PSBT, bytes]]]] = {}
+        for vid, (qc_json, b64) in bound.items():
+            try:
+                cand = QC.from_json(qc_json)
+                if cand.epoch != coin.epoch or vid not in keys:
+                    continue
+                verify_qc(cand, record)
+                script = Payload(cand.epoch, cand.round, cand.commit_state_id,
+                                 magic=magic).script()
+                psbt = PSBT.from_string(b64)
+                tx = psbt.tx
+                if (Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout) != coin.outpoint
+                        or tx.vout[0].script_pubkey.data != script or script == current):
+                    continue
+                sig = get_signature(psbt, 0, source, keys[vid])
+                if sig is None:
+                    continue
+                verify_partial_sig(psbt, 0, source, keys[vid], sig)
+            except Exception as exc:  # a peer's claim that does not check is ignored
+                log.info("validator %s: bound signature not usable as evidence: %s", vid, exc)
+                continue
+            groups.setdefault(script, (cand, {}))[1][vid] = (psbt, sig)
+        need = len(source.keys) - source.threshold + 1
+        best = sorted(
+            (g for g in groups.values() if len(g[1]) >= need),
+            key=lambda g: (len(g[1]), g[0].round),
+            reverse=True,
+        )
+        if not best:
+            return None
+        cand, members = best[0]
+        by_txid: dict[str, tuple[PSBT, dict]] = {}
+        for vid, (psbt, sig) in members.items():
+            entry = by_txid.setdefault(psbt.tx.txid().hex(), (psbt, {}))
+            entry[1][keys[vid]] = sig
+        evidence = [
+            partial_checkpoint(psbt, source, sigs).serialize().hex()
+            for psbt, sigs in by_txid.values()
+        ]
+        return Release(cand, evidence, sorted(members))
+
     def _attempt(
-        self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool, t0: float
+        self,
+        seq: int,
+        attempt: int,
+        coin: Coin,
+        qc: QC,
+        handover: bool,
+        t0: float,
+        evidence: list[str] | None = None,
     ) -> str:
         view, cfg = self.view, self.cfg
         psbts = build_ladder(
@@ -192,7 +288,11 @@ class SigningRound:
             for e in range(max(0, coin.epoch - RECORDS_BACK), coin.epoch + 2)
             if e in view.records
         ]
-        lineage = [s.raw for s in view.spends][-LINEAGE_MAX:]
+        # Release evidence travels in the lineage (partially signed spends of the coin).
+        evidence = evidence or []
+        lineage = [s.raw for s in view.spends][-(LINEAGE_MAX - len(evidence)):] + evidence
+        if len(evidence) >= LINEAGE_MAX:
+            lineage = evidence[:LINEAGE_MAX]
         body = {
             "seq": seq,
             "attempt": attempt,
@@ -219,12 +319,17 @@ class SigningRound:
         deadline = t0 + cfg.schedule.initiator_timeout * 0.8
         k = source.threshold
         offered: dict[str, Any] = {}  # peer -> the QC it said it is bound to for this coin
+        bound: dict[str, tuple[Any, Any]] = {}  # validator -> (bound QC, its signed PSBT)
+        own_qc, own_psbt = view.store.bound_qc(coin.outpoint), view.store.bound_psbt(
+            coin.outpoint)
+        if own_qc is not None and own_psbt is not None:
+            bound[self.me] = (own_qc, own_psbt)
         pending = {self.pool.submit(self.ask_peer, p, body, deadline): p for p in cfg.peers}
 
         def sign_here() -> None:
             signed = sign_locally(self.appliance, self.metrics, body)
             if signed:
-                view.store.bind_qc(coin.outpoint, body["qc"])
+                view.store.bind_qc(coin.outpoint, body["qc"], signed[0])
             take(self.me, signed)
 
         # This node signs once k - 1 peers have (so that, not yet bound, it could still
@@ -242,14 +347,16 @@ class SigningRound:
             for fut in done:
                 peer = pending.pop(fut)
                 try:
-                    reply, bound = fut.result()
+                    reply, bound_qc, bound_psbt = fut.result()
                 except Exception as exc:
                     log.warning("peer %s: no answer: %s", peer.id, exc)
                     continue
                 if reply is not None:
                     take(peer.id, reply)
-                elif bound is not None:
-                    offered[peer.id] = bound
+                elif bound_qc is not None:
+                    offered[peer.id] = bound_qc
+                    if bound_psbt is not None:
+                        bound[peer.id] = (bound_qc, bound_psbt)
         if len(signed_by) == k - 1 and self.me not in signed_by:
             sign_here()
         if len(signed_by) < k:
@@ -257,6 +364,9 @@ class SigningRound:
                 other = self._adoptable(coin, offered, qc)
                 if other is not None:
                     raise Adopt(other)
+            release = self._release(coin, qc, bound, source)
+            if release is not None:
+                raise release
             raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")
         rungs, fees = [], []
         wallet = fee_wallet(cfg, view.rpcs) if len(collected[0].inputs) > 1 else None
@@ -299,9 +409,9 @@ class SigningRound:
 
     def ask_peer(
         self, peer: PeerConfig, body: dict[str, Any], deadline: float
-    ) -> tuple[list[str] | None, Any]:
-        """(the peer's signed PSBTs, None), or (None, the QC it says it is bound to for
-        this coin, if any) when it refused or did not answer."""
+    ) -> tuple[list[str] | None, Any, Any]:
+        """(the peer's signed PSBTs, None, None), or (None, the QC it says it is bound to
+        for this coin, its signed PSBT for it) when it refused or did not answer."""
         epoch = int(body["qc"]["vote_info"]["epoch"])  # the coin's: this node is a member
         data = seal("propose", self.me, epoch, body, self.secret)
         timeout = max(0.5, deadline - time.monotonic())
@@ -309,17 +419,17 @@ class SigningRound:
             msg = self.auth.open(self.send(peer, data, timeout))
         except PeerError as exc:
             log.warning("peer %s: %s", peer.id, exc)
-            return None, None
+            return None, None, None
         if msg.sender != peer.id:
             log.warning("peer %s answered as %s: dropped", peer.id, msg.sender)
-            return None, None
+            return None, None, None
         if msg.type == "signatures":
-            return list(msg.body.get("psbts") or []), None
+            return list(msg.body.get("psbts") or []), None, None
         reasons = msg.body.get("reasons") or [msg.type]
         for r in reasons:
             self.metrics.refusal(str(r))
         log.warning("validator %s refused: %s", peer.id, "; ".join(map(str, reasons)))
-        return None, msg.body.get("bound_qc")
+        return None, msg.body.get("bound_qc"), msg.body.get("bound_psbt")
 
     def announce(self, peer: PeerConfig, body: dict[str, Any]) -> None:
         try:

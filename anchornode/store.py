@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 CREATE INDEX IF NOT EXISTS checkpoint_spends ON checkpoint (spends);
 CREATE TABLE IF NOT EXISTS signed_qc (
     coin TEXT PRIMARY KEY,         -- "txid:vout"
-    qc TEXT NOT NULL               -- the QC (JSON) this node's appliance first signed for it
+    qc TEXT NOT NULL,              -- the QC (JSON) this node's appliance signed for it
+    psbt TEXT                      -- the PSBT (base64) it signed: evidence for a release
 );
 """
 
@@ -58,6 +59,9 @@ class CheckpointStore:
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(signed_qc)")}
+        if "psbt" not in cols:  # a store from before releases
+            self._db.execute("ALTER TABLE signed_qc ADD COLUMN psbt TEXT")
 
     def add(self, raw: str, confirmed_height: int | None = None) -> str:
         """Keep a checkpoint (idempotent); a confirmation height updates the stored one."""
@@ -84,12 +88,16 @@ class CheckpointStore:
         confirmed = [raw for raw, c in rows if c]
         return confirmed + [raw for raw, c in rows if not c]
 
-    def bind_qc(self, coin: Outpoint, qc_json: dict) -> None:
-        """Remember the QC this node's appliance signed for coin (the first one wins)."""
+    def bind_qc(self, coin: Outpoint, qc_json: dict, psbt: str | None = None) -> None:
+        """Remember the QC this node's appliance signed for coin, and the signed PSBT.
+
+        The appliance signs one payload per coin unless it released the earlier one (a
+        proof that it can never complete), so the QC signed last is the one it is bound to.
+        """
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO signed_qc (coin, qc) VALUES (?, ?)",
-                (f"{coin.txid}:{coin.vout}", json.dumps(qc_json, sort_keys=True)),
+                "INSERT OR REPLACE INTO signed_qc (coin, qc, psbt) VALUES (?, ?, ?)",
+                (f"{coin.txid}:{coin.vout}", json.dumps(qc_json, sort_keys=True), psbt),
             )
 
     def bound_qc(self, coin: Outpoint) -> dict | None:
@@ -98,6 +106,14 @@ class CheckpointStore:
                 "SELECT qc FROM signed_qc WHERE coin = ?", (f"{coin.txid}:{coin.vout}",)
             ).fetchone()
         return json.loads(row[0]) if row else None
+
+    def bound_psbt(self, coin: Outpoint) -> str | None:
+        """The PSBT this node's appliance signed for coin (with its signature), if kept."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT psbt FROM signed_qc WHERE coin = ?", (f"{coin.txid}:{coin.vout}",)
+            ).fetchone()
+        return row[0] if row else None
 
     def __len__(self) -> int:
         with self._lock:

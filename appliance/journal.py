@@ -27,6 +27,20 @@ from bftanchor.epoch import EpochRecord
 from bftanchor.template import Coin, Outpoint
 
 SCHEMA = """
+-- A payload this appliance signed on a coin and that can never complete there: n - k + 1
+-- validators of the coin's epoch signed other payloads on it (evidence: their txids and
+-- keys). Written in the transaction of the signature that needed it; append-only.
+CREATE TABLE IF NOT EXISTS released (
+    input        TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    evidence     TEXT    NOT NULL,
+    created_at   REAL    NOT NULL,
+    PRIMARY KEY (input, payload)
+);
+CREATE TRIGGER IF NOT EXISTS released_is_append_only BEFORE DELETE ON released
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS released_is_final BEFORE UPDATE ON released
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TABLE IF NOT EXISTS signed (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     txid         TEXT    NOT NULL UNIQUE,
@@ -54,11 +68,15 @@ WHEN NEW.kind = 'signed' AND EXISTS (
 BEGIN SELECT RAISE(ABORT, 'equivocation: another payload is signed for this epoch and round');
 END;
 -- The per-coin rule, below the Python: own signatures on one outpoint are fee-ladder
--- levels of one checkpoint (same payload, same destination) or nothing.
-CREATE TRIGGER IF NOT EXISTS one_checkpoint_per_coin BEFORE INSERT ON signed
+-- levels of one checkpoint (same payload, same destination) or nothing, unless the other
+-- payload was released on that outpoint (table released: proven never to complete).
+DROP TRIGGER IF EXISTS one_checkpoint_per_coin;
+CREATE TRIGGER IF NOT EXISTS one_checkpoint_per_coin_v2 BEFORE INSERT ON signed
 WHEN NEW.kind = 'signed' AND EXISTS (
-    SELECT 1 FROM signed WHERE kind = 'signed' AND input = NEW.input
-    AND (payload != NEW.payload OR dest_epoch != NEW.dest_epoch))
+    SELECT 1 FROM signed s WHERE s.kind = 'signed' AND s.input = NEW.input
+    AND (s.payload != NEW.payload OR s.dest_epoch != NEW.dest_epoch)
+    AND NOT EXISTS (SELECT 1 FROM released r
+                    WHERE r.input = s.input AND r.payload = s.payload))
 BEGIN SELECT RAISE(ABORT, 'per-coin: another checkpoint is signed on this outpoint');
 END;
 CREATE TRIGGER IF NOT EXISTS signed_is_append_only BEFORE DELETE ON signed
@@ -118,6 +136,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Release:
+    """Payload `payload` (hex) on coin `input` can never complete: `signers` (keys, hex),
+    n - k + 1 or more validators of the coin's epoch, signed the transactions `txids`
+    that spend it with other payloads, and each signs one payload per coin."""
+
+    input: Outpoint
+    payload: str
+    txids: tuple[str, ...]
+    signers: tuple[str, ...]
+
+    def evidence(self) -> str:
+        return json.dumps({"txids": list(self.txids), "signers": list(self.signers)},
+                          sort_keys=True)
+
+
+@dataclass(frozen=True)
 class SignedEntry:
     seq: int
     txid: str
@@ -155,6 +189,7 @@ class JournalState:
     genesis: Coin
     entries: tuple[SignedEntry, ...]
     proven_txids: frozenset[str] = frozenset()
+    released: frozenset[tuple[Outpoint, str]] = frozenset()
 
     @property
     def last(self) -> SignedEntry | None:
@@ -170,6 +205,11 @@ class JournalState:
 
     def is_proven(self, e: SignedEntry) -> bool:
         return e.kind == "adopted" or e.txid in self.proven_txids
+
+    def is_released(self, e: SignedEntry) -> bool:
+        """An own spend whose payload is proven never to complete on its coin (and was
+        not seen quorum-signed after all)."""
+        return (e.input, e.payload) in self.released and not self.is_proven(e)
 
     @cached_property
     def highest(self) -> tuple[int, int] | None:
@@ -192,7 +232,7 @@ class JournalState:
     def live_spends(self, outpoint: Outpoint) -> tuple[SignedEntry, ...]:
         """The spends of a coin that may still be the one mined: once a proven spend is
         known, only its fee-ladder siblings; otherwise every spend this appliance signed."""
-        es = self.spends_of(outpoint)
+        es = tuple(e for e in self.spends_of(outpoint) if not self.is_released(e))
         proven = {(e.payload, e.dest_epoch) for e in es if self.is_proven(e)}
         if not proven:
             return es
@@ -256,7 +296,15 @@ class JournalState:
                                      c.handover, None, 0.0, "adopted"))
         if not extra and proven == self.proven_txids:
             return self
-        return JournalState(self.genesis, self.entries + tuple(extra), frozenset(proven))
+        return JournalState(self.genesis, self.entries + tuple(extra), frozenset(proven),
+                            self.released)
+
+    def with_released(self, releases: Iterable[Release]) -> JournalState:
+        """This state plus releases not yet written (what a decision would see)."""
+        more = self.released | {(r.input, r.payload) for r in releases}
+        if more == self.released:
+            return self
+        return JournalState(self.genesis, self.entries, self.proven_txids, frozenset(more))
 
 
 def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
@@ -276,11 +324,14 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
         expected = ", ".join(str(o) for o in coins)
         reasons.append(f"input {c.input} is not the expected coin (expected one of: {expected})")
     for e in state.spends_of(c.input):
+        if state.is_released(e):
+            continue  # proven never to complete: n - k + 1 validators signed other payloads
         if e.payload != c.payload:
             reasons.append(
                 f"coin {c.input} already has a checkpoint with another payload (epoch "
                 f"{e.epoch} round {e.round}, txid {e.txid}); expected only a fee-ladder level "
-                f"of it, found epoch {c.epoch} round {c.round}"
+                f"of it, found epoch {c.epoch} round {c.round} (a release needs signatures "
+                f"by n - k + 1 validators on other payloads, in the lineage)"
             )
             break
         if e.dest_epoch != c.dest_epoch:
@@ -507,7 +558,13 @@ class Journal:
         if self._snapshot is None or version != self._version:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM signed ORDER BY seq").fetchall()
             proven = frozenset(r[0] for r in self._db.execute("SELECT txid FROM proven"))
-            self._snapshot = JournalState(self.genesis, tuple(_entry(r) for r in rows), proven)
+            released = frozenset(
+                (Outpoint.parse(i), p)
+                for i, p in self._db.execute("SELECT input, payload FROM released")
+            )
+            self._snapshot = JournalState(
+                self.genesis, tuple(_entry(r) for r in rows), proven, released
+            )
             self._version = version
         return self._snapshot
 
@@ -522,7 +579,8 @@ class Journal:
         ).fetchall()
         if rows:
             self._snapshot = JournalState(
-                self.genesis, entries + tuple(_entry(r) for r in rows), self._snapshot.proven_txids
+                self.genesis, entries + tuple(_entry(r) for r in rows),
+                self._snapshot.proven_txids, self._snapshot.released,
             )
 
     @_locked
@@ -560,7 +618,11 @@ class Journal:
 
     @_locked
     def reserve(
-        self, c: Candidate, request_hash: str, adopted: Iterable[Candidate] = ()
+        self,
+        c: Candidate,
+        request_hash: str,
+        adopted: Iterable[Candidate] = (),
+        releases: Iterable[Release] = (),
     ) -> SignedEntry:
         """Commit the intent to sign c durably, or raise JournalRefusal.
 
@@ -568,7 +630,7 @@ class Journal:
         transaction (never before a decision to sign). Returns the existing entry when
         the same transaction was signed before.
         """
-        return self.reserve_while(c, request_hash, adopted, lambda: None)[0]
+        return self.reserve_while(c, request_hash, adopted, lambda: None, releases)[0]
 
     @_locked
     def reserve_while(
@@ -577,6 +639,7 @@ class Journal:
         request_hash: str,
         adopted: Iterable[Candidate],
         work: Callable[[], T],
+        releases: Iterable[Release] = (),
     ) -> tuple[SignedEntry, T]:
         """reserve(), running `work` (the signer computing the signature) while the
         commit's fsync is in flight: the fsync is the decision's largest single cost and
@@ -591,10 +654,25 @@ class Journal:
             state = self.state()
             existing = state.by_txid(c.txid)
             if existing is None:
-                reasons = signing_conflicts(state.with_adopted(adopted), c)
+                seen = state.with_adopted(adopted)
+                # Only releases this signature needs: those of own spends of its coin.
+                needed = [
+                    r for r in releases
+                    if r.input == c.input and r.payload != c.payload
+                    and (r.input, r.payload) not in seen.released
+                    and any(e.payload == r.payload for e in seen.spends_of(c.input))
+                ]
+                reasons = signing_conflicts(seen.with_released(needed), c)
                 if reasons:
                     raise JournalRefusal(reasons)
                 if self._write_adopted(adopted):
+                    self._snapshot = None
+                for r in needed:  # in the transaction of the signature they allow
+                    db.execute(
+                        "INSERT INTO released (input, payload, evidence, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (str(r.input), r.payload, r.evidence(), time.time()),
+                    )
                     self._snapshot = None
                 self._insert(c, request_hash, "signed")
             committing = self._committer().submit(db.execute, "COMMIT")
@@ -762,6 +840,7 @@ class Journal:
                     for e in snap.entries
                 ),
                 snap.proven_txids,
+                snap.released,
             )
 
     @_locked

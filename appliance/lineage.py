@@ -12,7 +12,7 @@ from __future__ import annotations
 from embit.ec import PublicKey, Signature
 from embit.transaction import SIGHASH, Transaction, TransactionOutput
 
-from appliance.journal import Candidate, JournalState
+from appliance.journal import Candidate, JournalState, Release
 from bftanchor import tapscript
 from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for
@@ -125,6 +125,66 @@ def verify_lineage(
             f"{Outpoint(first.vin[0].txid.hex(), first.vin[0].vout) if first.vin else 'nothing'})"
         )
     return adopted, problems
+
+
+def releases(
+    raw_txs: list[str], state: JournalState, records: dict[int, EpochRecord], magic: bytes
+) -> list[Release]:
+    """Own payloads proven never to complete on their coin, from the lineage's evidence.
+
+    Evidence is any lineage transaction spending a coin this appliance signed on, whose
+    coin input carries valid signatures (BIP143 ECDSA / BIP340 script path, checked as
+    for adoption; fewer than k are enough) by keys of the coin's epoch, with an output 0
+    payload other than the own one. Each validator signs one payload per coin, so n - k + 1
+    distinct signers of other payloads leave the own payload at most k - 1 signatures from
+    validators that follow the rule. A signer counts once however many transactions it
+    signed; a payload this appliance saw quorum-signed is never released.
+    """
+    if not isinstance(raw_txs, list):
+        return []
+    parsed: list[Transaction] = []
+    for raw in raw_txs[-MAX_LINEAGE:]:
+        try:
+            parsed.append(Transaction.from_string(raw))
+        except Exception:
+            continue
+    prevouts = {
+        Outpoint(t.txid().hex(), n): out for t in parsed for n, out in enumerate(t.vout)
+    }
+    # outpoint -> [(payload hex, txid, signer keys hex)]
+    seen: dict[Outpoint, list[tuple[str, str, set[str]]]] = {}
+    for tx in parsed:
+        try:
+            if not tx.vin or len(tx.vout) < 2:
+                continue
+            op = Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout)
+            coin = state.known_coin(op)
+            if coin is None or coin.epoch not in records:
+                continue
+            if not any(e.kind == "signed" for e in state.spends_of(op)):
+                continue
+            ms = multisig_for(records[coin.epoch])
+            keys = {k.sec().hex() for k in quorum_signers(tx, coin, ms, prevouts)}
+            if not keys:
+                continue
+            payload = Payload.from_script(tx.vout[0].script_pubkey.data, magic)
+            seen.setdefault(op, []).append((payload.encode().hex(), tx.txid().hex(), keys))
+        except Exception:  # evidence that does not check is no evidence
+            continue
+    out: list[Release] = []
+    for op, found in seen.items():
+        coin = state.known_coin(op)
+        assert coin is not None
+        ms = multisig_for(records[coin.epoch])
+        needed = len(ms.keys) - ms.threshold + 1
+        own = {e.payload for e in state.spends_of(op) if e.kind == "signed"}
+        proven = {e.payload for e in state.spends_of(op) if state.is_proven(e)}
+        for p in sorted(own - proven):
+            txids = sorted({t for q, t, _ in found if q != p})
+            signers = sorted(set().union(*(ks for q, _, ks in found if q != p)))
+            if len(signers) >= needed:
+                out.append(Release(op, p, tuple(txids), tuple(signers)))
+    return out
 
 
 def _judge(

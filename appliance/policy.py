@@ -15,7 +15,7 @@ from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
-from appliance.journal import Candidate, JournalState, signing_conflicts
+from appliance.journal import Candidate, JournalState, Release, signing_conflicts
 from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.epoch import EpochRecord, verify_certificate
@@ -54,6 +54,7 @@ class Verdict:
     # Proven checkpoints (quorum-signed lineage) the decision relied on; written to the
     # journal only together with the signature they allow.
     adopted: list[Candidate] = field(default_factory=list)
+    released: list[Release] = field(default_factory=list)
 
     def refuse(self, reason: str) -> None:
         self.ok = False

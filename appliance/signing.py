@@ -19,8 +19,15 @@ from typing import Any
 
 from embit.psbt import PSBT
 
-from appliance.journal import Journal, JournalError, JournalFull, JournalRefusal, SignedEntry
-from appliance.lineage import verify_lineage
+from appliance.journal import (
+    Journal,
+    JournalError,
+    JournalFull,
+    JournalRefusal,
+    Release,
+    SignedEntry,
+)
+from appliance.lineage import releases, verify_lineage
 from appliance.policy import Limits, Verdict, evaluate, trusted_records
 from appliance.signers.base import Signer, SignerError
 from bftanchor.deployment import Deployment
@@ -171,12 +178,15 @@ class Appliance:
         records, rec_problems = trusted_records(held, offered)
         state = self.journal.state()
         adopted = []
+        released: list[Release] = []
         lineage_problems: list[str] = []
         if lineage is not None:
             adopted, lineage_problems = verify_lineage(
                 lineage, state, records, self.deployment.magic
             )
             state = state.with_adopted(adopted)
+            released = releases(lineage, state, records, self.deployment.magic)
+            state = state.with_released(released)
         if psbt is None or qc is None:
             return Verdict(False, reasons + problems), psbt, records
         verdict = evaluate(
@@ -195,6 +205,7 @@ class Appliance:
             verdict.reasons.extend(rec_problems)
             verdict.reasons.extend(f"lineage: {p}" for p in lineage_problems)
         verdict.adopted = adopted
+        verdict.released = released
         verdict.summary["new_records"] = sorted(set(records) - set(held))
         if adopted:
             verdict.summary["adopted"] = [c.txid for c in adopted]
@@ -264,7 +275,8 @@ class Appliance:
         failure: str | None = None
         try:
             _, out = self.journal.reserve_while(
-                cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted, sign
+                cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted, sign,
+                verdict.released,
             )
         except JournalRefusal as exc:
             reasons = [f"journal: {r}" for r in exc.reasons]
@@ -274,6 +286,11 @@ class Appliance:
             # The journal keeps the reservation: the same tx may be retried, nothing
             # conflicting may be signed, which is the safe side of a failed device.
             failure = f"signer: {exc}"
+        for r in verdict.released:
+            if r.input == cand.input and r.payload != cand.payload:
+                log.warning("released payload %s on coin %s: signed elsewhere by %d "
+                            "validators (%s)", r.payload, r.input, len(r.signers),
+                            ", ".join(r.txids))
         if verdict.adopted:
             self.journal.log("adopted", {"txids": [c.txid for c in verdict.adopted]})
             log.info("adopted %d checkpoint(s) signed by the quorum", len(verdict.adopted))

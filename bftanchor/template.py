@@ -285,6 +285,23 @@ def verify_partial_sig(
         raise TemplateError(f"signature by {pubkey.sec().hex()} does not verify")
 
 
+def partial_checkpoint(
+    psbt: PSBT, multisig: EpochMultisig, sigs: dict[PublicKey, bytes]
+) -> Transaction:
+    """The transaction with a coin-input witness carrying only `sigs` (fewer than k): not
+    spendable, but it shows who signed it, e.g. as evidence that a payload was released
+    (docs/protocol.md). Signatures in script order (wsh) or in their key's slot
+    (tapscript); top-up inputs are left without witness."""
+    tx = Transaction.parse(psbt.tx.serialize())
+    if isinstance(multisig, tapscript.TapscriptMultisig):
+        slots = {i: sigs[k.pubkey] for i, k in enumerate(multisig.keys) if k.pubkey in sigs}
+        tx.vin[0].witness = multisig.witness(slots)
+    else:
+        ordered = [sigs[k.pubkey] for k in multisig.keys if k.pubkey in sigs]
+        tx.vin[0].witness = Witness([b""] + ordered + [multisig.witness_script.data])
+    return tx
+
+
 def finalize(psbt: PSBT, multisig: EpochMultisig) -> Transaction:
     """Build the witness from the first k valid partial signatures in script order.
 

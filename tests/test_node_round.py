@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +428,59 @@ def test_a_restarted_node_accepts_the_others_attempts_and_catches_up(net: Net) -
     assert v1.attempt_limit(0, now) == 7
     v1.note_attempt(0, 6, now)
     assert v1.attempt_limit(0, now) == 7 and v1.due_since[0] == now - 30.0
+
+
+def test_a_two_two_split_is_released_and_the_next_round_completes(net: Net) -> None:
+    """v1, v2 signed QC 10 for the coin, v0, v3 signed QC 30 (stop/restart, or a lying
+    initiator): with k = 3 neither gets a third signature under the per-coin rule. The
+    refusing peers return their bound signatures; the initiator proposes the payload two
+    (n - k + 1) validators signed, with those signatures as evidence, and every appliance
+    bound to the other payload releases it and signs."""
+    for node in net.nodes.values():
+        node.responder.attempt_limit = lambda seq, now: 4
+    old = net.qc(10)
+    for vid in ("v1", "v2"):  # attempt 0 is v0's
+        assert net.nodes[vid].responder.on_propose(
+            msg("v0", net.proposal("v0", old)))[0] == "signatures"
+    new = net.qc(30)
+    for vid in ("v0", "v3"):  # attempt 1 is v1's (a lying v1, or a stop and restart)
+        assert net.nodes[vid].responder.on_propose(
+            msg("v1", net.proposal("v1", new, attempt=1)))[0] == "signatures"
+    # Before any release: the bound v2's own QC gets 2 of 3 (its own and v1's).
+    v2 = net.nodes["v2"]
+    v2.view.poll()
+    coin = v2.view.coin
+    txid = v2.round.run(0, 2, coin, net.source.latest(), False)
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    assert tx.vout[0].script_pubkey.data[-32:] == new.commit_state_id
+    ms = multisig_for(net.records[0])
+    assert len(quorum_signers(tx, coin, ms)) == ms.threshold
+    keys = {k.validator_id: k.pubkey for k in ms.keys}
+    assert set(quorum_signers(tx, coin, ms)) == {keys[v] for v in ("v0", "v2", "v3")}
+    # v2 released QC 10's payload with v0's and v3's signatures as evidence (v1 had signed
+    # v2's first proposal of this attempt, and a node signs one proposal per attempt).
+    rows = net.appliances["v2"].journal._db.execute(
+        "SELECT input, evidence FROM released").fetchall()
+    assert [r[0] for r in rows] == [str(coin.outpoint)]
+    assert json.loads(rows[0][1])["signers"] == sorted(keys[v].sec().hex() for v in ("v0", "v3"))
+    assert v2.store.bound_qc(coin.outpoint) == new.to_json()
+
+
+def test_without_n_minus_k_plus_one_on_another_payload_nothing_is_released(net: Net) -> None:
+    """One validator bound elsewhere is no proof: the bound initiator keeps its QC."""
+    for node in net.nodes.values():
+        node.responder.attempt_limit = lambda seq, now: 4
+    old = net.qc(10)
+    for vid in ("v1", "v2"):
+        assert net.nodes[vid].responder.on_propose(
+            msg("v0", net.proposal("v0", old)))[0] == "signatures"
+    new = net.qc(30)
+    assert net.nodes["v3"].responder.on_propose(
+        msg("v1", net.proposal("v1", new, attempt=1)))[0] == "signatures"
+    v2 = net.nodes["v2"]
+    v2.view.poll()
+    txid = v2.round.run(0, 2, v2.view.coin, net.source.latest(), False)
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    assert tx.vout[0].script_pubkey.data[-32:] == old.commit_state_id  # v0 joined QC 10
+    assert net.appliances["v3"].journal._db.execute(
+        "SELECT COUNT(*) FROM released").fetchone()[0] == 0
