@@ -58,6 +58,9 @@ def export_journal(journal: Journal) -> dict[str, Any]:
             for e in state.entries
         ],
         "records": [r.to_json() for r in journal.records()],
+        # Payloads released on a coin (docs/protocol.md, "Release"): without them the
+        # own signatures on two payloads of one coin would be refused on import.
+        "released": journal.released_rows(),
     }
 
 
@@ -85,6 +88,7 @@ def import_journal(
                 data.get("records") or [], list):
             raise ValueError("checkpoints and records must be lists")
         rows = [_candidate(c) for c in data.get("checkpoints") or []]
+        released = _released(data.get("released") or [], rows)
         records = [EpochRecord.from_json(r) for r in data.get("records") or []]
         mark = data.get("watermark")
         mark_t = None if mark is None else (int(mark["epoch"]), int(mark["round"]))
@@ -102,7 +106,7 @@ def import_journal(
         raise InterchangeConflict(f"the export's epoch records do not verify back to epoch "
                                   f"{min(held, default=0)}: {'; '.join(problems)}")
     try:
-        added = journal.import_rows(rows, records, mark_t)
+        added = journal.import_rows(rows, records, mark_t, released)
     except JournalRefusal as exc:
         raise InterchangeConflict(f"the export conflicts with this journal: {exc}") from exc
     except sqlite3.Error as exc:
@@ -129,6 +133,26 @@ def _candidate(c: dict[str, Any]) -> tuple[Candidate, str, bool]:
         dest_epoch=int(c["dest_epoch"]), fee=int(c["fee"]), handover=bool(c["handover"]),
     )
     return cand, kind, bool(c.get("proven"))
+
+
+def _released(
+    items: Any, rows: list[tuple[Candidate, str, bool]]
+) -> list[tuple[str, str, str]]:
+    """The export's releases: (input, payload, evidence JSON). Import may only forbid
+    more, so a release is taken only where it was used: the file holds an own signature
+    on that coin with another payload, which the release allowed."""
+    if not isinstance(items, list):
+        raise ValueError("released must be a list")
+    out = []
+    for r in items:
+        op, payload, evidence = str(Outpoint.parse(str(r["input"]))), str(r["payload"]), r[
+            "evidence"]
+        used = any(kind == "signed" and str(c.input) == op and c.payload != payload
+                   for c, kind, _ in rows)
+        if not used:
+            raise ValueError(f"release of a payload on {op} that no own signature used")
+        out.append((op, payload, json.dumps(evidence, sort_keys=True)))
+    return out
 
 
 def _plain(value: Any) -> Any:

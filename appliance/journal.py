@@ -584,6 +584,13 @@ class Journal:
             )
 
     @_locked
+    def released_rows(self) -> list[dict[str, Any]]:
+        """Every release, as exported: input, payload, evidence (txids, signers)."""
+        rows = self._db.execute(
+            "SELECT input, payload, evidence FROM released ORDER BY rowid").fetchall()
+        return [{"input": i, "payload": p, "evidence": json.loads(e)} for i, p, e in rows]
+
+    @_locked
     def head(self) -> dict[str, Any]:
         """A short summary an operator or the node can compare across restarts."""
         row = self._db.execute(
@@ -739,6 +746,7 @@ class Journal:
         rows: list[tuple[Candidate, str, bool]],
         records: list[EpochRecord],
         watermark: tuple[int, int] | None,
+        released: Iterable[tuple[str, str, str]] = (),
     ) -> int:
         """Merge another journal's rows (appliance/interchange.py) in one transaction.
 
@@ -749,6 +757,10 @@ class Journal:
         added = 0
         db.execute("BEGIN IMMEDIATE")
         try:
+            for op, payload, evidence in released:
+                db.execute("INSERT OR IGNORE INTO released (input, payload, evidence, "
+                           "created_at) VALUES (?, ?, ?, ?)", (op, payload, evidence,
+                                                               time.time()))
             for c, kind, proven in rows:
                 if self._db.execute("SELECT 1 FROM signed WHERE txid = ?",
                                     (c.txid,)).fetchone() is None:

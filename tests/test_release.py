@@ -20,6 +20,7 @@ from embit.psbt import PSBT
 
 from anchorharness.proposal import Proposal, propose
 from anchornode.bftsim import SimulatedBFTChain
+from appliance.interchange import InterchangeError, export_journal, import_journal
 from appliance.journal import Journal
 from appliance.policy import Limits
 from appliance.signers.software import SoftwareSigner
@@ -188,3 +189,21 @@ def test_a_quorum_signed_payload_is_never_released(world):
     full = partial_checkpoint(p.psbt, w.ms, sigs).serialize().hex()
     out = w.sign("v1", q, [full, ev0, ev3])
     assert not out.signed, "a quorum-signed payload must not be released"
+
+
+def test_a_journal_with_a_release_moves_by_export_and_import(world, tmp_path):
+    """Both own payloads on the coin and the release that allowed the second travel
+    together; a release no own signature used is refused (import only forbids more)."""
+    w = world
+    p, q = w.proposal(10), w.proposal(30)
+    assert w.sign("v1", p).signed
+    ev0, ev3 = w.evidence("v0", q), w.evidence("v3", q)
+    assert w.sign("v1", q, [ev0, ev3]).signed
+    data = export_journal(w.apps["v1"].journal)
+    assert len(data["released"]) == 1
+    fresh = Journal(tmp_path / "moved.sqlite", GENESIS)
+    assert import_journal(fresh, data, w.records[0])["added"] == 2
+    assert fresh.released_rows() == data["released"]
+    bad = dict(data, checkpoints=data["checkpoints"][:1])
+    with pytest.raises(InterchangeError, match="no own signature used"):
+        import_journal(Journal(tmp_path / "other.sqlite", GENESIS), bad, w.records[0])
