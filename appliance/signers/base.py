@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 from embit.psbt import PSBT
@@ -42,3 +43,15 @@ def require_sighash_all(psbt: PSBT) -> None:
 
 def epoch_path(coin_type: int, epoch: int, script_type: int = 2) -> str:
     return f"m/48h/{coin_type}h/{epoch}h/{script_type}h"
+
+
+def with_own_input0_signatures(psbt: PSBT) -> PSBT:
+    """A copy of `psbt` sharing everything but input 0's signature maps, for a signer to
+    add its signature to: the caller compares the result against the PSBT it passed in,
+    and no serialize-and-parse round trip is needed to keep that one untouched."""
+    out = copy.copy(psbt)
+    out.inputs = list(psbt.inputs)
+    out.inputs[0] = copy.copy(psbt.inputs[0])
+    out.inputs[0].partial_sigs = dict(psbt.inputs[0].partial_sigs)
+    out.inputs[0].taproot_sigs = dict(psbt.inputs[0].taproot_sigs)
+    return out

@@ -26,7 +26,12 @@ from embit import bip32
 from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
 
-from appliance.signers.base import SignerError, epoch_path, require_sighash_all
+from appliance.signers.base import (
+    SignerError,
+    epoch_path,
+    require_sighash_all,
+    with_own_input0_signatures,
+)
 from bftanchor.deployment import device_wallet_name
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
@@ -348,6 +353,6 @@ class HWISigner:
             verify_partial_sig(psbt, 0, multisig, key.pubkey, sig)
         except TemplateError as exc:
             raise SignerError(f"{self.label} returned a bad signature: {exc}") from exc
-        out = PSBT.parse(psbt.serialize())
+        out = with_own_input0_signatures(psbt)
         put_signature(out, 0, multisig, key.pubkey, sig)
         return out

@@ -6,7 +6,6 @@ exact path for the request's epoch: a PSBT cannot steer it to another key.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from embit import bip32, bip39
@@ -15,7 +14,12 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
-from appliance.signers.base import SignerError, epoch_path, require_sighash_all
+from appliance.signers.base import (
+    SignerError,
+    epoch_path,
+    require_sighash_all,
+    with_own_input0_signatures,
+)
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
 from bftanchor.secretfile import SecretFileError, read_secret
 from bftanchor.template import put_signature, sighash
@@ -122,13 +126,7 @@ class SoftwareSigner:
         )
         if not member:
             raise SignerError("this signer's key is not in the epoch's multisig")
-        # A copy that shares all but input 0's signatures (no serialize-and-parse round trip):
-        # the caller compares what the signer added against the PSBT it passed in.
-        out = copy.copy(psbt)
-        out.inputs = list(psbt.inputs)
-        out.inputs[0] = copy.copy(psbt.inputs[0])
-        out.inputs[0].partial_sigs = dict(psbt.inputs[0].partial_sigs)
-        out.inputs[0].taproot_sigs = dict(psbt.inputs[0].taproot_sigs)
+        out = with_own_input0_signatures(psbt)
         msg = sighash(out, 0, multisig)
         if multisig.is_taproot:
             sig = child.key.schnorr_sign(msg).serialize() + bytes([SIGHASH.ALL])
