@@ -273,6 +273,12 @@ class Appliance:
 
         out: str | None = None
         failure: str | None = None
+        held = self.journal.state().released
+        new_releases = [r for r in verdict.released if r.input == cand.input
+                        and r.payload != cand.payload and (r.input, r.payload) not in held]
+        if new_releases:  # the "signed" decision names them too (the rows are in `released`)
+            summary["released"] = [{"payload": r.payload, "txids": list(r.txids),
+                                    "signers": list(r.signers)} for r in new_releases]
         try:
             _, out = self.journal.reserve_while(
                 cand, request_hash(psbt_b64, qc_json, records_json), verdict.adopted, sign,
@@ -286,11 +292,9 @@ class Appliance:
             # The journal keeps the reservation: the same tx may be retried, nothing
             # conflicting may be signed, which is the safe side of a failed device.
             failure = f"signer: {exc}"
-        for r in verdict.released:
-            if r.input == cand.input and r.payload != cand.payload:
-                log.warning("released payload %s on coin %s: signed elsewhere by %d "
-                            "validators (%s)", r.payload, r.input, len(r.signers),
-                            ", ".join(r.txids))
+        for r in new_releases:
+            log.warning("released payload %s on coin %s: signed elsewhere by %d "
+                        "validators (%s)", r.payload, r.input, len(r.signers), ", ".join(r.txids))
         if verdict.adopted:
             self.journal.log("adopted", {"txids": [c.txid for c in verdict.adopted]})
             log.info("adopted %d checkpoint(s) signed by the quorum", len(verdict.adopted))

@@ -103,6 +103,8 @@ def test_n_minus_k_plus_one_signers_on_other_payloads_release_a_bound_payload(wo
     assert payload == w.apps["v1"].journal.state().signed[0].payload  # P released
     assert evidence["signers"] == sorted(w.pub[v].sec().hex() for v in ("v0", "v3"))
     assert evidence["txids"] == [q.txid]
+    signed = [d for d in w.apps["v1"].journal.decisions() if d["decision"] == "signed"]
+    assert signed[0]["detail"]["released"][0]["signers"] == evidence["signers"]
     # The release lets Q through, nothing else: a third payload is still refused.
     r = w.proposal(50)
     out = w.sign("v1", r, [ev0, ev3])
