@@ -40,7 +40,7 @@ from bftanchor.descriptor import multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
 from bftanchor.qc import QC, verify_qc
-from bftanchor.template import Outpoint
+from bftanchor.template import Coin, Outpoint
 
 log = logging.getLogger("bft_anchor.node")
 stranger_log = RateLimitedLog(log)  # lines about unauthenticated input: rate-limited
@@ -68,6 +68,7 @@ class PeerResponder:
         ladders: dict[Outpoint, Ladder],
         attempt_limit: Callable[[int, float], int] | None = None,
         on_signed: Callable[[int, int], None] | None = None,
+        rebind: Callable[[Coin, list[str]], None] | None = None,
     ) -> None:
         self.me = me
         self.secret = secret
@@ -79,6 +80,8 @@ class PeerResponder:
         # Without a limit (a responder on its own): attempts 0 and 1 only.
         self.attempt_limit = attempt_limit or (lambda seq, now: 1)
         self.on_signed = on_signed or (lambda seq, attempt: None)
+        # Called with the own appliance's refusal (SigningRound.recover_binding).
+        self.rebind = rebind or (lambda coin, reasons: None)
         self.accepted = PeerView()
         self._signing = threading.Lock()  # one proposal at a time reaches the appliance
 
@@ -217,9 +220,12 @@ class PeerResponder:
                     "refused proposal from %s: %s", msg.sender, short("; ".join(reasons), 400)
                 )
                 return "refuse", self._refusal(reasons)
-            signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts))
+            refused: list[str] = []
+            signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts),
+                                  refused)
             coin = self.view.coin.outpoint
             if not signed:
+                self.rebind(self.view.coin, refused)
                 return "refuse", self._refusal(["the appliance refused (see its journal)"])
             self.view.store.bind_qc(coin, msg.body["qc"], signed[0])
             # Only what the appliance signed fixes this checkpoint's attempt here.

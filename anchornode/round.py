@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -86,10 +87,20 @@ def tcp_send(peer: PeerConfig, data: bytes, timeout: float) -> bytes:
     return exchange(peer.host, peer.port, data, timeout)
 
 
+# The journal's refusal when the appliance already signed another payload on the coin.
+BOUND_ELSEWHERE = re.compile(
+    r"coin (\S+) already has a checkpoint with another payload \(epoch (\d+) round (\d+)"
+)
+
+
 def sign_locally(
-    appliance: ApplianceClient, metrics: Metrics, body: dict[str, Any]
+    appliance: ApplianceClient,
+    metrics: Metrics,
+    body: dict[str, Any],
+    refused: list[str] | None = None,
 ) -> list[str]:
-    """The own appliance's signatures on every rung it accepts, lowest first."""
+    """The own appliance's signatures on every rung it accepts, lowest first (the
+    reasons of a refusal are added to `refused`)."""
     out = []
     for b64 in body["psbts"]:
         reply = appliance.sign(b64, body["qc"], body["records"], body["lineage"])
@@ -97,6 +108,8 @@ def sign_locally(
             for r in reply.reasons:
                 metrics.refusal(r)
             log.warning("own appliance refused: %s", "; ".join(reply.reasons))
+            if refused is not None:
+                refused.extend(reply.reasons)
             break
         out.append(reply.psbt)
     return out
@@ -185,6 +198,39 @@ class SigningRound:
                 )
                 qc, evidence = rel.qc, rel.evidence
             handover = self.is_handover(coin, qc)
+
+    def recover_binding(self, coin: Coin, reasons: list[str]) -> None:
+        """This node lost what its appliance signed on coin (a reply lost on the link, a
+        state directory replaced), and the appliance says it is bound to (epoch, round):
+        ask it to sign a level of that checkpoint again (a fee-ladder level of what it
+        signed, or the same transaction answered from its journal) and keep it, so that
+        this node can name its binding and show its signature as release evidence."""
+        store = self.view.store
+        if store.bound_psbt(coin.outpoint) is not None:
+            return
+        for reason in reasons:
+            m = BOUND_ELSEWHERE.search(reason)
+            if m is None or m.group(1) != str(coin.outpoint):
+                continue
+            epoch, rnd = int(m.group(2)), int(m.group(3))
+            try:
+                qc = self.view.source.latest(epoch, max_round=rnd)
+                if qc is None or qc.round != rnd or qc.epoch != coin.epoch:
+                    return
+                psbts = build_ladder(self.cfg, self.view.records, self.view.deployment.magic,
+                                     self.view.rpcs, coin, qc, self.is_handover(coin, qc))
+                recs = [self.view.records[e].to_json()
+                        for e in sorted({coin.epoch, coin.epoch + 1}) if e in self.view.records]
+                reply = self.appliance.sign(psbts[0].to_string(), qc.to_json(), recs, [])
+            except Exception as exc:  # best effort: the next refusal tries again
+                log.info("coin %s: cannot recover this appliance's binding: %s",
+                         coin.outpoint, exc)
+                return
+            if reply.signed and reply.psbt is not None:
+                store.bind_qc(coin.outpoint, qc.to_json(), reply.psbt)
+                log.info("coin %s: this appliance is bound to epoch %d round %d (recovered)",
+                         coin.outpoint, epoch, rnd)
+            return
 
     def is_handover(self, coin: Coin, qc: QC) -> bool:
         """Whether a checkpoint of this QC hands the coin over (its round is in the window)."""
@@ -327,9 +373,12 @@ class SigningRound:
         pending = {self.pool.submit(self.ask_peer, p, body, deadline): p for p in cfg.peers}
 
         def sign_here() -> None:
-            signed = sign_locally(self.appliance, self.metrics, body)
+            refused: list[str] = []
+            signed = sign_locally(self.appliance, self.metrics, body, refused)
             if signed:
                 view.store.bind_qc(coin.outpoint, body["qc"], signed[0])
+            else:
+                self.recover_binding(coin, refused)
             take(self.me, signed)
 
         # This node signs once k - 1 peers have (so that, not yet bound, it could still

@@ -76,7 +76,7 @@ class NodeService:
         )
         self.responder = PeerResponder(
             self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders,
-            self.attempt_limit, self.note_attempt,
+            self.attempt_limit, self.note_attempt, self.round.recover_binding,
         )
         self.server: PeerServer | None = None
 

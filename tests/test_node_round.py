@@ -430,7 +430,10 @@ def test_a_restarted_node_accepts_the_others_attempts_and_catches_up(net: Net) -
     assert v1.attempt_limit(0, now) == 7 and v1.due_since[0] == now - 30.0
 
 
-def test_a_two_two_split_is_released_and_the_next_round_completes(net: Net) -> None:
+@pytest.mark.parametrize("forgotten", [False, True], ids=["kept", "node-forgot"])
+def test_a_two_two_split_is_released_and_the_next_round_completes(
+    net: Net, forgotten: bool
+) -> None:
     """v1, v2 signed QC 10 for the coin, v0, v3 signed QC 30 (stop/restart, or a lying
     initiator): with k = 3 neither gets a third signature under the per-coin rule. The
     refusing peers return their bound signatures; the initiator proposes the payload two
@@ -446,7 +449,11 @@ def test_a_two_two_split_is_released_and_the_next_round_completes(net: Net) -> N
     for vid in ("v0", "v3"):  # attempt 1 is v1's (a lying v1, or a stop and restart)
         assert net.nodes[vid].responder.on_propose(
             msg("v1", net.proposal("v1", new, attempt=1)))[0] == "signatures"
-    # Before any release: the bound v2's own QC gets 2 of 3 (its own and v1's).
+    if forgotten:  # v0's and v3's nodes lost what their appliances signed (replies lost)
+        for vid in ("v0", "v3"):
+            net.nodes[vid].store._db.execute("DELETE FROM signed_qc")
+    # Before any release: the bound v2's own QC gets 2 of 3 (its own and v1's); v0 and
+    # v3 refuse, naming their binding (a node that forgot it asks its appliance again).
     v2 = net.nodes["v2"]
     v2.view.poll()
     coin = v2.view.coin
