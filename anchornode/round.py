@@ -163,6 +163,7 @@ class SigningRound:
         self.ladders = ladders
         self.pool = pool
         self.send = send
+        self._ladder: tuple[Any, list[PSBT]] | None = None  # this attempt's, by QC
 
     def run(self, seq: int, attempt: int, coin: Coin, qc: QC, handover: bool) -> str:
         """One attempt at checkpoint `seq`; the txid delivered, or CheckpointFailed."""
@@ -175,9 +176,11 @@ class SigningRound:
                      coin.outpoint, qc.epoch, qc.round)
         evidence: list[str] = []
         switched: set[str] = set()
+        self._ladder = None
         while True:  # at most one adoption and one release per attempt
             try:
-                return self._attempt(seq, attempt, coin, qc, handover, t0, evidence)
+                return self._attempt(seq, attempt, coin, qc, handover, t0, evidence,
+                                     "adopt" in switched)
             except Adopt as adopt:
                 if "adopt" in switched:
                     raise CheckpointFailed(f"no {adopt}") from None
@@ -259,10 +262,17 @@ class SigningRound:
         return None
 
     def _release(
-        self, coin: Coin, qc: QC, bound: dict[str, tuple[Any, Any]], source: EpochMultisig
+        self,
+        coin: Coin,
+        qc: QC,
+        bound: dict[str, tuple[Any, Any]],
+        source: EpochMultisig,
+        with_current: bool = False,
     ) -> Release | None:
         """A payload other than qc's that n - k + 1 validators proved they signed on this
         coin (their appliances' signatures on their bound transactions), with that evidence.
+        With `with_current`, qc's own payload too: proposed again with the evidence, for
+        the validators that refused it because they are bound elsewhere.
 
         Each claim is checked here: the QC verifies, the PSBT spends this coin with that
         QC's payload and carries a valid signature by the validator's own key. Of several
@@ -283,7 +293,8 @@ class SigningRound:
                 psbt = PSBT.from_string(b64)
                 tx = psbt.tx
                 if (Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout) != coin.outpoint
-                        or tx.vout[0].script_pubkey.data != script or script == current):
+                        or tx.vout[0].script_pubkey.data != script
+                        or (script == current and not with_current)):
                     continue
                 sig = get_signature(psbt, 0, source, keys[vid])
                 if sig is None:
@@ -321,11 +332,19 @@ class SigningRound:
         handover: bool,
         t0: float,
         evidence: list[str] | None = None,
+        adopted: bool = False,
     ) -> str:
         view, cfg = self.view, self.cfg
-        psbts = build_ladder(
-            cfg, view.records, view.deployment.magic, view.rpcs, coin, qc, handover
-        )
+        # The same ladder when the same QC is proposed again in this attempt (with release
+        # evidence): peers that signed it accept only the same transactions in one attempt.
+        key = (coin.outpoint, json.dumps(qc.to_json(), sort_keys=True), handover)
+        if self._ladder is not None and self._ladder[0] == key:
+            psbts = self._ladder[1]
+        else:
+            psbts = build_ladder(
+                cfg, view.records, view.deployment.magic, view.rpcs, coin, qc, handover
+            )
+            self._ladder = (key, psbts)
         source = multisig_for(view.records[coin.epoch])
         # Every record an appliance may need to certify its way from an epoch it held
         # before going offline to the coin's (each is certified by its predecessor).
@@ -361,6 +380,7 @@ class SigningRound:
                 self.metrics.refusal("bad signature")
                 return
             signed_by.append(vid)
+            bound[vid] = (body["qc"], signed[0])  # now bound to this payload: evidence
 
         deadline = t0 + cfg.schedule.initiator_timeout * 0.8
         k = source.threshold
@@ -377,6 +397,7 @@ class SigningRound:
             signed = sign_locally(self.appliance, self.metrics, body, refused)
             if signed:
                 view.store.bind_qc(coin.outpoint, body["qc"], signed[0])
+                bound[self.me] = (body["qc"], signed[0])
             else:
                 self.recover_binding(coin, refused)
             take(self.me, signed)
@@ -408,12 +429,16 @@ class SigningRound:
                         bound[peer.id] = (bound_qc, bound_psbt)
         if len(signed_by) == k - 1 and self.me not in signed_by:
             sign_here()
+        if len(signed_by) < k and adopted and signed_by and self.me not in signed_by:
+            # The QC was adopted from peers bound to it: sign it too, so that its signers
+            # can reach n - k + 1 and prove to those bound elsewhere that theirs is dead.
+            sign_here()
         if len(signed_by) < k:
             if self.me not in signed_by and view.store.bound_qc(coin.outpoint) is None:
                 other = self._adoptable(coin, offered, qc)
                 if other is not None:
                     raise Adopt(other)
-            release = self._release(coin, qc, bound, source)
+            release = self._release(coin, qc, bound, source, with_current=not evidence)
             if release is not None:
                 raise release
             raise CheckpointFailed(f"{len(signed_by)} of {k} signatures ({', '.join(signed_by)})")

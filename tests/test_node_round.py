@@ -491,3 +491,30 @@ def test_without_n_minus_k_plus_one_on_another_payload_nothing_is_released(net: 
     assert tx.vout[0].script_pubkey.data[-32:] == old.commit_state_id  # v0 joined QC 10
     assert net.appliances["v3"].journal._db.execute(
         "SELECT COUNT(*) FROM released").fetchone()[0] == 0
+
+
+def test_a_one_one_split_with_one_down_is_released_within_a_rotation(net: Net) -> None:
+    """v3 down, v0 signed QC 10, v1 QC 30, v2 nothing: no payload has n - k + 1 = 2
+    signers. The unbound v2 adopts one and signs it too, which makes two; the next bound
+    initiator proposes it again with both signatures, and the other releases."""
+    for node in net.nodes.values():
+        node.responder.attempt_limit = lambda seq, now: 12
+    net.nodes["v3"].responder.appliance = Refusing()  # down, as far as signing goes
+    a = net.qc(10)
+    assert net.nodes["v0"].responder.on_propose(
+        msg("v1", net.proposal("v1", a, attempt=1)))[0] == "signatures"
+    b = net.qc(30)
+    assert net.nodes["v1"].responder.on_propose(
+        msg("v2", net.proposal("v2", b, attempt=2)))[0] == "signatures"
+    v2 = net.nodes["v2"]
+    v2.view.poll()
+    coin = v2.view.coin
+    with pytest.raises(CheckpointFailed):  # v1 signed QC 30 in this attempt: one per attempt
+        v2.round.run(0, 6, coin, net.source.latest(), False)
+    assert v2.store.bound_qc(coin.outpoint) == a.to_json()  # v2 signed what v0 had
+    v0 = net.nodes["v0"]
+    v0.view.poll()
+    txid = v0.round.run(0, 8, coin, net.source.latest(), False)
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    assert tx.vout[0].script_pubkey.data[-32:] == a.commit_state_id
+    assert net.appliances["v1"].journal.released_rows()[0]["input"] == str(coin.outpoint)
