@@ -91,12 +91,15 @@ def test_devnet_grows_and_shrinks_4_30_7():
     check_report(run_devnet("--validators", "4,30,7"), [4, 30, 7])
 
 
-# 100 validators' nodes each look at the chain every round: short epochs keep it to a few
-# minutes (three epochs, two handovers, every checkpoint a 67-of-100 tapscript spend).
+# 100 validators' nodes each look at the chain every round: even with short epochs this
+# takes about 6 minutes on 2 cores (three epochs, two handovers, every checkpoint a
+# 67-of-100 tapscript spend), which would take the suite past its 15 minutes. CI runs the
+# 4 -> 30 -> 7 devnet above; these two run with BFT_ANCHOR_SLOW=1.
 SHORT = ("--rounds-per-epoch", "8", "--interval", "3", "--handover-margin", "2")
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BFT_ANCHOR_SLOW"), reason="slow: set BFT_ANCHOR_SLOW=1")
 def test_devnet_100_validators():
     check_report(run_devnet("--validators", "100", *SHORT, timeout=900), [100, 100, 100])
 
