@@ -131,8 +131,12 @@ def test_one_approval_in_a_real_terminal(tmp_path: Path, terminal: Terminal) -> 
         terminal.keys("a")
         terminal.wait(lambda s: "Sign request" in s and "Yes (y)" in s, "the confirmation")
         terminal.keys("y")
-        screen = terminal.wait(lambda s: "No request is waiting" in s, "the queue to empty")
-        assert "journal #1 e0/r5" in screen and "last sig never" not in screen
+        # The queue empties before the status bar's next refresh: wait for both.
+        screen = terminal.wait(
+            lambda s: "No request is waiting" in s and "journal #1 e0/r5" in s,
+            "the queue to empty and the status bar to show the signature",
+        )
+        assert "last sig never" not in screen
 
         # The node asks again and gets the signature the operator allowed.
         reply = client.request(MsgType.SIGN_REQUEST, request)
