@@ -20,9 +20,9 @@ from typing import Any
 
 from appliance.approvals import ApprovalQueue, PendingRequest
 from appliance.signing import Appliance
+from bftanchor.link.frame import PROTOCOL_VERSION
 from bftanchor.link.messages import MsgType
 from bftanchor.link.transport import (
-    PROTOCOL_VERSION,
     BadMessage,
     LinkEndpoint,
     LinkServer,

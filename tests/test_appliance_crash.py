@@ -35,7 +35,9 @@ from appliance.journal import Candidate, Journal, JournalRefusal, signing_confli
 from appliance.signers.software import SoftwareSigner
 from appliance.signing import CRASH_ENV, Appliance
 from bftanchor.descriptor import EpochMultisig
-from bftanchor.link import LinkEndpoint, Message, MsgType, open_pty_pair
+from bftanchor.link.messages import MsgType
+from bftanchor.link.pty import open_pty_pair
+from bftanchor.link.transport import LinkEndpoint, Message
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
 from bftanchor.secretfile import write_secret

@@ -41,18 +41,11 @@ from bftanchor.deployment import Deployment
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import HARDENED
 from bftanchor.errors import CheckpointError
-from bftanchor.link import (
-    FrameDecoder,
-    LinkAuthError,
-    LinkClient,
-    LinkEndpoint,
-    Message,
-    MsgType,
-    encode_frame,
-    open_pty_pair,
-)
 from bftanchor.link.frame import MAGIC as SYNC
-from bftanchor.link.messages import encode_payload
+from bftanchor.link.frame import FrameDecoder, encode_frame
+from bftanchor.link.messages import MsgType, encode_payload
+from bftanchor.link.pty import open_pty_pair
+from bftanchor.link.transport import LinkAuthError, LinkClient, LinkEndpoint, Message
 from bftanchor.payload import Payload
 from bftanchor.qc import QC
 from bftanchor.secretfile import write_secret

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from test_appliance_link import exchange, make_req, served  # noqa: F401  (the fixture)
 
-from bftanchor.link import LinkEndpoint, MsgType
+from bftanchor.link.messages import MsgType
+from bftanchor.link.transport import LinkEndpoint
 
 pytestmark = pytest.mark.integration
 

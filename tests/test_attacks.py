@@ -33,7 +33,9 @@ from appliance.config import ApplianceConfig
 from appliance.serve import control_call
 from appliance.signers.software import SoftwareSigner
 from bftanchor.deployment import Deployment
-from bftanchor.link import MsgType, encode_frame, open_pty_pair
+from bftanchor.link.frame import encode_frame
+from bftanchor.link.messages import MsgType
+from bftanchor.link.pty import open_pty_pair
 from bftanchor.qc import QC
 from bftanchor.template import TOPUP_SEQUENCE, Coin, Outpoint, put_signature
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bftanchor.link import (
-    ErrorCode,
+from bftanchor.link.frame import MAGIC, VersionMismatch, encode_frame
+from bftanchor.link.messages import ErrorCode, MessageError, MsgType
+from bftanchor.link.pty import open_pty_pair
+from bftanchor.link.transport import (
     LinkAuthError,
     LinkClient,
     LinkEndpoint,
@@ -25,14 +27,8 @@ from bftanchor.link import (
     LinkTimeout,
     LinkVersionMismatch,
     Message,
-    MessageError,
-    MsgType,
-    VersionMismatch,
-    encode_frame,
-    open_pty_pair,
     open_serial,
 )
-from bftanchor.link.frame import MAGIC
 
 PSBT = base64.b64encode(b"psbt\xff" + bytes(64)).decode()
 SECRET = bytes(range(32))
