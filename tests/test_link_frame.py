@@ -26,6 +26,7 @@ from bftanchor.link.frame import (
     OversizeFrame,
     VersionMismatch,
     encode_frame,
+    encode_header,
 )
 
 BOUNDED = settings(max_examples=200, deadline=None)
@@ -38,19 +39,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def header(
-    *,
-    version: int = PROTOCOL_VERSION,
-    frame_type: int = 1,
-    flags: int = 0,
-    request_id: int = 7,
-    length: int = 0,
-) -> bytes:
-    """A header with a correct header CRC and any field values."""
-    fields = struct.pack(">2sBBBII", MAGIC, version, frame_type, flags, request_id, length)
-    return fields + struct.pack(">I", zlib.crc32(fields))
 
 
 def feed_in_chunks(decoder: FrameDecoder, data: bytes, sizes: list[int]) -> list:
@@ -151,7 +139,7 @@ def valid_header_junk() -> st.SearchStrategy[bytes]:
     """Headers with correct CRCs and arbitrary fields, then arbitrary bytes."""
     return st.builds(
         lambda v, t, f, rid, n, rest: (
-            header(version=v, frame_type=t, flags=f, request_id=rid, length=n) + rest
+            encode_header(t, rid, n, flags=f, version=v) + rest
         ),
         st.sampled_from([PROTOCOL_VERSION, PROTOCOL_VERSION, 0, 2, 255]),
         types,
@@ -202,7 +190,7 @@ def test_arbitrary_streams_never_raise_and_stay_bounded(pieces, ops, secret):
 @given(st.integers(1025, 2**32 - 1), types, ids, st.binary(max_size=3000), chunk_sizes)
 def test_oversize_frames_are_refused_from_the_header(length, t, rid, body, sizes):
     decoder = FrameDecoder(max_payload=1024)
-    items = decoder.feed(header(frame_type=t, request_id=rid, length=length))
+    items = decoder.feed(encode_header(t, rid, length))
     assert items == [OversizeFrame(t, rid, length, 1024)]
     assert decoder.buffered == 0
     # What follows (the would-be payload) is scanned, never stored.
@@ -287,7 +275,7 @@ def test_corruption_is_detected_and_the_stream_resynchronises():
 
 def test_unknown_flags_are_a_malformed_header():
     decoder = FrameDecoder()
-    items = decoder.feed(header(flags=0x04, request_id=9, length=3) + b"abc")
+    items = decoder.feed(encode_header(1, 9, 3, flags=0x04) + b"abc")
     assert isinstance(items[0], MalformedHeader) and "flags" in items[0].message
 
 

@@ -80,11 +80,16 @@ class Frame:
 
 
 class DecodeEvent:
-    """Something the decoder rejected or skipped; `message` says what, for people."""
+    """Something the decoder rejected or skipped; `message` says what, for people.
+
+    Each event class sets `_template`: the message, formatted with the event as `self`.
+    """
+
+    _template = ""
 
     @property
-    def message(self) -> str:  # pragma: no cover - every subclass overrides it
-        return type(self).__name__
+    def message(self) -> str:
+        return self._template.format(self=self) or type(self).__name__
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,7 @@ class NoiseSkipped(DecodeEvent):
 
     nbytes: int
 
-    @property
-    def message(self) -> str:
-        return f"skipped {self.nbytes} byte(s) of noise"
+    _template = "skipped {self.nbytes} byte(s) of noise"
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,7 @@ class CrcMismatch(FrameProblem):
 
     length: int
 
-    @property
-    def message(self) -> str:
-        return f"frame CRC mismatch (request id {self.request_id:#010x}, {self.length} bytes)"
+    _template = "frame CRC mismatch (request id {self.request_id:#010x}, {self.length} bytes)"
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,7 @@ class AuthFailure(FrameProblem):
 
     reason: str
 
-    @property
-    def message(self) -> str:
-        return f"pairing authentication failed: {self.reason}"
+    _template = "pairing authentication failed: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -139,12 +138,10 @@ class VersionMismatch(FrameProblem):
     peer_version: int
     our_version: int
 
-    @property
-    def message(self) -> str:
-        return (
-            f"protocol version mismatch: peer speaks v{self.peer_version}, "
-            f"we speak v{self.our_version}"
-        )
+    _template = (
+        "protocol version mismatch: peer speaks v{self.peer_version}, "
+        "we speak v{self.our_version}"
+    )
 
 
 @dataclass(frozen=True)
@@ -154,9 +151,7 @@ class OversizeFrame(FrameProblem):
     length: int
     limit: int
 
-    @property
-    def message(self) -> str:
-        return f"frame payload of {self.length} bytes exceeds the limit of {self.limit}"
+    _template = "frame payload of {self.length} bytes exceeds the limit of {self.limit}"
 
 
 @dataclass(frozen=True)
@@ -165,9 +160,7 @@ class MalformedHeader(FrameProblem):
 
     reason: str
 
-    @property
-    def message(self) -> str:
-        return f"malformed frame header: {self.reason}"
+    _template = "malformed frame header: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -176,9 +169,7 @@ class FrameTimeout(DecodeEvent):
 
     nbytes: int
 
-    @property
-    def message(self) -> str:
-        return f"dropped a half frame of {self.nbytes} byte(s) after the line went quiet"
+    _template = "dropped a half frame of {self.nbytes} byte(s) after the line went quiet"
 
 
 def _check_secret(secret: bytes | None) -> bytes | None:
@@ -191,6 +182,24 @@ def _check_secret(secret: bytes | None) -> bytes | None:
 
 def _tag(secret: bytes, data: bytes | bytearray) -> bytes:
     return hmac.new(secret, data, hashlib.sha256).digest()
+
+
+def _crc(data: bytes) -> bytes:
+    return struct.pack(">I", zlib.crc32(data))
+
+
+def encode_header(
+    frame_type: int,
+    request_id: int,
+    length: int,
+    *,
+    flags: int = 0,
+    version: int = PROTOCOL_VERSION,
+) -> bytes:
+    """The 17-byte header (fields and header CRC), unchecked: encode_frame checks the
+    values it passes, and tests build headers this version refuses."""
+    fields = _HEADER.pack(MAGIC, version, frame_type, flags, request_id, length)
+    return fields + _crc(fields)
 
 
 def encode_frame(
@@ -214,9 +223,9 @@ def encode_frame(
     if len(payload) > max_payload:
         raise FrameError(f"payload of {len(payload)} bytes exceeds the limit of {max_payload}")
     flags = FLAG_HMAC if secret is not None else 0
-    head = _HEADER.pack(MAGIC, version, frame_type, flags, request_id, len(payload))
-    body = head + struct.pack(">I", zlib.crc32(head)) + bytes(payload)
-    out = body + struct.pack(">I", zlib.crc32(body))
+    body = encode_header(frame_type, request_id, len(payload), flags=flags, version=version)
+    body += bytes(payload)
+    out = body + _crc(body)
     if secret is not None:
         out += _tag(secret, out)
     return out
