@@ -102,31 +102,30 @@ def _int(t: MsgType, p: dict, field: str, lo: int, hi: int | None = None) -> Non
         raise _fail(t, field, f"expected an integer {bound}, got {v!r:.60}")
 
 
-def _str(t: MsgType, p: dict, field: str, *, nonempty: bool = False) -> None:
+def _typed(
+    t: MsgType, p: dict, field: str, kind: type, what: str, *, nonempty: bool = False
+) -> Any:
+    """p[field], refused if it is missing, not a `kind` or (with nonempty) empty."""
     if field not in p:
         raise _fail(t, field, "missing")
     v = p[field]
-    if not isinstance(v, str):
-        raise _fail(t, field, f"expected a string, got {type(v).__name__}")
+    if not isinstance(v, kind):
+        raise _fail(t, field, f"expected {what}, got {type(v).__name__}")
     if nonempty and not v:
         raise _fail(t, field, "must not be empty")
+    return v
+
+
+def _str(t: MsgType, p: dict, field: str, *, nonempty: bool = False) -> None:
+    _typed(t, p, field, str, "a string", nonempty=nonempty)
 
 
 def _obj(t: MsgType, p: dict, field: str) -> None:
-    if field not in p:
-        raise _fail(t, field, "missing")
-    if not isinstance(p[field], dict):
-        raise _fail(t, field, f"expected an object, got {type(p[field]).__name__}")
+    _typed(t, p, field, dict, "an object")
 
 
 def _list(t: MsgType, p: dict, field: str, item: type, *, nonempty: bool = False) -> None:
-    if field not in p:
-        raise _fail(t, field, "missing")
-    v = p[field]
-    if not isinstance(v, list):
-        raise _fail(t, field, f"expected a list, got {type(v).__name__}")
-    if nonempty and not v:
-        raise _fail(t, field, "must not be empty")
+    v = _typed(t, p, field, list, "a list", nonempty=nonempty)
     for i, x in enumerate(v):
         if not isinstance(x, item) or (item is int and (isinstance(x, bool) or x < 0)):
             want = "a non-negative integer" if item is int else f"a {item.__name__}"
