@@ -2,7 +2,8 @@
 
 Two sources: a directory the BFT node writes files into (atomically: write a
 temporary file, then rename), and an HTTP endpoint serving the same content. The
-devnet's simulated chain writes a directory; `serve_directory` serves one over HTTP.
+devnet's simulated chain writes a directory; `bftanchor.publish.serve_http` serves one
+over HTTP.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ import json
 import os
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlparse
 
 from bftanchor.epoch import EpochRecord
-from bftanchor.errors import CheckpointError
+from bftanchor.publish import MAX_FILE, latest_qc, qc_file_name, read_records, record_file_name
 from bftanchor.qc import QC
-
-MAX_FILE = 1024 * 1024
 
 
 class QCSourceError(Exception):
@@ -31,10 +28,6 @@ class QCSource(Protocol):
     def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None: ...
 
     def records(self) -> list[EpochRecord]: ...
-
-
-def qc_name(epoch: int, round: int) -> str:
-    return f"e{epoch:08d}-r{round:012d}.json"
 
 
 def _atomic_write(path: Path, data: Any) -> None:
@@ -52,10 +45,10 @@ class DirectoryWriter:
         (self.root / "epochs").mkdir(parents=True, exist_ok=True)
 
     def publish_qc(self, qc: QC) -> None:
-        _atomic_write(self.root / "qc" / qc_name(qc.epoch, qc.round), qc.to_json())
+        _atomic_write(self.root / "qc" / qc_file_name(qc.epoch, qc.round), qc.to_json())
 
     def publish_record(self, record: EpochRecord) -> None:
-        _atomic_write(self.root / "epochs" / f"e{record.epoch:08d}.json", record.to_json())
+        _atomic_write(self.root / "epochs" / record_file_name(record.epoch), record.to_json())
 
 
 class MemorySource:
@@ -88,43 +81,20 @@ class MemorySource:
 
 
 class DirectorySource:
+    """A directory the BFT node publishes into (bftanchor.publish's layout)."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _names(self, sub: str) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.root / sub) if n.endswith(".json"))
-        except FileNotFoundError:
-            return []
-
     def latest(self, epoch: int | None = None, max_round: int | None = None) -> QC | None:
-        names = self._names("qc")
-        if epoch is not None:
-            names = [n for n in names if n.startswith(f"e{epoch:08d}-")]
-        if max_round is not None:
-            names = [n for n in names if int(n[11:23]) <= max_round]
-        for name in reversed(names):  # newest first; skip a file that does not parse
-            try:
-                path = self.root / "qc" / name
-                if path.stat().st_size > MAX_FILE:
-                    continue
-                return QC.from_json(path.read_text())
-            except (OSError, CheckpointError):
-                continue
-        return None
+        return latest_qc(self.root, epoch, max_round)
 
     def records(self) -> list[EpochRecord]:
-        out = []
-        for name in self._names("epochs"):
-            try:
-                out.append(EpochRecord.from_json((self.root / "epochs" / name).read_text()))
-            except (OSError, CheckpointError):
-                continue
-        return out
+        return read_records(self.root)
 
 
 class HttpSource:
-    """GET {url}/qc/latest[?epoch=E] and {url}/epochs, as `serve_directory` answers."""
+    """GET {url}/qc/latest[?epoch=E] and {url}/epochs, as `bftanchor.publish.serve_http` answers."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
@@ -149,41 +119,6 @@ class HttpSource:
 
     def records(self) -> list[EpochRecord]:
         return [EpochRecord.from_json(r) for r in self._get("/epochs")]
-
-
-def serve_directory(root: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """Serve a QC directory over HTTP (what a BFT node's endpoint would answer)."""
-    source = DirectorySource(root)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            url = urlparse(self.path)
-            if url.path == "/qc/latest":
-                q = parse_qs(url.query)
-                epoch, max_round = q.get("epoch", [None])[0], q.get("max_round", [None])[0]
-                qc = source.latest(
-                    int(epoch) if epoch is not None else None,
-                    int(max_round) if max_round is not None else None,
-                )
-                body: Any = None if qc is None else qc.to_json()
-            elif url.path == "/epochs":
-                body = [r.to_json() for r in source.records()]
-            else:
-                self.send_error(404)
-                return
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def open_source(spec: str) -> QCSource:

@@ -142,32 +142,38 @@ class Publisher:
         return len(old)
 
 
-def _latest(root: Path, epoch: int | None, max_round: int | None) -> dict[str, Any] | None:
+def _names(root: Path, sub: str) -> list[str]:
     try:
-        names = sorted(n for n in os.listdir(root / "qc") if n.endswith(".json"))
+        return sorted(n for n in os.listdir(root / sub) if n.endswith(".json"))
     except FileNotFoundError:
-        return None
+        return []
+
+
+def latest_qc(root: Path, epoch: int | None = None, max_round: int | None = None) -> QC | None:
+    """The newest QC in a published directory (of `epoch`, at most `max_round`); a file
+    that is too large or does not parse is skipped."""
+    names = _names(root, "qc")
     if epoch is not None:
         names = [n for n in names if n.startswith(f"e{epoch:08d}-")]
     if max_round is not None:
         names = [n for n in names if int(n[11:23]) <= max_round]
-    for name in reversed(names):
+    for name in reversed(names):  # newest first
         try:
-            return QC.from_json((root / "qc" / name).read_text()).to_json()
+            path = root / "qc" / name
+            if path.stat().st_size > MAX_FILE:
+                continue
+            return QC.from_json(path.read_text())
         except (OSError, CheckpointError):
             continue
     return None
 
 
-def _records(root: Path) -> list[dict[str, Any]]:
+def read_records(root: Path) -> list[EpochRecord]:
+    """The epoch records in a published directory, by epoch; unreadable ones skipped."""
     out = []
-    try:
-        names = sorted(n for n in os.listdir(root / "epochs") if n.endswith(".json"))
-    except FileNotFoundError:
-        return []
-    for name in names:
+    for name in _names(root, "epochs"):
         try:
-            out.append(EpochRecord.from_json((root / "epochs" / name).read_text()).to_json())
+            out.append(EpochRecord.from_json((root / "epochs" / name).read_text()))
         except (OSError, CheckpointError):
             continue
     return out
@@ -192,9 +198,10 @@ def serve_http(root: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingH
                 self.send_error(400, "epoch and max_round are integers")
                 return
             if url.path == "/qc/latest":
-                body: Any = _latest(root, epoch, max_round)
+                qc = latest_qc(root, epoch, max_round)
+                body: Any = None if qc is None else qc.to_json()
             elif url.path == "/epochs":
-                body = _records(root)
+                body = [r.to_json() for r in read_records(root)]
             else:
                 self.send_error(404)
                 return

@@ -14,10 +14,11 @@ from anchornode.peer_protocol import (
     seal,
     split_frame,
 )
-from anchornode.qcsource import DirectorySource, DirectoryWriter, HttpSource, serve_directory
+from anchornode.qcsource import DirectorySource, DirectoryWriter, HttpSource
 from appliance.signers.software import SoftwareSigner
 from bftanchor.bftsig import sign_compact
 from bftanchor.epoch import canonical_json
+from bftanchor.publish import serve_http
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_qc_sources_directory_and_http_agree(tmp_path):
         w.publish_qc(sim.qc(0 if r < 10 else 1, r))
     (tmp_path / "qc" / "e00000001-r000000000099.json").write_text("{broken")
     d = DirectorySource(tmp_path)
-    server = serve_directory(tmp_path)
+    server = serve_http(tmp_path)
     try:
         h = HttpSource(f"http://127.0.0.1:{server.server_address[1]}")
         for src in (d, h):
