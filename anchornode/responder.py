@@ -24,15 +24,12 @@ from typing import Any
 from embit.psbt import PSBT
 from embit.transaction import Transaction
 
-from anchornode.appliance_client import ApplianceClient
-from anchornode.chainview import ChainView
 from anchornode.delivery import CheckpointFailed, deliver
 from anchornode.ladder import Ladder
 from anchornode.listener import RateLimitedLog, short
-from anchornode.metrics import Metrics
-from anchornode.peer_protocol import Authenticator, Message, PeerError, seal
+from anchornode.peer_protocol import Message, PeerError, seal
 from anchornode.pow.rpc import RpcError
-from anchornode.round import LINEAGE_MAX, RECORDS_BACK, sign_locally
+from anchornode.round import LINEAGE_MAX, RECORDS_BACK, NodeParts, sign_locally
 from anchornode.schedule import initiator_index
 from appliance.lineage import quorum_signers
 from bftanchor.coinpath import paid_epoch
@@ -56,27 +53,15 @@ class PeerView:
     accepted: dict[int, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
 
-class PeerResponder:
+class PeerResponder(NodeParts):
     def __init__(
         self,
-        me: str,
-        secret: bytes,
-        view: ChainView,
-        appliance: ApplianceClient,
-        metrics: Metrics,
-        auth: Authenticator,
-        ladders: dict[Outpoint, Ladder],
+        parts: NodeParts,
         attempt_limit: Callable[[int, float], int] | None = None,
         on_signed: Callable[[int, int], None] | None = None,
         rebind: Callable[[Coin, list[str]], None] | None = None,
     ) -> None:
-        self.me = me
-        self.secret = secret
-        self.view = view
-        self.appliance = appliance
-        self.metrics = metrics
-        self.auth = auth
-        self.ladders = ladders
+        super().__init__(**vars(parts))
         # Without a limit (a responder on its own): attempts 0 and 1 only.
         self.attempt_limit = attempt_limit or (lambda seq, now: 1)
         self.on_signed = on_signed or (lambda seq, attempt: None)

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 from embit.ec import PublicKey
@@ -138,29 +139,32 @@ def add_signatures(
     return len(sigs)
 
 
-class SigningRound:
+@dataclass(eq=False)
+class NodeParts:
+    """The node's parts both sides of a round work with: SigningRound (initiator) and
+    PeerResponder (peer) are built from one NodeParts by NodeService."""
+
+    me: str
+    secret: bytes = field(repr=False)
+    view: ChainView
+    appliance: ApplianceClient
+    metrics: Metrics
+    auth: Authenticator
+    ladders: dict[Outpoint, Ladder]
+
+
+class SigningRound(NodeParts):
     """Runs rounds for one node as initiator; holds what they share."""
 
     def __init__(
         self,
         cfg: NodeConfig,
-        secret: bytes,
-        view: ChainView,
-        appliance: ApplianceClient,
-        metrics: Metrics,
-        auth: Authenticator,
-        ladders: dict[Outpoint, Ladder],
+        parts: NodeParts,
         pool: ThreadPoolExecutor,
         send: PeerSend = tcp_send,
     ) -> None:
+        super().__init__(**vars(parts))
         self.cfg = cfg
-        self.me = cfg.validator_id
-        self.secret = secret
-        self.view = view
-        self.appliance = appliance
-        self.metrics = metrics
-        self.auth = auth
-        self.ladders = ladders
         self.pool = pool
         self.send = send
         self._ladder: tuple[Any, list[PSBT]] | None = None  # this attempt's, by QC

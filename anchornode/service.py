@@ -26,7 +26,7 @@ from anchornode.peer_server import PeerServer
 from anchornode.pow.rpc import PowRpc, RpcError
 from anchornode.qcsource import QCSource
 from anchornode.responder import PeerResponder
-from anchornode.round import PeerSend, SigningRound, tcp_send
+from anchornode.round import NodeParts, PeerSend, SigningRound, tcp_send
 from anchornode.schedule import attempt_at, due, initiator_index
 from anchornode.store import CheckpointStore
 from bftanchor.deployment import Deployment
@@ -70,13 +70,12 @@ class NodeService:
         self.last_attempt: dict[int, int] = {}
         self.proposed: set[tuple[int, int]] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(4, len(cfg.peers) + 1))
-        self.round = SigningRound(
-            cfg, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders,
-            self._pool, send,
+        parts = NodeParts(
+            self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders
         )
+        self.round = SigningRound(cfg, parts, self._pool, send)
         self.responder = PeerResponder(
-            self.me, bft_secret, self.view, appliance, self.metrics, self.auth, self.ladders,
-            self.attempt_limit, self.note_attempt, self.round.recover_binding,
+            parts, self.attempt_limit, self.note_attempt, self.round.recover_binding
         )
         self.server: PeerServer | None = None
 
