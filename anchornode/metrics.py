@@ -52,63 +52,53 @@ def refusal_kind(reason: str) -> str:
     return "other"
 
 
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
+# Every metric: its name after "bft_anchor_", kind, help, and labels after "validator".
+METRICS: tuple[tuple[str, type[Counter | Gauge | Histogram], str, tuple[str, ...]], ...] = (
+    ("checkpoints_made", Counter, "Checkpoints this node delivered.", ()),
+    (
+        "checkpoints_confirmed",
+        Counter,
+        "Checkpoints seen confirmed, each counted once (a rescan or reorg counts none again).",
+        (),
+    ),
+    ("failovers", Counter, "Attempts that passed to the next initiator.", ()),
+    (
+        "rebroadcasts",
+        Counter,
+        "Checkpoints sent again to the PoW nodes after a reorganisation dropped them.",
+        (),
+    ),
+    ("refusals", Counter, "Signing refusals seen, by kind.", ("reason",)),
+    ("checkpoints_signed", Counter, "Confirmed checkpoints by who signed them.", ("signer",)),
+    (
+        "last_checkpoint_signed",
+        Gauge,
+        "1 for each validator whose signature is on the last confirmed checkpoint, else 0.",
+        ("signer",),
+    ),
+    ("last_checkpoint_height", Gauge, "Height of the last confirmed one.", ()),
+    ("last_checkpoint_age_seconds", Gauge, "Seconds since it was seen.", ()),
+    ("signing_latency_seconds", Histogram, "From proposal to k signatures.", ()),
+)
+EVENTS = ("checkpoints_made", "failovers", "rebroadcasts")  # what Metrics.inc counts
+
+
 class Metrics:
     def __init__(self, validator_id: str) -> None:
         self.validator_id = validator_id
         self.registry = CollectorRegistry(auto_describe=True)
-        r, v = self.registry, ["validator"]
-        self._made = Counter(
-            "bft_anchor_checkpoints_made", "Checkpoints this node delivered.", v, registry=r
-        )
-        self._confirmed = Counter(
-            "bft_anchor_checkpoints_confirmed",
-            "Checkpoints seen confirmed, each counted once (a rescan or reorg counts none again).",
-            v,
-            registry=r,
-        )
-        self._failovers = Counter(
-            "bft_anchor_failovers", "Attempts that passed to the next initiator.", v, registry=r
-        )
-        self._rebroadcasts = Counter(
-            "bft_anchor_rebroadcasts",
-            "Checkpoints sent again to the PoW nodes after a reorganisation dropped them.",
-            v,
-            registry=r,
-        )
-        self._refusals = Counter(
-            "bft_anchor_refusals", "Signing refusals seen, by kind.", ["validator", "reason"],
-            registry=r,
-        )
-        self._signed = Counter(
-            "bft_anchor_checkpoints_signed",
-            "Confirmed checkpoints by who signed them.",
-            ["validator", "signer"],
-            registry=r,
-        )
-        self._last_signed = Gauge(
-            "bft_anchor_last_checkpoint_signed",
-            "1 for each validator whose signature is on the last confirmed checkpoint, else 0.",
-            ["validator", "signer"],
-            registry=r,
-        )
-        self._height = Gauge(
-            "bft_anchor_last_checkpoint_height", "Height of the last confirmed one.", v, registry=r
-        )
-        self._age = Gauge(
-            "bft_anchor_last_checkpoint_age_seconds", "Seconds since it was seen.", v, registry=r
-        )
-        self._latency = Histogram(
-            "bft_anchor_signing_latency_seconds",
-            "From proposal to k signatures.",
-            v,
-            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
-            registry=r,
-        )
+        self._m: dict[str, Any] = {}
+        for key, kind, doc, labels in METRICS:
+            extra = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
+            self._m[key] = kind(
+                f"bft_anchor_{key}", doc, ["validator", *labels], registry=self.registry, **extra
+            )
         me = validator_id
-        self._height.labels(me).set(-1)
-        self._age.labels(me).set_function(self._age_now)
-        for c in (self._made, self._confirmed, self._failovers, self._rebroadcasts):
-            c.labels(me)
+        self._m["last_checkpoint_height"].labels(me).set(-1)
+        self._m["last_checkpoint_age_seconds"].labels(me).set_function(self._age_now)
+        for key in ("checkpoints_made", "checkpoints_confirmed", "failovers", "rebroadcasts"):
+            self._m[key].labels(me)
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._last_time = 0.0
@@ -121,37 +111,34 @@ class Metrics:
 
     def inc(self, name: str, by: int = 1) -> None:
         """Count an event: checkpoints_made, failovers or rebroadcasts."""
-        counter = {
-            "checkpoints_made": self._made,
-            "failovers": self._failovers,
-            "rebroadcasts": self._rebroadcasts,
-        }[name]
-        counter.labels(self.validator_id).inc(by)
+        if name not in EVENTS:
+            raise KeyError(name)
+        self._m[name].labels(self.validator_id).inc(by)
 
     def refusal(self, reason: str) -> None:
-        self._refusals.labels(self.validator_id, refusal_kind(reason)).inc()
+        self._m["refusals"].labels(self.validator_id, refusal_kind(reason)).inc()
 
     def confirmed(self, height: int, when: float, txid: str, signers: list[str]) -> None:
         """A checkpoint seen confirmed; counted once per txid, however often it is seen."""
         with self._lock:
-            self._height.labels(self.validator_id).set(height)
+            self._m["last_checkpoint_height"].labels(self.validator_id).set(height)
             self._last_time = when
             for s in self._signers - set(signers):
-                self._last_signed.labels(self.validator_id, s).set(0)
+                self._m["last_checkpoint_signed"].labels(self.validator_id, s).set(0)
             for s in signers:
-                self._last_signed.labels(self.validator_id, s).set(1)
+                self._m["last_checkpoint_signed"].labels(self.validator_id, s).set(1)
             self._signers |= set(signers)
             if txid in self._seen:
                 return
             self._seen[txid] = None
             while len(self._seen) > SEEN_TXIDS:
                 self._seen.popitem(last=False)
-            self._confirmed.labels(self.validator_id).inc()
+            self._m["checkpoints_confirmed"].labels(self.validator_id).inc()
             for s in signers:
-                self._signed.labels(self.validator_id, s).inc()
+                self._m["checkpoints_signed"].labels(self.validator_id, s).inc()
 
     def latency(self, seconds: float) -> None:
-        self._latency.labels(self.validator_id).observe(seconds)
+        self._m["signing_latency_seconds"].labels(self.validator_id).observe(seconds)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (tests, status); 0 when it has none yet."""
