@@ -14,9 +14,7 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,46 +25,24 @@ from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 from helpers import MAGIC, seed_for
 
+from anchorharness.cliappliance import CLI, CliAppliance, run_cli
 from anchorharness.proposal import propose
-from anchornode.bftsim import SimulatedBFTChain
-from appliance.config import ApplianceConfig
 from appliance.serve import control_call
 from appliance.signers.software import SoftwareSigner
-from bftanchor.deployment import Deployment
 from bftanchor.link.frame import encode_frame
 from bftanchor.link.messages import MsgType
 from bftanchor.link.pty import open_pty_pair
 from bftanchor.qc import QC
 from bftanchor.template import TOPUP_SEQUENCE, Coin, Outpoint, put_signature
 
-CLI = [sys.executable, "-m", "anchorcli"]
-WINDOW = 10
 GENESIS = Coin(Outpoint("5a" * 32, 1), 5_000_000, 0)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
-
-
-class World:
+class World(CliAppliance):
     """Four validators, v0 ours (made by `appliance init`); epochs 0 and 1 of 100 rounds."""
 
     def __init__(self, base: Path) -> None:
-        self.base = base
-        self.sim = SimulatedBFTChain.create(4, 100, seed=11)
-        self.dir = base / "v0"
-        made = run("appliance", "init", str(self.dir), "--validator-id", "v0")
-        assert made.returncode == 0, made.stderr
-        self.signers = {"v0": SoftwareSigner.from_file(self.dir / "seed.txt")}
-        for i in range(1, 4):
-            self.signers[f"v{i}"] = SoftwareSigner.from_seed(seed_for(f"redteam/v{i}"))
-        self.records = {e: self.sim.make_record(e, {v: s.pow_key(e)
-                                                    for v, s in self.signers.items()})
-                        for e in (0, 1)}
-        Deployment("litecoin-regtest", MAGIC, GENESIS, self.records[0], WINDOW).save(
-            self.dir / "deployment.json")
-        self.config = self.dir / "appliance.toml"
-        self.n = 0
+        super().__init__(base, GENESIS, "redteam", sim_seed=11)
 
     def qc(self, rnd: int, epoch: int = 0) -> QC:
         return self.sim.qc(epoch, rnd)
@@ -77,35 +53,9 @@ class World:
                 "records": [r.to_json() for r in self.records.values()], **extra}
 
     def sign(self, request: dict | str) -> tuple[int, dict]:
-        self.n += 1
-        path = self.base / f"req{self.n}.json"
-        path.write_text(request if isinstance(request, str) else json.dumps(request))
-        out = run("appliance", "sign", "--config", str(self.config), "--request", str(path))
-        assert "Traceback" not in out.stderr, out.stderr
+        out = self.sign_cli(request)
         assert out.returncode in (0, 1), (out.returncode, out.stderr)
         return out.returncode, json.loads(out.stdout)
-
-    def decisions(self) -> list[tuple[str, dict]]:
-        with sqlite3.connect(ApplianceConfig.load(self.config).journal) as db:
-            rows = db.execute("SELECT decision, detail FROM decisions ORDER BY seq").fetchall()
-        return [(d, json.loads(detail)) for d, detail in rows]
-
-    def signed_rows(self) -> int:
-        with sqlite3.connect(ApplianceConfig.load(self.config).journal) as db:
-            return db.execute("SELECT COUNT(*) FROM signed WHERE kind = 'signed'").fetchone()[0]
-
-    def refused(self, request: dict | str, *fragments: str) -> list[str]:
-        """Refused, with every fragment in the reasons, and journaled as such."""
-        before = self.signed_rows()
-        rc, out = self.sign(request)
-        assert rc == 1 and not out["signed"], out
-        text = " | ".join(out["reasons"])
-        for f in fragments:
-            assert f in text, text
-        decision, detail = self.decisions()[-1]
-        assert decision == "refused" and detail["reasons"] == out["reasons"]
-        assert self.signed_rows() == before, "a refused request left a signing row"
-        return out["reasons"]
 
 
 @pytest.fixture
@@ -240,13 +190,13 @@ def test_a_journal_import_cannot_bring_an_uncertified_epoch_record(world):
     thief = {v: SoftwareSigner.from_seed(seed_for(f"thief/{v}")).pow_key(1)
              for v in world.signers}
     forged = world.sim.make_record(1, thief).with_certificate({})
-    exported = run("appliance", "journal", "export", "--config", str(world.config))
+    exported = run_cli("appliance", "journal", "export", "--config", str(world.config))
     assert exported.returncode == 0, exported.stderr
     data = json.loads(exported.stdout)
     data["records"].append(forged.to_json())
     path = world.base / "edited-export.json"
     path.write_text(json.dumps(data))
-    imp = run("appliance", "journal", "import", "--config", str(world.config), str(path))
+    imp = run_cli("appliance", "journal", "import", "--config", str(world.config), str(path))
     assert imp.returncode == 1, (imp.stdout, imp.stderr)
     lines = imp.stderr.strip().splitlines()
     assert len(lines) == 1 and "record for epoch 1 is not certified" in lines[0], imp.stderr
@@ -280,7 +230,7 @@ def test_one_bft_key_under_two_ids_is_refused(world, tmp_path):
     dep = json.loads((world.dir / "deployment.json").read_text())
     dep["epoch0"] = recs
     (world.dir / "deployment.json").write_text(json.dumps(dep))
-    out = run("appliance", "status", "--config", str(world.config))
+    out = run_cli("appliance", "status", "--config", str(world.config))
     assert out.returncode == 2 and "two validators share a bft_pubkey" in out.stderr, out
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -315,9 +265,8 @@ def test_a_tapscript_request_the_signer_would_fail_is_refused_before_the_journal
     w = World(tmp_path)
     w.records = {e: w.sim.make_record(e, {v: s.pow_key(e, 3) for v, s in w.signers.items()},
                                       SCRIPT_TR) for e in (0, 1)}
-    genesis = Coin(GENESIS.outpoint, GENESIS.value, 0)
-    Deployment("litecoin-regtest", MAGIC, genesis, w.records[0], WINDOW).save(
-        w.dir / "deployment.json")
+    genesis = w.genesis
+    w.save_deployment()
     qc = w.qc(5)
     prop = propose(genesis, qc, w.records, False, 2.0, MAGIC)
     psbt = prop.psbt
