@@ -87,6 +87,13 @@ class CliAppliance:
         with self._journal() as db:
             return db.execute("SELECT COUNT(*) FROM signed WHERE kind = 'signed'").fetchone()[0]
 
+    def signed(self, request: dict | str) -> dict:
+        """Signed (exit 0, the verdict says so); the verdict."""
+        out = self.sign_cli(request)
+        verdict = json.loads(out.stdout) if out.stdout.strip() else {}
+        assert out.returncode == 0 and verdict["signed"], (verdict, out.stderr)
+        return verdict
+
     def refused(self, request: dict | str, *fragments: str) -> list[str]:
         """Refused (exit 1) with every fragment in the reasons, journaled as such, and no
         signing row left behind; the reasons."""

@@ -112,8 +112,7 @@ def test_topup_change_is_p2wpkh_above_dust(world):
     world.refused(world.request(psbt, qc), "expected P2WPKH top-up change")
     # The honest shape still signs: P2WPKH change above dust.
     psbt, qc = topped_up(world, 5, [prev], 0, TransactionOutput(9_000, p2wpkh()))
-    rc, out = world.sign(world.request(psbt, qc))
-    assert rc == 0 and out["signed"], out
+    world.signed(world.request(psbt, qc))
 
 
 def test_a_request_nested_too_deep_is_a_journaled_refusal(world):
@@ -250,8 +249,7 @@ def test_a_junk_partial_signature_on_the_coin_is_refused_before_the_journal(worl
     # Another validator's real signature on the same PSBT is fine; ours is added.
     clean = propose(GENESIS, qc, world.records, False, 2.0, MAGIC).psbt
     other = world.signers["v1"].sign(clean, prop.source)
-    rc, out = world.sign(world.request(other, qc))
-    assert rc == 0 and out["signed"], out
+    out = world.signed(world.request(other, qc))
     assert set(PSBT.from_string(out["psbt"]).inputs[0].partial_sigs) == {
         pub, prop.source.key_for("v1").pubkey}
 
@@ -283,8 +281,7 @@ def test_a_tapscript_request_the_signer_would_fail_is_refused_before_the_journal
     bare.outputs.append(OutputScope(vout=TransactionOutput(9_000, p2wpkh())))
     w.refused(w.request(bare, qc), "top-up input 1 carries no witness_utxo")
     clean = propose(genesis, qc, w.records, False, 2.0, MAGIC).psbt
-    rc, out = w.sign(w.request(clean, qc))
-    assert rc == 0 and out["signed"], out
+    w.signed(w.request(clean, qc))
 
 
 def test_lying_key_derivations_are_refused_before_the_journal(world):
@@ -321,5 +318,4 @@ def test_a_psbt_a_device_cannot_sign_is_refused_before_the_journal(world):
     final = PSBT.parse(prop.psbt.serialize())
     final.inputs[0].final_scriptwitness = Witness([b"", prop.source.witness_script.data])
     world.refused(world.request(final, qc), "input 0 is already finalized")
-    rc, out = world.sign(world.request(prop.psbt, qc))
-    assert rc == 0 and out["signed"], out
+    world.signed(world.request(prop.psbt, qc))
