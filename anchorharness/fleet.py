@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -45,6 +46,28 @@ SCRIPT_IDS = ["wsh", "tr"]
 
 def seed_for(name: str) -> bytes:
     return hashlib.sha256(f"bft-anchor tests {name}".encode()).digest()
+
+
+@functools.cache
+def _validator_set(
+    tag: str, n: int, rounds: int, seed: int
+) -> tuple[SimulatedBFTChain, dict[str, SoftwareSigner], dict[int, EpochRecord]]:
+    sim = SimulatedBFTChain.create(n, rounds, seed=seed)
+    signers = {v.id: SoftwareSigner.from_seed(seed_for(f"{tag}/{v.id}")) for v in sim.validators}
+    records = {
+        e: sim.make_record(e, {vid: s.pow_key(e) for vid, s in signers.items()}) for e in (0, 1)
+    }
+    return sim, signers, records
+
+
+def validator_set(
+    tag: str, n: int = 4, rounds: int = 100, seed: int = 0
+) -> tuple[SimulatedBFTChain, dict[str, SoftwareSigner], dict[int, EpochRecord]]:
+    """n validators with software signers (seeds from `tag`) and the records of epochs 0
+    and 1 (P2WSH), epoch 1 certified: derived once per process, since the EC math is the
+    slow part; each call gets its own dicts."""
+    sim, signers, records = _validator_set(tag, n, rounds, seed)
+    return sim, dict(signers), dict(records)
 
 
 def pay_to(node: Any, multisig: EpochMultisig, value: int) -> Coin:

@@ -8,7 +8,6 @@ with the same script code the audit uses.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -19,8 +18,8 @@ from embit.psbt import PSBT
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from anchorharness.fakechain import FakeChain
+from anchorharness.fleet import validator_set
 from anchornode.appliance_client import InProcessAppliance
-from anchornode.bftsim import SimulatedBFTChain
 from anchornode.delivery import CheckpointFailed
 from anchornode.ladder import build_ladder
 from anchornode.localnet import LocalNet, local_node
@@ -31,7 +30,6 @@ from anchornode.service import NodeService
 from appliance.journal import Journal
 from appliance.lineage import quorum_signers
 from appliance.policy import Limits
-from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
@@ -58,24 +56,9 @@ class WrongKey:
         return self.other.handle_sign(psbt_b64, qc_json, records_json, lineage).reply()
 
 
-@functools.cache
-def validator_set() -> tuple[SimulatedBFTChain, dict[str, SoftwareSigner], dict]:
-    """Keys and certified records, derived once for the module (the EC math is the slow
-    part); every test gets fresh journals, chain and nodes."""
-    sim = SimulatedBFTChain.create(N, ROUNDS, seed=7)
-    signers = {
-        v.id: SoftwareSigner.from_seed(hashlib.sha256(f"round {v.id}".encode()).digest())
-        for v in sim.validators
-    }
-    records = {
-        e: sim.make_record(e, {vid: s.pow_key(e) for vid, s in signers.items()}) for e in (0, 1)
-    }
-    return sim, signers, records
-
-
 class Net:
     def __init__(self, tmp: Path) -> None:
-        self.sim, self.signers, self.records = validator_set()
+        self.sim, self.signers, self.records = validator_set("round", N, ROUNDS, seed=7)
         self.chain = FakeChain()
         ms0 = multisig_for(self.records[0])
         funding = Transaction(

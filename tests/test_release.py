@@ -8,8 +8,6 @@ appliances (policy, SQLite journal, software signer), no PoW node.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -18,12 +16,11 @@ import pytest
 from embit.ec import PrivateKey
 from embit.psbt import PSBT
 
+from anchorharness.fleet import validator_set
 from anchorharness.proposal import Proposal, propose
-from anchornode.bftsim import SimulatedBFTChain
 from appliance.interchange import InterchangeError, export_journal, import_journal
 from appliance.journal import Journal
 from appliance.policy import Limits
-from appliance.signers.software import SoftwareSigner
 from appliance.signing import Appliance
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
@@ -33,22 +30,9 @@ MAGIC = b"BFTA"
 GENESIS = Coin(Outpoint("cd" * 32, 0), 5_000_000, 0)
 
 
-@functools.cache
-def keys() -> tuple[SimulatedBFTChain, dict[str, SoftwareSigner], dict]:
-    sim = SimulatedBFTChain.create(4, 100, seed=11)
-    signers = {
-        v.id: SoftwareSigner.from_seed(hashlib.sha256(f"release {v.id}".encode()).digest())
-        for v in sim.validators
-    }
-    records = {
-        e: sim.make_record(e, {vid: s.pow_key(e) for vid, s in signers.items()}) for e in (0, 1)
-    }
-    return sim, signers, records
-
-
 class World:
     def __init__(self, tmp: Path) -> None:
-        self.sim, self.signers, self.records = keys()
+        self.sim, self.signers, self.records = validator_set("release", seed=11)
         self.deployment = Deployment("litecoin-regtest", MAGIC, GENESIS, self.records[0], 5)
         self.apps = {
             vid: Appliance(self.deployment, Journal(tmp / f"{vid}.sqlite", GENESIS), s, Limits())
