@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from embit import bip32, bip39
 from embit.descriptor import Descriptor
 from embit.ec import PublicKey, Signature
@@ -136,10 +137,11 @@ def partial_sig_verifies(signed: PSBT, index: int, pubkey: bytes, low_r: bool = 
     return (r_is_low or not low_r) and PublicKey.parse(pubkey).verify(Signature.parse(der), digest)
 
 
-def emulator_factory() -> Iterator[Callable[..., JadeEmulator]]:
-    """Body of each test module's `start_emulator` fixture: a factory
-    start_emulator(**JadeEmulator kwargs) -> started emulator on a free port,
-    every one stopped at teardown."""
+@pytest.fixture
+def start_emulator() -> Iterator[Callable[..., JadeEmulator]]:
+    """A factory start_emulator(**JadeEmulator kwargs) -> started emulator on a free
+    port, every one stopped at teardown. A test module gets it with
+    `pytest_plugins = ["emulator_fixtures"]`."""
     started: list[JadeEmulator] = []
 
     def _start(**kwargs: Any) -> JadeEmulator:

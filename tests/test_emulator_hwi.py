@@ -23,7 +23,6 @@ from emulator_fixtures import (
     TPUB,
     cosigners,
     descriptor,
-    emulator_factory,
     hwi_client,
     root_of,
 )
@@ -33,10 +32,7 @@ from hwilib.common import AddressType, Chain
 
 from appliance.emulator import JadeEmulator
 
-
-@pytest.fixture
-def start_emulator():
-    yield from emulator_factory()
+pytest_plugins = ["emulator_fixtures"]  # the start_emulator fixture
 
 HWI = str(Path(sys.executable).with_name("hwi"))
 ROOT = root_of(DEVICE_MNEMONIC)

@@ -15,7 +15,6 @@ from embit import bip32
 from embit.networks import NETWORKS
 from emulator_fixtures import (
     DEVICE_MNEMONIC,
-    emulator_factory,
     hwi_client,
     root_of,
 )
@@ -23,10 +22,7 @@ from hwilib.common import Chain
 from hwilib.devices.jade import JadeClient
 from hwilib.devices.jadepy import JadeAPI, JadeError
 
-
-@pytest.fixture
-def start_emulator():
-    yield from emulator_factory()
+pytest_plugins = ["emulator_fixtures"]  # the start_emulator fixture
 
 
 class RawHost:

@@ -24,7 +24,6 @@ from emulator_fixtures import (
     checkpoint_psbt,
     cosigners,
     descriptor,
-    emulator_factory,
     hwi_client,
     op_return,
     partial_sig_verifies,
@@ -40,9 +39,7 @@ from hwilib.psbt import PSBT as HwiPSBT
 DEVICE_PUB = root_of(DEVICE_MNEMONIC).derive(ACCOUNT + [0, 0]).sec()
 
 
-@pytest.fixture
-def start_emulator():
-    yield from emulator_factory()
+pytest_plugins = ["emulator_fixtures"]  # the start_emulator fixture
 
 
 def sign_with_hwi(emu, psbt: PSBT, chain: Chain = Chain.TEST) -> PSBT:

@@ -22,7 +22,6 @@ from emulator_fixtures import (
     checkpoint_psbt,
     cosigners,
     descriptor,
-    emulator_factory,
     hwi_client,
     root_of,
 )
@@ -33,10 +32,7 @@ from hwilib.devices.jadepy import JadeAPI, JadeError
 
 from appliance.emulator.cli import main
 
-
-@pytest.fixture
-def start_emulator():
-    yield from emulator_factory()
+pytest_plugins = ["emulator_fixtures"]  # the start_emulator fixture
 
 
 def signer_entry(cosigner) -> dict:
