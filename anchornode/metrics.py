@@ -161,21 +161,18 @@ class _Capped:
         self.raw = raw
         self.left = left
 
-    def readline(self, size: int = -1) -> bytes:
+    def _take(self, read: Callable[[int], bytes], size: int | None) -> bytes:
         if self.left <= 0:
             raise http.client.LineTooLong(f"request longer than {MAX_REQUEST} bytes")
-        n = self.left if size is None or size < 0 else min(size, self.left)
-        line = self.raw.readline(n)
-        self.left -= len(line)
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            raise http.client.LineTooLong(f"request longer than {MAX_REQUEST} bytes")
-        n = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.raw.read(n)
+        data = read(self.left if size is None or size < 0 else min(size, self.left))
         self.left -= len(data)
         return data
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._take(self.raw.readline, size)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._take(self.raw.read, size)
 
     def close(self) -> None:
         self.raw.close()
