@@ -69,6 +69,9 @@ from appliance.emulator.state import StoredState, save_state
 from appliance.emulator.wallet import Keychain, message_hash
 from appliance.emulator.wire import Request
 
+# The firmware's refusal of a liquid network in sign_psbt and sign_tx.
+SIGN_ON_LIQUID = "sign_tx call not appropriate for liquid network"
+
 log = logging.getLogger(__name__)
 
 # A release new enough that HWI signs with native sign_psbt
@@ -189,6 +192,15 @@ class JadeDevice:
         if self.network_type and networks.network_type(network) != self.network_type:
             raise RpcError(NETWORK_MISMATCH, "Network type inconsistent with prior usage")
         return network
+
+    def bitcoin_params(self, req: Request, on_liquid: str) -> tuple[dict[str, Any], str]:
+        """A request's params and its consistent network; a liquid network is refused
+        with `on_liquid`, the firmware's words for that call."""
+        params = params_map(req.params)
+        network = self.check_network(params)
+        if networks.is_liquid(network):
+            raise RpcError(BAD_PARAMETERS, on_liquid)
+        return params, network
 
     def load_multisig(self, params: dict[str, Any]) -> MultisigRecord:
         """params_load_multisig (process_utils.c)."""
@@ -405,10 +417,7 @@ class JadeDevice:
 
     def _m_get_receive_address(self, ex: Exchange, req: Request) -> str:
         """get_receive_address.c: registered multisig or single-sig; user confirms."""
-        params = params_map(req.params)
-        network = self.check_network(params)
-        if networks.is_liquid(network):
-            raise RpcError(BAD_PARAMETERS, "Liquid networks are not emulated")
+        params, network = self.bitcoin_params(req, "Liquid networks are not emulated")
         if get_bool(params, "confidential"):
             raise RpcError(BAD_PARAMETERS, "Confidential addresses only apply to liquid networks")
         keychain = self.require_keychain()
@@ -484,10 +493,7 @@ class JadeDevice:
     def _m_sign_psbt(self, ex: Exchange, req: Request) -> Any:
         """sign_psbt.c sign_psbt_process(): sign, then reply in 3008-byte chunks
         fetched with get_extended_data (jadepy JadeAPI.sign_psbt reassembles them)."""
-        params = params_map(req.params)
-        network = self.check_network(params)
-        if networks.is_liquid(network):
-            raise RpcError(BAD_PARAMETERS, "sign_tx call not appropriate for liquid network")
+        params, network = self.bitcoin_params(req, SIGN_ON_LIQUID)
         psbt_bytes = get_bytes(params, "psbt")
         if not psbt_bytes:
             raise RpcError(BAD_PARAMETERS, "Failed to extract psbt bytes from parameters")
@@ -516,10 +522,7 @@ class JadeDevice:
         return NO_REPLY
 
     def _m_sign_tx(self, ex: Exchange, req: Request) -> Any:
-        params = params_map(req.params)
-        network = self.check_network(params)
-        if networks.is_liquid(network):
-            raise RpcError(BAD_PARAMETERS, "sign_tx call not appropriate for liquid network")
+        params, network = self.bitcoin_params(req, SIGN_ON_LIQUID)
         run_sign_tx(self, ex, network, params)
         return NO_REPLY
 
