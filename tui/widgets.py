@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,6 +14,9 @@ from textual.widgets import Button, Static
 
 if TYPE_CHECKING:
     from tui.backend import DeviceView, StatusView
+
+
+_T = TypeVar("_T")
 
 
 def short(h: str | None, n: int = 12) -> str:
@@ -137,7 +140,28 @@ class StatusBar(Static):
     """
 
 
-class ConfirmDialog(ModalScreen[bool]):
+class _Dialog(ModalScreen[_T]):
+    """A modal with a title and a body above its controls; `kind` names their ids
+    (#<kind>-title, #<kind>-body) for the subclass's CSS."""
+
+    kind = ""
+
+    def __init__(self, title: str, body: str | Text) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, id=f"{self.kind}-title")
+            yield Static(self.body, id=f"{self.kind}-body")
+            yield from self.controls()
+
+    def controls(self) -> ComposeResult:
+        raise NotImplementedError
+
+
+class ConfirmDialog(_Dialog[bool]):
     """Yes or no, for every action that signs, refuses, or changes what will be signed."""
 
     DEFAULT_CSS = """
@@ -170,19 +194,12 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
     ]
+    kind = "confirm"
 
-    def __init__(self, title: str, body: str | Text) -> None:
-        super().__init__()
-        self.title_text = title
-        self.body = body
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.title_text, id="confirm-title")
-            yield Static(self.body, id="confirm-body")
-            with Horizontal():
-                yield Button("Yes (y)", variant="warning", id="yes")
-                yield Button("No (n)", variant="primary", id="no")
+    def controls(self) -> ComposeResult:
+        with Horizontal():
+            yield Button("Yes (y)", variant="warning", id="yes")
+            yield Button("No (n)", variant="primary", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -194,7 +211,7 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(answer)
 
 
-class ReasonDialog(ModalScreen[str | None]):
+class ReasonDialog(_Dialog[str | None]):
     """Refuse with a reason: the operator types why (optional); enter refuses, escape
     cancels. Dismisses with the reason ("" when none) or None when cancelled."""
 
@@ -216,20 +233,13 @@ class ReasonDialog(ModalScreen[str | None]):
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    kind = "reason"
 
-    def __init__(self, title: str, body: str | Text) -> None:
-        super().__init__()
-        self.title_text = title
-        self.body = body
-
-    def compose(self) -> ComposeResult:
+    def controls(self) -> ComposeResult:
         from textual.widgets import Input
 
-        with Vertical():
-            yield Static(self.title_text, id="reason-title")
-            yield Static(self.body, id="reason-body")
-            yield Input(placeholder="reason (optional), journaled; enter refuses, escape "
-                        "cancels", id="reason")
+        yield Input(placeholder="reason (optional), journaled; enter refuses, escape "
+                    "cancels", id="reason")
 
     def on_input_submitted(self, event: Any) -> None:
         self.dismiss(str(event.value).strip())
