@@ -8,7 +8,8 @@ registered on the device, and only then is the appliance armed for the handover.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -224,6 +225,15 @@ class EpochsScreen(ConsoleScreen):
             return
         self.run_worker(self._show_key(), group="op")
 
+    def _take_step(self, step: Callable[..., object], *args: Any) -> bool:
+        """Take a ceremony step; a refusal is shown, and False returned."""
+        try:
+            step(*args)
+        except CeremonyError as exc:
+            self.notify(str(exc), severity="error")
+            return False
+        return True
+
     async def _show_key(self) -> None:
         c = self.ceremony
         assert c is not None
@@ -231,10 +241,7 @@ class EpochsScreen(ConsoleScreen):
                                       c.next_epoch)
         if key is None:
             return
-        try:
-            c.show_key(key)
-        except CeremonyError as exc:
-            self.notify(str(exc), severity="error")
+        if not self._take_step(c.show_key, key):
             return
         self.render_ceremony()
         self.query_one("#record-path", Input).focus()
@@ -293,10 +300,7 @@ class EpochsScreen(ConsoleScreen):
             ok, address = await self.console.register(c.multisig)
             if not ok:
                 return
-        try:
-            c.registered(address)
-        except CeremonyError as exc:
-            self.notify(str(exc), severity="error")
+        if not self._take_step(c.registered, address):
             return
         self.notify(f"epoch {c.next_epoch}'s multisig is registered on the device",
                     title="registered")
@@ -319,10 +323,7 @@ class EpochsScreen(ConsoleScreen):
         assert c is not None and c.record is not None
         if not await self.console.install_record(c.record):
             return
-        try:
-            c.armed()
-        except CeremonyError as exc:
-            self.notify(str(exc), severity="error")
+        if not self._take_step(c.armed):
             return
         self.notify(f"armed: the handover to epoch {c.next_epoch} can be signed", title="armed")
         self.render_ceremony()
