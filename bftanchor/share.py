@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from embit.descriptor.arguments import Key
 
@@ -168,17 +169,17 @@ class KeyShare:
 
     @classmethod
     def load(cls, path: Path) -> KeyShare:
-        data = _read_json(path, "share")
-        try:
-            return cls.from_json(data)
-        except ShareError as exc:
-            raise ShareError(f"share {path}: {exc}") from None
+        return _load_json(path, "share", cls.from_json)
 
     def save(self, path: Path) -> None:
         write_new(Path(path), json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
 
 
-def _read_json(path: Path, what: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _load_json(path: Path, what: str, from_json: Callable[[Any], _T]) -> _T:
+    """Read and parse a `what` file; every problem is one ShareError naming it."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -186,9 +187,13 @@ def _read_json(path: Path, what: str) -> Any:
     except UnicodeDecodeError:
         raise ShareError(f"{what} {path} is not text") from None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ShareError(f"{what} {path} is not JSON: {exc}") from None
+    try:
+        return from_json(data)
+    except ShareError as exc:
+        raise ShareError(f"{what} {path}: {exc}") from None
 
 
 def write_new(path: Path, text: str) -> None:
@@ -333,8 +338,4 @@ class Draft:
 
     @classmethod
     def load(cls, path: Path) -> Draft:
-        data = _read_json(path, "deployment draft")
-        try:
-            return cls.from_json(data)
-        except ShareError as exc:
-            raise ShareError(f"deployment draft {path}: {exc}") from None
+        return _load_json(path, "deployment draft", cls.from_json)
