@@ -593,12 +593,18 @@ def cmd_appliance_install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def appliance_config_arg(p: argparse.ArgumentParser) -> None:
+    """--config, for the appliance actions that open its directory (not init, nor the
+    control-socket ones)."""
+    p.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+
+
 def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
     """`appliance share` and `appliance install`: the appliance's steps of a bootstrap."""
     sh = apsub.add_parser("share", help="write this validator's key share for an epoch",
                           description="Read the epoch's BIP48 key from the device (or seed) "
                           "and write a share file for the coordinator.")
-    sh.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(sh)
     sh.add_argument("--chain", required=True, help="litecoin-test, bitcoin-signet, ...")
     sh.add_argument("--epoch", type=int_range(0), default=0,
                     help="the epoch whose key to share (default 0)")
@@ -615,7 +621,7 @@ def _add_bootstrap_actions(apsub: argparse._SubParsersAction) -> None:
                            description="Check the deployment against this appliance and the "
                            "wallet fingerprint received out of band, register epoch 0's "
                            "multisig on the device, and put the file where the config says.")
-    ins.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(ins)
     ins.add_argument("--deployment", required=True, type=Path,
                      help="the deployment file the coordinator sent")
     ins.add_argument("--fingerprint", required=True,
@@ -762,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read {psbt, qc, records} and answer with the signed PSBT "
         "or the refusal's reasons. Exit 1 when refused.",
     )
-    s.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(s)
     s.add_argument("--request", required=True, help="request JSON file, or - for stdin")
     s.set_defaults(func=cmd_appliance_sign)
     jn = apsub.add_parser(
@@ -773,20 +779,20 @@ def build_parser() -> argparse.ArgumentParser:
         "refuses a history that conflicts with the journal's own. Exit 1 when refused.")
     jsub = jn.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
     je = jsub.add_parser("export", help="write the journal's interchange file")
-    je.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(je)
     je.add_argument("--out", type=Path, help="file to write (never overwritten); default stdout")
     ji = jsub.add_parser("import", help="merge an interchange file into this journal")
-    ji.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(ji)
     ji.add_argument("file", type=Path, help="the interchange file `journal export` wrote")
     jn.set_defaults(func=cmd_appliance_journal)
     st = apsub.add_parser("status", help="journal head, expected coin, epochs held")
-    st.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(st)
     st.set_defaults(func=cmd_appliance_status)
     sv = apsub.add_parser("serve", help="run the headless appliance on its serial link",
                           description="Answer the node over the serial link and the operator "
                           "over a local control socket. Manual approval holds every request "
                           "the policy allows until an operator approves it.")
-    sv.add_argument("--config", required=True, type=Path, help="the appliance's appliance.toml")
+    appliance_config_arg(sv)
     sv.add_argument("--link", required=True, help="serial port (/dev/ttyUSB0, a pty, fd:N)")
     sv.add_argument("--secret-file", type=Path, help="pairing secret: every frame is MACed")
     sv.add_argument("--control", type=Path, help="control socket (default: beside the config)")
