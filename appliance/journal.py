@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,6 +175,85 @@ class SignedEntry:
 
 
 @dataclass(frozen=True)
+class _Structure:
+    """The coin tree of a journal state: spends per coin, the live ones, the coins
+    reachable from the genesis through live spends (with their creators), and the tips
+    (reachable coins with no live spend)."""
+
+    spends: dict[Outpoint, tuple[SignedEntry, ...]]
+    live: dict[Outpoint, tuple[SignedEntry, ...]]
+    coins: dict[Outpoint, Coin]
+    creator: dict[Outpoint, SignedEntry]
+    tips: frozenset[Outpoint]
+
+    @classmethod
+    def of(cls, state: JournalState) -> _Structure:
+        spends: dict[Outpoint, tuple[SignedEntry, ...]] = {}
+        for e in state.entries:
+            spends[e.input] = spends.get(e.input, ()) + (e,)
+        live: dict[Outpoint, tuple[SignedEntry, ...]] = {}
+        for op, es in spends.items():
+            es = tuple(e for e in es if not state.is_released(e))
+            proven = {(e.payload, e.dest_epoch) for e in es if state.is_proven(e)}
+            if proven:
+                es = tuple(e for e in es if (e.payload, e.dest_epoch) in proven)
+            if es:
+                live[op] = es
+        coins: dict[Outpoint, Coin] = {state.genesis.outpoint: state.genesis}
+        creator: dict[Outpoint, SignedEntry] = {}
+        todo = [state.genesis.outpoint]
+        while todo:
+            op = todo.pop()
+            for e in live.get(op, ()):
+                c = e.coin
+                if c.outpoint not in coins:
+                    coins[c.outpoint] = c
+                    creator[c.outpoint] = e
+                    todo.append(c.outpoint)
+        tips = frozenset(op for op in coins if op not in live)
+        return cls(spends, live, coins, creator, tips)
+
+    def replaced(self, old: SignedEntry, new: SignedEntry) -> _Structure:
+        """The same tree with one entry's row replaced (its signed PSBT kept)."""
+        def swap(es: tuple[SignedEntry, ...]) -> tuple[SignedEntry, ...]:
+            return tuple(new if e is old else e for e in es)
+
+        spends, live, creator = dict(self.spends), dict(self.live), dict(self.creator)
+        spends[old.input] = swap(spends[old.input])
+        if old.input in live:
+            live[old.input] = swap(live[old.input])
+        out = Outpoint(old.txid, 1)
+        if creator.get(out) is old:
+            creator[out] = new
+        return _Structure(spends, live, self.coins, creator, self.tips)
+
+    def grown(self, state: JournalState, rows: tuple[SignedEntry, ...]) -> _Structure | None:
+        """The structure of `state` plus own rows `rows`, one row at a time; None (walk
+        again) for anything but the plain case: a new own spend that is neither proven nor
+        released, of a coin whose output nobody spends yet."""
+        spends, live, coins = dict(self.spends), dict(self.live), dict(self.coins)
+        creator, tips = dict(self.creator), set(self.tips)
+        for e in rows:
+            out = Outpoint(e.txid, 1)
+            if (e.kind != "signed" or e.txid in state.proven_txids
+                    or (e.input, e.payload) in state.released or out in spends
+                    or out in coins):
+                return None
+            spends[e.input] = spends.get(e.input, ()) + (e,)
+            siblings = live.get(e.input, ())
+            proven = {(x.payload, x.dest_epoch) for x in siblings if state.is_proven(x)}
+            if proven and (e.payload, e.dest_epoch) not in proven:
+                continue  # a dead attempt: the quorum's spend of this coin is another
+            live[e.input] = siblings + (e,)
+            if e.input in coins:
+                coins[out] = e.coin
+                creator[out] = e
+                tips.discard(e.input)
+                tips.add(out)
+        return _Structure(spends, live, coins, creator, frozenset(tips))
+
+
+@dataclass(frozen=True)
 class JournalState:
     """A snapshot of everything signed or proven, enough to decide the next request purely.
 
@@ -190,6 +269,10 @@ class JournalState:
     entries: tuple[SignedEntry, ...]
     proven_txids: frozenset[str] = frozenset()
     released: frozenset[tuple[Outpoint, str]] = frozenset()
+    # The chain structure (spends, live spends, reachable coins, tips) of a state this one
+    # extends, updated per new row instead of walked again: a decision then costs the same
+    # whatever the journal's length. Structure only: read signed_psbt through by_txid.
+    _structure: _Structure | None = field(default=None, compare=False, repr=False)
 
     @property
     def last(self) -> SignedEntry | None:
@@ -219,44 +302,23 @@ class JournalState:
         return max((e.epoch, e.round) for e in self.entries)
 
     @cached_property
-    def _spends(self) -> dict[Outpoint, tuple[SignedEntry, ...]]:
-        out: dict[Outpoint, list[SignedEntry]] = {}
-        for e in self.entries:
-            out.setdefault(e.input, []).append(e)
-        return {k: tuple(v) for k, v in out.items()}
+    def _chain(self) -> _Structure:
+        if self._structure is not None:
+            return self._structure
+        return _Structure.of(self)
 
     def spends_of(self, outpoint: Outpoint) -> tuple[SignedEntry, ...]:
         """Every entry, own or proven, that spends this coin."""
-        return self._spends.get(outpoint, ())
+        return self._chain.spends.get(outpoint, ())
 
     def live_spends(self, outpoint: Outpoint) -> tuple[SignedEntry, ...]:
         """The spends of a coin that may still be the one mined: once a proven spend is
         known, only its fee-ladder siblings; otherwise every spend this appliance signed."""
-        es = tuple(e for e in self.spends_of(outpoint) if not self.is_released(e))
-        proven = {(e.payload, e.dest_epoch) for e in es if self.is_proven(e)}
-        if not proven:
-            return es
-        return tuple(e for e in es if (e.payload, e.dest_epoch) in proven)
-
-    @cached_property
-    def _walk(self) -> tuple[dict[Outpoint, Coin], dict[Outpoint, SignedEntry]]:
-        """Coins reachable from the genesis through live spends, and who created each."""
-        coins: dict[Outpoint, Coin] = {self.genesis.outpoint: self.genesis}
-        creator: dict[Outpoint, SignedEntry] = {}
-        todo = [self.genesis.outpoint]
-        while todo:
-            op = todo.pop()
-            for e in self.live_spends(op):
-                c = e.coin
-                if c.outpoint not in coins:
-                    coins[c.outpoint] = c
-                    creator[c.outpoint] = e
-                    todo.append(c.outpoint)
-        return coins, creator
+        return self._chain.live.get(outpoint, ())
 
     def created_by(self, outpoint: Outpoint) -> SignedEntry | None:
         """The checkpoint that created a coin (None for the genesis)."""
-        return self._walk[1].get(outpoint)
+        return self._chain.creator.get(outpoint)
 
     def known_coin(self, outpoint: Outpoint) -> Coin | None:
         """A coin this appliance can name: the genesis or output 1 of any entry."""
@@ -271,17 +333,39 @@ class JournalState:
         """Coins a request may spend. Tips: reachable coins with no live spend (any of
         them may be the real chain's, e.g. the outputs of sibling ladder levels). Parents
         of a tip: only for another fee-ladder level of the spend already there."""
-        coins, _ = self._walk
-        tips = {op: c for op, c in coins.items() if not self.live_spends(op)}
-        out = dict(tips)
-        for op in tips:
-            e = self.created_by(op)
+        return dict(self._spendable)
+
+    @cached_property
+    def _spendable(self) -> dict[Outpoint, Coin]:
+        chain = self._chain
+        out = {op: chain.coins[op] for op in chain.tips}
+        for op in chain.tips:
+            e = chain.creator.get(op)
             if e is not None:
-                out[e.input] = coins[e.input]
+                out[e.input] = chain.coins[e.input]
         return out
 
     def by_txid(self, txid: str) -> SignedEntry | None:
         return self._by_txid.get(txid)
+
+    def appended(self, rows: Iterable[SignedEntry]) -> JournalState:
+        """This state plus own rows just committed, its structure updated row by row."""
+        rows = tuple(rows)
+        if not rows:
+            return self
+        chain = self._chain.grown(self, rows)
+        return JournalState(self.genesis, self.entries + rows, self.proven_txids,
+                            self.released, chain)
+
+    def with_signed_psbt(self, txid: str, signed_psbt: str) -> JournalState:
+        """This state with the signed PSBT kept for txid (the same tree)."""
+        old = self.by_txid(txid)
+        if old is None:
+            return self
+        new = replace(old, signed_psbt=signed_psbt)
+        entries = tuple(new if e is old else e for e in self.entries)
+        return JournalState(self.genesis, entries, self.proven_txids, self.released,
+                            self._chain.replaced(old, new))
 
     def with_adopted(self, adopted: Iterable[Candidate]) -> JournalState:
         """This state plus proven checkpoints not yet written (what a decision would see)."""
@@ -578,10 +662,7 @@ class Journal:
             f"SELECT {_COLUMNS} FROM signed WHERE seq > ? ORDER BY seq", (last,)
         ).fetchall()
         if rows:
-            self._snapshot = JournalState(
-                self.genesis, entries + tuple(_entry(r) for r in rows),
-                self._snapshot.proven_txids, self._snapshot.released,
-            )
+            self._snapshot = self._snapshot.appended(_entry(r) for r in rows)
 
     @_locked
     def released_rows(self) -> list[dict[str, Any]]:
@@ -845,15 +926,7 @@ class Journal:
             raise _db_error(self.path, exc) from exc
         snap = self._snapshot
         if cur.rowcount and snap is not None:
-            self._snapshot = JournalState(
-                self.genesis,
-                tuple(
-                    replace(e, signed_psbt=signed_psbt) if e.txid == txid else e
-                    for e in snap.entries
-                ),
-                snap.proven_txids,
-                snap.released,
-            )
+            self._snapshot = snap.with_signed_psbt(txid, signed_psbt)
 
     @_locked
     def log(
