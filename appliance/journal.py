@@ -501,6 +501,10 @@ class Journal:
         self.lock = threading.RLock()
         self._snapshot: JournalState | None = None
         self._version = -1
+        # The held records, parsed once: the same objects every decision, so their
+        # multisigs (keys derived per validator) are derived once too.
+        self._records: list[EpochRecord] | None = None
+        self._records_version = -1
         if journal_id is not None:
             if not self.path.exists():
                 raise JournalError(
@@ -866,6 +870,7 @@ class Journal:
             self._rollback()
             raise
         self._snapshot = None
+        self._records = None
         return added
 
     def _rollback(self) -> None:
@@ -960,13 +965,20 @@ class Journal:
                     "INSERT OR IGNORE INTO records (epoch, json) VALUES (?, ?)",
                     (r.epoch, json.dumps(r.to_json(), sort_keys=True)),
                 )
+                self._records = None
         except sqlite3.Error as exc:
             raise _db_error(self.path, exc) from exc
 
     @_locked
     def records(self) -> list[EpochRecord]:
-        rows = self._db.execute("SELECT json FROM records ORDER BY epoch").fetchall()
-        return [EpochRecord.from_json(r[0]) for r in rows]
+        """Every record held, by epoch. Read again only when another connection has
+        committed since, or this one stored a record."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._records is None or version != self._records_version:
+            rows = self._db.execute("SELECT json FROM records ORDER BY epoch").fetchall()
+            self._records = [EpochRecord.from_json(r[0]) for r in rows]
+            self._records_version = version
+        return list(self._records)
 
     @_locked
     def get_meta(self, key: str) -> str | None:

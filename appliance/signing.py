@@ -36,7 +36,7 @@ from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.qc import QC
 from bftanchor.signreply import SignReply
-from bftanchor.template import signatures, verify_partial_sig
+from bftanchor.template import signature_reply, signatures, verify_partial_sig
 
 log = logging.getLogger("bft_anchor.appliance")
 
@@ -269,7 +269,8 @@ class Appliance:
                 for i in range(1, len(psbt.inputs))
             ):
                 raise SignerError("the signer signed an input other than the coin")
-            return signed.to_string()
+            # Signatures already on the coin (checked by the policy) stay, with its own.
+            return signature_reply(psbt, 0, source, {**before, **dict(mine)}).to_string()
 
         out: str | None = None
         failure: str | None = None

@@ -246,6 +246,22 @@ def put_signature(
         inp.partial_sigs[pub] = sig
 
 
+def signature_reply(
+    psbt: PSBT, index: int, multisig: EpochMultisig, sigs: dict[PublicKey, bytes]
+) -> PSBT:
+    """What a signer hands back: the unsigned transaction, every input's witness_utxo (the
+    amounts and scripts a signature commits to, so whoever holds it can verify it), and
+    its signatures on input `index`. The rest (key origins, scripts, top-ups' previous
+    transactions) is the initiator's own PSBT already: a BIP174 combiner merges the two,
+    and at n = 100 the full copy is most of what an initiator parses per validator."""
+    out = PSBT(psbt.tx)
+    for mine, theirs in zip(out.inputs, psbt.inputs, strict=True):
+        mine.witness_utxo = theirs.witness_utxo
+    for pub, sig in sigs.items():
+        put_signature(out, index, multisig, pub, sig)
+    return out
+
+
 def signatures(psbt: PSBT, index: int, multisig: EpochMultisig) -> dict[PublicKey, bytes]:
     """Every signature on input `index` by a key of the multisig, keyed by its key."""
     if isinstance(multisig, tapscript.TapscriptMultisig):
