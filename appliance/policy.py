@@ -17,7 +17,7 @@ from embit.transaction import SIGHASH, Transaction, TransactionInput, Transactio
 
 from appliance.journal import Candidate, JournalState, Release, signing_conflicts
 from bftanchor.coinpath import paid_epoch
-from bftanchor.descriptor import EpochMultisig, multisig_for
+from bftanchor.descriptor import EpochMultisig, multisig_for, origins
 from bftanchor.epoch import EpochRecord, verify_certificate
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
@@ -226,14 +226,15 @@ def _evaluate(
     if isinstance(source, TapscriptMultisig):
         for reason in taproot_input_problems(psbt.inputs[0], source):
             v.refuse(reason)
-        got_der, want_der = psbt.inputs[0].taproot_bip32_derivations, source.tap_derivations()
+        got_der = psbt.inputs[0].taproot_bip32_derivations
     else:
-        got_der, want_der = psbt.inputs[0].bip32_derivations, source.bip32_derivations()
+        got_der = psbt.inputs[0].bip32_derivations
     # The signer finds its key by these: decided here, before the journal binds the coin,
     # rather than by a signer that fails after it (a refusal that left a signing row).
-    if dict(got_der) != want_der:
+    if origins(got_der) != source.input_origins:
         v.refuse(f"input 0's key derivations are not epoch {qc.epoch}'s multisig keys with "
-                 f"their origins ({len(got_der)} given, {len(want_der)} expected)")
+                 f"their origins ({len(got_der)} given, {len(source.input_origins)} "
+                 "expected)")
 
     # 4. Output 0 is exactly this QC's payload.
     if tx.vout[0].value != 0:

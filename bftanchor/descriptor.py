@@ -7,8 +7,10 @@ TapscriptMultisig from the same constructor, so callers need not know which it i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from embit.ec import PublicKey
 from embit.psbt import DerivationPath
@@ -136,6 +138,14 @@ class EpochMultisig:
     def bip32_derivations(self) -> dict[PublicKey, DerivationPath]:
         return {k.pubkey: k.derivation for k in self.keys}
 
+    @cached_property
+    def input_origins(self) -> dict[bytes, tuple]:
+        """The key origins the coin input of a PSBT must carry (BIP32 derivations for
+        wsh, BIP371 tap derivations for tapscript), compared by value: see origins()."""
+        ders = (self.tap_derivations()  # type: ignore[attr-defined]
+                if self.is_taproot else self.bip32_derivations())
+        return origins(ders)
+
     def key_for(self, validator_id: str) -> MultisigKey:
         for k in self.keys:
             if k.validator_id == validator_id:
@@ -145,6 +155,20 @@ class EpochMultisig:
 
 _CACHE: dict[int, tuple[EpochRecord, EpochMultisig]] = {}
 _CACHE_MAX = 64
+
+
+def origins(derivations: Mapping[PublicKey, Any]) -> dict[bytes, tuple]:
+    """PSBT key derivations as plain values keyed by the serialized key: embit's objects
+    compare by serializing both sides, a cost paid per key per request."""
+    out: dict[bytes, tuple] = {}
+    for key, v in derivations.items():
+        if isinstance(v, DerivationPath):
+            out[key.sec()] = (bytes(v.fingerprint), tuple(v.derivation))
+        else:  # BIP371: ([leaf hash], origin)
+            leaves, der = v
+            out[key.sec()] = (tuple(bytes(h) for h in leaves), bytes(der.fingerprint),
+                              tuple(der.derivation))
+    return out
 
 
 def multisig_for(record: EpochRecord) -> EpochMultisig:

@@ -33,6 +33,7 @@ class SoftwareSigner:
         self.coin_type = coin_type
         self._accounts: dict[tuple[int, int], bip32.HDKey] = {}
         self._children: dict[tuple[int, int], bip32.HDKey] = {}
+        self._pubs: dict[tuple[int, int], PublicKey] = {}
 
     @classmethod
     def from_seed(cls, seed: bytes, coin_type: int = 1) -> SoftwareSigner:
@@ -84,6 +85,14 @@ class SoftwareSigner:
             self._children[(epoch, script_type)] = key
         return key
 
+    def _pubkey(self, epoch: int, script_type: int) -> PublicKey:
+        """The epoch's multisig public key (computed once: it costs a point multiply)."""
+        pub = self._pubs.get((epoch, script_type))
+        if pub is None:
+            pub = self._child(epoch, script_type).key.get_public_key()
+            self._pubs[(epoch, script_type)] = pub
+        return pub
+
     def pow_key(self, epoch: int, script_type: int = 2) -> str:
         xpub = (
             self.account(epoch, script_type)
@@ -102,7 +111,7 @@ class SoftwareSigner:
         st = multisig.record.script_type
         path = epoch_path(self.coin_type, multisig.epoch, st)
         child = self._child(multisig.epoch, st)
-        pub = child.key.get_public_key()
+        pub = self._pubkey(multisig.epoch, st)
         expected_path = list(bip32.parse_path(path)) + list(KEY_TAIL)
         if multisig.is_taproot:
             # BIP371: the key is named x-only, with the leaf it signs in.
