@@ -19,6 +19,20 @@ def vectors() -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _textual_idle_in_finer_steps():
+    """Textual's pilot waits for "idle" after every key press (twice) and every pause: it
+    sleeps in 20 ms steps until one step passes with under 1 ms of process CPU. The same
+    test in 5 ms steps (under 0.25 ms of CPU) keeps its meaning and halves the console
+    tests' wall time; waits for a condition (workers done, a queue drained) stay exact."""
+    import textual._wait as wait
+
+    saved = wait.SLEEP_GRANULARITY, wait.SLEEP_IDLE
+    wait.SLEEP_GRANULARITY, wait.SLEEP_IDLE = 0.005, 0.005 / 20
+    yield
+    wait.SLEEP_GRANULARITY, wait.SLEEP_IDLE = saved
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that uses the session's PoW node is an integration test, whether or
     not its module says so (modules that start nodes themselves mark it explicitly)."""

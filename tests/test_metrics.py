@@ -40,7 +40,7 @@ def test_refusal_reasons_fall_into_a_fixed_set():
 @pytest.fixture
 def server():
     m = Metrics("v0")
-    srv = serve_metrics(m, lambda: {"validator": "v0"}, "127.0.0.1", 0, lifetime=2.0)
+    srv = serve_metrics(m, lambda: {"validator": "v0"}, "127.0.0.1", 0, lifetime=1.0)
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -80,8 +80,11 @@ def test_slow_drip_is_cut_at_the_lifetime(server):
     s = socket.create_connection(("127.0.0.1", port))
     start = time.monotonic()
     try:
-        s.settimeout(1)
-        for _ in range(int(server.lifetime) + 10):
+        # One byte every quarter second: each read succeeds well inside the per-read
+        # timeout (= lifetime), so only the lifetime can cut it; uncut, the loop outlasts
+        # lifetime + 5 s and the assertion below fails.
+        s.settimeout(0.25)
+        for _ in range(int((server.lifetime + 6) / 0.25)):
             try:
                 s.sendall(b"G")
                 if s.recv(1) == b"":

@@ -232,6 +232,10 @@ class JadeEmulator:
         if isinstance(hook, WaitForButtons):
             hook.cancel_all()
         if self._server is not None:
+            try:  # wakes the accept loop at once (close alone waits out its timeout)
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.close()
         with self._lock:
             connections = list(self._connections)
