@@ -51,6 +51,7 @@ from appliance.emulator.params import (
     get_str,
     get_uint,
     has_data,
+    optional_bool,
     params_map,
     path_from,
 )
@@ -337,15 +338,8 @@ class JadeDevice:
     def _m_get_registered_multisig(self, ex: Exchange, req: Request) -> dict[str, Any]:
         """get_registered_multisig.c: structured record, or the flat-file export."""
         params = params_map(req.params)
-        name = get_str(params, "multisig_name", MAX_NAME_LEN + 1)
-        if not name or not name_valid(name):
-            raise RpcError(BAD_PARAMETERS, "Missing or invalid multisig name parameter")
-        as_file = False
-        if has_data(params, "as_file"):
-            flag = get_bool(params, "as_file")
-            if flag is None:
-                raise RpcError(BAD_PARAMETERS, "Failed to extract valid as_file parameter")
-            as_file = flag
+        name = _multisig_name(params)
+        as_file = optional_bool(params, "as_file", "Failed to extract valid as_file parameter")
         record = self.registry.get(name, self.require_keychain().fingerprint)
         if record is None:
             raise RpcError(BAD_PARAMETERS, "Named multisig wallet does not exist for this signer")
@@ -366,21 +360,14 @@ class JadeDevice:
             raise RpcError(BAD_PARAMETERS, "multisig_file registration is not emulated; "
                                            "pass the structured descriptor")
         self.check_network(params)
-        name = get_str(params, "multisig_name", MAX_NAME_LEN + 1)
-        if not name or not name_valid(name):
-            raise RpcError(BAD_PARAMETERS, "Missing or invalid multisig name parameter")
+        name = _multisig_name(params)
         desc = params.get("descriptor")
         if not isinstance(desc, dict):
             raise RpcError(BAD_PARAMETERS, "Cannot extract multisig descriptor data")
         variant = get_str(desc, "variant", MAX_VARIANT_LEN)
         if variant not in VARIANT_WRAPPERS:
             raise RpcError(BAD_PARAMETERS, "Invalid script variant parameter")
-        sorted_keys = False
-        if has_data(desc, "sorted"):
-            flag = get_bool(desc, "sorted")
-            if flag is None:
-                raise RpcError(BAD_PARAMETERS, "Invalid sorted flag value")
-            sorted_keys = flag
+        sorted_keys = optional_bool(desc, "sorted", "Invalid sorted flag value")
         blinding_key = None
         if has_data(desc, "master_blinding_key"):
             blinding_key = get_bytes(desc, "master_blinding_key")
@@ -525,6 +512,14 @@ class JadeDevice:
         params, network = self.bitcoin_params(req, SIGN_ON_LIQUID)
         run_sign_tx(self, ex, network, params)
         return NO_REPLY
+
+
+def _multisig_name(params: dict[str, Any]) -> str:
+    """The multisig_name of get_registered_multisig and register_multisig."""
+    name = get_str(params, "multisig_name", MAX_NAME_LEN + 1)
+    if not name or not name_valid(name):
+        raise RpcError(BAD_PARAMETERS, "Missing or invalid multisig name parameter")
+    return name
 
 
 def _looks_multisig(data: bytes) -> bool:

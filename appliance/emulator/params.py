@@ -49,6 +49,17 @@ def get_bool(params: dict[str, Any], name: str) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def optional_bool(params: dict[str, Any], name: str, error: str) -> bool:
+    """An optional flag: False when it has no data, refused with the firmware's `error`
+    when it is not a boolean."""
+    if not has_data(params, name):
+        return False
+    flag = get_bool(params, name)
+    if flag is None:
+        raise RpcError(BAD_PARAMETERS, error)
+    return flag
+
+
 def get_uint(params: dict[str, Any], name: str) -> int | None:
     value = params.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
