@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from embit.transaction import Transaction
@@ -89,40 +90,25 @@ def test_standalone_audit_on_the_kept_datadir(devnet):
     node = RegtestNode(datadir=datadir / "pow").start()
     try:
         cookie = datadir / "pow" / "regtest" / ".cookie"
-        args = [
-            "audit",
-            "--rpc",
-            node.url,
-            "--rpc-cookie",
-            str(cookie),
-            "--deployment",
-            str(datadir / "deployment.json"),
-            "--epochs",
-            str(datadir / "epochs.json"),
-        ]
-        out = run(*args, "--json")
+
+        def audit(epochs: Path, *more: str) -> subprocess.CompletedProcess:
+            return run("audit", "--rpc", node.url, "--rpc-cookie", str(cookie),
+                       "--deployment", str(datadir / "deployment.json"), "--epochs", str(epochs),
+                       *more)
+
+        out = audit(datadir / "epochs.json", "--json")
         assert out.returncode == 0, out.stderr
         audited = json.loads(out.stdout)
         assert [c["txid"] for c in audited["checkpoints"]] == [
             c["txid"] for c in report["checkpoints"]
         ]
-        table = run(*args)
+        table = audit(datadir / "epochs.json")
         assert "audit OK" in table.stdout
         # Audit with the wrong records: the coin is paid to scripts it does not know.
         epochs = json.loads((datadir / "epochs.json").read_text())
         bad = datadir / "bad-epochs.json"
         bad.write_text(json.dumps([epochs[0], epochs[2] | {"epoch": 1}]))
-        out = run(
-            "audit",
-            "--rpc",
-            node.url,
-            "--rpc-cookie",
-            str(cookie),
-            "--deployment",
-            str(datadir / "deployment.json"),
-            "--epochs",
-            str(bad),
-        )
+        out = audit(bad)
         assert out.returncode != 0
     finally:
         node.stop()
