@@ -138,6 +138,14 @@ def only_failure(findings: list[dict], check: str, *fix_words: str) -> dict:
     return f
 
 
+def doctor_fails(flag: str, config: object, check: str, *fix_words: str) -> dict:
+    """`doctor flag config` exits 1 with one failure, of `check`, whose fix names each of
+    `fix_words`; that finding."""
+    rc, findings, _ = doctor(flag, config)
+    assert rc == 1
+    return only_failure(findings, check, *fix_words)
+
+
 def test_a_good_setup_passes(site):
     rc, findings, err = doctor("--node", site.root / "op0" / "node.toml")
     assert rc == 0, findings
@@ -150,9 +158,8 @@ def test_a_good_setup_passes(site):
 
 
 def test_missing_deployment(site):
-    rc, f, _ = doctor("--node", site.variant("nodep", deployment="nowhere.json"))
-    assert rc == 1
-    only_failure(f, "deployment", "copy the deployment file", "deploy show")
+    doctor_fails("--node", site.variant("nodep", deployment="nowhere.json"),
+                 "deployment", "copy the deployment file", "deploy show")
 
 
 def test_validator_id_not_in_epoch0(site):
@@ -164,49 +171,39 @@ def test_validator_id_not_in_epoch0(site):
 
 
 def test_bft_key_of_another_validator(site):
-    rc, f, _ = doctor("--node", site.variant("key", bft_key="../op1/bft.key"))
-    assert rc == 1
-    only_failure(f, "bft key", "share")
+    doctor_fails("--node", site.variant("key", bft_key="../op1/bft.key"), "bft key", "share")
 
 
 def test_bft_key_readable_by_others(site, tmp_path):
     key = site.root / "op0" / "loose.key"
     key.write_text((site.root / "op0" / "bft.key").read_text())
     key.chmod(0o644)
-    rc, f, _ = doctor("--node", site.variant("loose", bft_key="loose.key"))
-    assert rc == 1
-    only_failure(f, "bft key permissions", "chmod 600")
+    doctor_fails("--node", site.variant("loose", bft_key="loose.key"),
+                 "bft key permissions", "chmod 600")
 
 
 def test_peer_id_not_a_validator(site):
     peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v2']}",
              "v3": f"127.0.0.1:{site.ports['v3']}", "v7": "127.0.0.1:1"}
-    rc, f, _ = doctor("--node", site.variant("pid", peers=peers))
-    assert rc == 1
-    only_failure(f, "peer v7", "fix the peer's id")
+    doctor_fails("--node", site.variant("pid", peers=peers), "peer v7", "fix the peer's id")
 
 
 def test_a_validator_missing_from_peers(site):
     peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v2']}"}
-    rc, f, _ = doctor("--node", site.variant("few", peers=peers))
-    assert rc == 1
-    only_failure(f, "peer v3", "add [[peers]]")
+    doctor_fails("--node", site.variant("few", peers=peers), "peer v3", "add [[peers]]")
 
 
 def test_peer_unreachable(site):
     peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v2']}",
              "v3": f"127.0.0.1:{free_port()}"}
-    rc, f, _ = doctor("--node", site.variant("down", peers=peers))
-    assert rc == 1
-    only_failure(f, "peer v3", "its node runs", "firewall")
+    doctor_fails("--node", site.variant("down", peers=peers),
+                 "peer v3", "its node runs", "firewall")
 
 
 def test_peer_address_of_another_validator(site):
     peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v1']}",
              "v3": f"127.0.0.1:{site.ports['v3']}"}
-    rc, f, _ = doctor("--node", site.variant("swap", peers=peers))
-    assert rc == 1
-    only_failure(f, "peer v2", "address")
+    doctor_fails("--node", site.variant("swap", peers=peers), "peer v2", "address")
 
 
 SKEWED_PEER = """
@@ -240,9 +237,8 @@ def test_peer_clock_off(site):
         assert proc.stdout.readline().strip() == b"listening"
         peers = {"v1": f"127.0.0.1:{site.ports['v1']}", "v2": f"127.0.0.1:{site.ports['v2']}",
                  "v3": f"127.0.0.1:{port}"}
-        rc, f, _ = doctor("--node", site.variant("skew", peers=peers))
-        assert rc == 1
-        bad = only_failure(f, "peer v3", "synchronise both clocks")
+        bad = doctor_fails("--node", site.variant("skew", peers=peers),
+                           "peer v3", "synchronise both clocks")
         assert "clock" in bad["check"] and "+12" in bad["detail"]
     finally:
         proc.kill()
@@ -258,9 +254,8 @@ def test_pow_node_unreachable(site):
 
 
 def test_cookie_unreadable(site):
-    rc, f, _ = doctor("--node", site.variant("cookie", cookie=site.root / "no.cookie"))
-    assert rc == 1
-    only_failure(f, "pow node", "cookie")
+    doctor_fails("--node", site.variant("cookie", cookie=site.root / "no.cookie"),
+                 "pow node", "cookie")
 
 
 @pytest.fixture(scope="module")
@@ -296,24 +291,21 @@ def test_litecoin_without_mempoolreplacement(site, bare_node):
 def test_pow_node_on_another_chain(site):
     foreign = edit_json(site.deployment, site.root / "op0" / "testnet.json",
                         chain="litecoin-test")
-    rc, f, _ = doctor("--node", site.variant("chain", deployment=foreign.name))
-    assert rc == 1
-    only_failure(f, "pow node", "point [pow] at a litecoin node on test")
+    doctor_fails("--node", site.variant("chain", deployment=foreign.name),
+                 "pow node", "point [pow] at a litecoin node on test")
 
 
 def test_genesis_coin_not_on_the_chain(site):
     data = json.loads(site.deployment.read_text())
     data["genesis"]["txid"] = "ab" * 32
     (site.root / "op0" / "nogenesis.json").write_text(json.dumps(data))
-    rc, f, _ = doctor("--node", site.variant("gen", deployment="nogenesis.json"))
-    assert rc == 1
-    only_failure(f, "genesis coin", "-txindex=1")
+    doctor_fails("--node", site.variant("gen", deployment="nogenesis.json"),
+                 "genesis coin", "-txindex=1")
 
 
 def test_qc_source_missing(site):
-    rc, f, _ = doctor("--node", site.variant("qc", qc_source="../no-such-dir"))
-    assert rc == 1
-    only_failure(f, "qc source", "directory the BFT node publishes into")
+    doctor_fails("--node", site.variant("qc", qc_source="../no-such-dir"),
+                 "qc source", "directory the BFT node publishes into")
 
 
 def test_qc_source_of_another_deployment(site, tmp_path):
@@ -321,49 +313,40 @@ def test_qc_source_of_another_deployment(site, tmp_path):
     body = other.to_json()
     body["end_round"] += 1  # another epoch 0: the chain does not verify from ours
     Publisher(site.root / "otherbft").publish_record(body)
-    rc, f, _ = doctor("--node", site.variant("qcx", qc_source="../otherbft"))
-    assert rc == 1
-    only_failure(f, "qc source", "another deployment")
+    doctor_fails("--node", site.variant("qcx", qc_source="../otherbft"),
+                 "qc source", "another deployment")
 
 
 def test_link_without_appliance(site):
-    rc, f, _ = doctor("--node", site.variant("link", link="/dev/ttyNOSUCH0"))
-    assert rc == 1
-    only_failure(f, "link", "appliance serve", "pairing secret")
+    doctor_fails("--node", site.variant("link", link="/dev/ttyNOSUCH0"),
+                 "link", "appliance serve", "pairing secret")
 
 
 def test_link_not_paired(site):
     """The node holds a pairing secret the appliance does not: every frame fails its MAC."""
     (site.root / "op0" / "wrong.secret").write_text("ab" * 32 + "\n")
-    rc, f, _ = doctor("--node", site.variant("unpaired", secret_file="wrong.secret"))
-    assert rc == 1
-    only_failure(f, "link", "same pairing secret")
+    doctor_fails("--node", site.variant("unpaired", secret_file="wrong.secret"),
+                 "link", "same pairing secret")
 
 
 def test_appliance_without_deployment(site, tmp_path):
     d = tmp_path / "app"
     assert run("appliance", "init", d, "--validator-id", "v1")[0] == 0
-    rc, f, _ = doctor("--appliance", d / "appliance.toml")
-    assert rc == 1
-    only_failure(f, "deployment", "bft-anchor appliance install")
+    doctor_fails("--appliance", d / "appliance.toml", "deployment", "bft-anchor appliance install")
 
 
 def test_seed_readable_by_others(site, tmp_path):
     d = tmp_path / "op1"
     shutil.copytree(site.root / "op1" / "appliance", d)
     (d / "seed.txt").chmod(0o644)
-    rc, f, _ = doctor("--appliance", d / "appliance.toml")
-    assert rc == 1
-    only_failure(f, "seed permissions", "chmod 600")
+    doctor_fails("--appliance", d / "appliance.toml", "seed permissions", "chmod 600")
 
 
 def test_journal_missing(site, tmp_path):
     d = tmp_path / "op1"
     shutil.copytree(site.root / "op1" / "appliance", d)
     (d / "journal.sqlite").unlink()
-    rc, f, _ = doctor("--appliance", d / "appliance.toml")
-    assert rc == 1
-    only_failure(f, "journal", "journal import")
+    doctor_fails("--appliance", d / "appliance.toml", "journal", "journal import")
 
 
 def _jade_appliance(site, tmp_path: Path, mnemonic: str, port: int) -> Path:
@@ -383,9 +366,7 @@ def test_device_without_the_multisig_registered(site, tmp_path):
     port = emu.start()
     try:
         cfg = _jade_appliance(site, tmp_path, mnemonic, port)
-        rc, f, _ = doctor("--appliance", cfg)
-        assert rc == 1
-        only_failure(f, "multisig registration", "bft-anchor appliance install")
+        doctor_fails("--appliance", cfg, "multisig registration", "bft-anchor appliance install")
         # The fix the doctor names is the fix.
         (cfg.parent / "deployment.json").unlink()
         rc, _, err = run("appliance", "install", "--config", cfg, "--deployment",
@@ -402,17 +383,15 @@ def test_device_holding_another_key(site, tmp_path):
     emu = JadeEmulator(port=0, mnemonic="abandon " * 11 + "about", network="testnet")
     port = emu.start()
     try:
-        rc, f, _ = doctor("--appliance", _jade_appliance(site, tmp_path, "", port))
-        assert rc == 1
-        only_failure(f, "device key", "share was made with")
+        doctor_fails("--appliance", _jade_appliance(site, tmp_path, "", port),
+                     "device key", "share was made with")
     finally:
         emu.stop()
 
 
 def test_device_unreachable(site, tmp_path):
-    rc, f, _ = doctor("--appliance", _jade_appliance(site, tmp_path, "", free_port()))
-    assert rc == 1
-    only_failure(f, "device", "plug the device in")
+    doctor_fails("--appliance", _jade_appliance(site, tmp_path, "", free_port()),
+                 "device", "plug the device in")
 
 
 def test_unreadable_config_is_a_usage_error(tmp_path):
