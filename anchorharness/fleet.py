@@ -163,6 +163,19 @@ class Fleet:
                 peer.request_signature(*self.request(proposal.psbt, qc))
         return assemble(proposal, psbt), proposal
 
+    def mempool_accepted(
+        self, qc: QC, fee_rate: float = 2.0
+    ) -> tuple[Transaction, Proposal, dict[str, Any]]:
+        """The proposal for qc signed by k appliances with none refusing, finalized and
+        accepted by the node's mempool (testmempoolaccept: not sent); with the verdict."""
+        proposal = self.propose(qc, fee_rate=fee_rate)
+        psbt, signed_by, refusals = collect(proposal, self.peers())
+        assert len(signed_by) == proposal.source.threshold and not refusals, refusals
+        tx = assemble(proposal, psbt)
+        accept = self.node.rpc.testmempoolaccept([tx.serialize().hex()])[0]
+        assert accept["allowed"], accept
+        return tx, proposal, accept
+
     def forged(self, qc: QC, sequence: int, handover: bool = False) -> Transaction:
         """A checkpoint the validators' keys sign directly, bypassing the appliances'
         policy: the chains an audit must judge (here with another nSequence on the coin)."""

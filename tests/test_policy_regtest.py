@@ -11,7 +11,6 @@ from embit.script import Script
 from embit.transaction import TransactionOutput
 from helpers import MAGIC, SCRIPT_IDS, SCRIPT_PAIRS, Fleet, twin_qc
 
-from anchorharness.proposal import assemble, collect
 from appliance.policy import Limits
 from bftanchor.bftsig import sign_compact
 from bftanchor.descriptor import EpochMultisig
@@ -44,12 +43,8 @@ def assert_refused(fleet, b64, qc_json, records, *fragments):
 
 def test_checkpoints_and_handover_accepted_by_node(fleet, regtest):
     qc = fleet.qc(5)
-    proposal = fleet.propose(qc)
-    psbt, signed_by, refusals = collect(proposal, fleet.peers())
-    assert len(signed_by) == 3 and not refusals
-    tx = assemble(proposal, psbt)
-    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
-    assert accept["allowed"], accept
+    _, proposal, _ = fleet.mempool_accepted(qc)
+    assert proposal.source.threshold == 3
     fleet.checkpoint(qc)
     height = regtest.rpc.getblockcount()
     txid = fleet.checkpoint(fleet.qc(10))
@@ -212,9 +207,5 @@ def test_limits_are_the_appliances_own(regtest, tmp_path):
 def test_twenty_validators_checkpoint_accepted_by_node(regtest, tmp_path):
     fleet = Fleet(regtest, tmp_path, n=20, tag="twenty")
     qc = fleet.qc(5)
-    proposal = fleet.propose(qc)
-    psbt, signed_by, refusals = collect(proposal, fleet.peers())
-    assert len(signed_by) == 14 and not refusals
-    tx = assemble(proposal, psbt)
-    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
-    assert accept["allowed"], accept
+    _, proposal, _ = fleet.mempool_accepted(qc)
+    assert proposal.source.threshold == 14

@@ -12,7 +12,6 @@ import pytest
 from embit.transaction import Transaction
 from helpers import Fleet
 
-from anchorharness.proposal import assemble, collect
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH
 from bftanchor.template import estimate_vsize
@@ -23,13 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("n", [21, 67])
 def test_checkpoint_accepted_and_fee_estimate_exact(regtest, tmp_path, n):
     fleet = Fleet(regtest, tmp_path, n=n, tag=f"tr{n}", scripts=(SCRIPT_TR, SCRIPT_TR))
-    qc = fleet.qc(5)
-    proposal = fleet.propose(qc, fee_rate=3.0)
-    psbt, signed_by, refusals = collect(proposal, fleet.peers())
-    assert len(signed_by) == proposal.source.threshold and not refusals
-    tx = assemble(proposal, psbt)
-    accept = regtest.rpc.testmempoolaccept([tx.serialize().hex()])[0]
-    assert accept["allowed"], accept
+    tx, proposal, accept = fleet.mempool_accepted(fleet.qc(5), fee_rate=3.0)
     estimate = estimate_vsize(tx, proposal.source)
     # Never below the real vsize, within 1% of it (Schnorr signatures: exact).
     assert accept["vsize"] <= estimate <= accept["vsize"] * 1.01
