@@ -78,14 +78,21 @@ def test_fee_ladder_levels_differ_in_fee_alone(journal):
             GENESIS.outpoint} == set(state.spendable())
 
 
+def insert_past_python(journal: Journal, round: int, input: str) -> None:
+    """A signing row for epoch 0 (payload 'other') written straight into SQLite: only the
+    schema's triggers stand in its way."""
+    journal._db.execute(
+        "INSERT INTO signed (txid, epoch, round, payload, input, input_value, coin_value, "
+        "dest_epoch, fee, handover, request_hash, created_at) "
+        "VALUES ('x', 0, ?, 'other', ?, 1, 1, 0, 1, 0, 'h', 0)",
+        (round, input),
+    )
+
+
 def test_sql_trigger_keeps_one_checkpoint_per_coin(journal):
     journal.reserve(cand("a1" * 32, 0, 5), "h")
     with pytest.raises(sqlite3.IntegrityError, match="per-coin"):
-        journal._db.execute(
-            "INSERT INTO signed (txid, epoch, round, payload, input, input_value, coin_value, "
-            "dest_epoch, fee, handover, request_hash, created_at) "
-            f"VALUES ('x', 0, 9, 'other', '{GENESIS.outpoint}', 1, 1, 0, 1, 0, 'h', 0)"
-        )
+        insert_past_python(journal, 9, str(GENESIS.outpoint))
 
 
 def test_a_proven_spend_overrides_an_unused_attempt(journal):
@@ -128,11 +135,7 @@ def test_identical_request_is_idempotent(journal):
 def test_trigger_refuses_equivocation_even_bypassing_python(journal):
     journal.reserve(cand("a1" * 32, 0, 5), "h")
     with pytest.raises(sqlite3.IntegrityError, match="equivocation"):
-        journal._db.execute(
-            "INSERT INTO signed (txid, epoch, round, payload, input, input_value, coin_value, "
-            "dest_epoch, fee, handover, request_hash, created_at) "
-            "VALUES ('x', 0, 5, 'other', 'i:0', 1, 1, 0, 1, 0, 'h', 0)"
-        )
+        insert_past_python(journal, 5, "i:0")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         journal._db.execute("DELETE FROM signed")
 
