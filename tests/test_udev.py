@@ -236,18 +236,27 @@ def test_a_broken_rules_file_is_never_installed(tmp_path: Path, no_udevadm: None
     assert not dest.exists()
 
 
-def test_system_dir_reloads_udev_only_when_something_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def system_dir_with_udevadm(
+    monkeypatch: pytest.MonkeyPatch, returncode: int = 0, stderr: str = ""
+) -> list[list[str]]:
+    """install_rules sees a system directory and a udevadm that answers every command
+    with `returncode` and `stderr`; the commands it was given, in order."""
     calls: list[list[str]] = []
 
     def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         calls.append(command)
-        return subprocess.CompletedProcess(command, 0, "", "")
+        return subprocess.CompletedProcess(command, returncode, "", stderr)
 
     monkeypatch.setattr(udev, "_is_system_dir", lambda dest: True)
     monkeypatch.setattr(udev.shutil, "which", lambda name: "/usr/bin/udevadm")
     monkeypatch.setattr(udev.subprocess, "run", fake_run)
+    return calls
+
+
+def test_system_dir_reloads_udev_only_when_something_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = system_dir_with_udevadm(monkeypatch)
     actions = install_rules(tmp_path)
     assert calls[0] == ["/usr/bin/udevadm", "control", "--reload-rules"]
     assert calls[1][:2] == ["/usr/bin/udevadm", "trigger"]
@@ -261,15 +270,7 @@ def test_system_dir_reloads_udev_only_when_something_changed(
 def test_failed_reload_stops_before_trigger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[list[str]] = []
-
-    def failing_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        calls.append(command)
-        return subprocess.CompletedProcess(command, 1, "", "Failed to send reload request")
-
-    monkeypatch.setattr(udev, "_is_system_dir", lambda dest: True)
-    monkeypatch.setattr(udev.shutil, "which", lambda name: "/usr/bin/udevadm")
-    monkeypatch.setattr(udev.subprocess, "run", failing_run)
+    calls = system_dir_with_udevadm(monkeypatch, 1, "Failed to send reload request")
     with pytest.raises(InstallError, match="Failed to send reload request") as excinfo:
         install_rules(tmp_path)
     assert len(calls) == 1
