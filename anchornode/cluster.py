@@ -26,7 +26,7 @@ from anchornode.bftsim import SimulatedBFTChain
 from anchornode.bootstrap import check_coin, fund_from_wallet, write_deployment, write_draft
 from anchornode.pow.regtest import MiningError, RegtestNode, free_port
 from anchornode.pow.rpc import PowRpc, RpcError
-from anchornode.procutil import die_with_parent, spawn_appliance
+from anchornode.procutil import die_with_parent, spawn_appliance, stop_process
 from anchornode.qcsource import DirectoryWriter
 from appliance.config import EXAMPLE as APPLIANCE_EXAMPLE
 from appliance.signers.software import SoftwareSigner
@@ -243,14 +243,8 @@ class Cluster:
 
     @staticmethod
     def _stop(proc: subprocess.Popen | None, kill: bool = False) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill() if kill else proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, kill=kill)
 
     def stop_validator(self, vid: str, kill: bool = True) -> None:
         m = self.member(vid)

@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from anchornode.delivery import CheckpointFailed
 from anchornode.fees import FeePolicy
 from anchornode.localnet import LocalNet, local_node
 from anchornode.pow.regtest import RegtestNode
-from anchornode.procutil import spawn_appliance
+from anchornode.procutil import spawn_appliance, stop_process
 from anchornode.qcsource import MemorySource
 from anchornode.schedule import ScheduleConfig
 from anchornode.service import NodeService
@@ -99,12 +98,7 @@ class LinkAppliance:
         return self.client.install_record(record_json)
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.master.close()
         self.log.close()
 

@@ -28,6 +28,19 @@ def die_with_parent() -> None:
         pass
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10, kill: bool = False) -> int:
+    """Stop a child: SIGTERM (SIGKILL with `kill`), then SIGKILL if it has not exited
+    within `timeout` seconds. Its exit status."""
+    if proc.poll() is None:
+        proc.kill() if kill else proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def spawn_appliance(config: Path, link: str, log: IO[bytes]) -> subprocess.Popen:
     """`bft-anchor appliance serve` on a serial link (a pty in the devnet and the cluster),
     logging to `log`, stopped with its parent."""

@@ -13,7 +13,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import sqlite3
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from helpers import MAGIC, Fleet, seed_for, twin_qc, v0_signature
 
 from anchornode.bftsim import SimulatedBFTChain
 from anchornode.link_client import LinkApplianceClient
+from anchornode.procutil import stop_process
 from appliance.config import ApplianceConfig
 from appliance.serve import control_call
 from appliance.signers.software import SoftwareSigner
@@ -108,14 +108,7 @@ class Served:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def close(self) -> None:
         for p in self.procs:

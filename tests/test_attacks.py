@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from helpers import MAGIC, seed_for
 
 from anchorharness.cliappliance import CLI, CliAppliance, run_cli
 from anchorharness.proposal import propose
+from anchornode.procutil import stop_process
 from appliance.serve import control_call
 from appliance.signers.software import SoftwareSigner
 from bftanchor.link.frame import encode_frame
@@ -170,12 +170,7 @@ def test_an_unreadable_sign_request_on_the_link_is_journaled(world):
         assert "epoch record not installed" in reasons and "not certified" in reasons, reasons
         assert control_call(control, {"cmd": "status"})["status"]["epochs"] == [0]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         master.close()
         shutil.rmtree(sockdir, ignore_errors=True)
     assert os.path.exists(world.dir / "journal.sqlite")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from anchornode.pow.rpc import PowRpc, RpcError
-from anchornode.procutil import die_with_parent
+from anchornode.procutil import die_with_parent, stop_process
 
 log = logging.getLogger("bft_anchor.pow")
 
@@ -230,12 +229,7 @@ class RegtestNode:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
