@@ -3,8 +3,9 @@
 Validator v0 of four is the appliance's own (its key is the seed `init` wrote); the
 others sign with test seeds. The deployment names the coin and epoch 0's record, and
 the simulated chain holds epochs 0 and 1 of 100 rounds, so no PoW node is needed.
-Every request goes through `bft-anchor appliance sign` in its own process: what an
-operator runs.
+Every request goes through `bft-anchor appliance sign` (anchorcli's main, in this
+process unless BFT_ANCHOR_CLI_PROCESS=1: see anchorharness/clirun.py): what an operator
+runs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
+from anchorharness.clirun import CLI, run_cli
 from anchorharness.fleet import MAGIC, seed_for
 from anchornode.bftsim import SimulatedBFTChain
 from appliance.config import ApplianceConfig
@@ -22,14 +23,9 @@ from appliance.signers.software import SoftwareSigner
 from bftanchor.deployment import Deployment
 from bftanchor.template import Coin
 
-CLI = [sys.executable, "-m", "anchorcli"]
+__all__ = ["CLI", "WINDOW", "CliAppliance", "run_cli"]  # CLI and run_cli: re-exported
+
 WINDOW = 10  # the deployment's handover window, in rounds
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`bft-anchor ARGS...` in its own process, output captured as text."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
-                          input=stdin)
 
 
 class CliAppliance:
