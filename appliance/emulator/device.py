@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embit import bip32, script
+from embit import bip32
 from embit.script import Script
 
 from appliance.emulator import networks
@@ -67,7 +67,7 @@ from appliance.emulator.psbt_signing import (
     unhardened_tail,
 )
 from appliance.emulator.state import StoredState, save_state
-from appliance.emulator.wallet import Keychain, message_hash
+from appliance.emulator.wallet import SINGLESIG_VARIANTS, Keychain, message_hash
 from appliance.emulator.wire import Request
 
 # The firmware's refusal of a liquid network in sign_psbt and sign_tx.
@@ -94,8 +94,6 @@ PRE_AUTH = {"get_version_info", "add_entropy", "set_epoch", "logout", "update_pi
 FOLLOW_UP_ONLY = {"ota_data", "ota_complete", "tx_input", "get_extended_data",
                   "get_signature", "handshake_init", "handshake_complete"}
 
-_SINGLESIG = {"pkh(k)": (script.p2pkh, 44), "wpkh(k)": (script.p2wpkh, 84),
-              "sh(wpkh(k))": (lambda pub: script.p2sh(script.p2wpkh(pub)), 49)}
 _FILE_FORMATS = {"sh(multi(k))": "P2SH", "wsh(multi(k))": "P2WSH",
                  "sh(wsh(multi(k)))": "P2WSH-P2SH"}
 
@@ -212,6 +210,15 @@ class JadeDevice:
         if record is None:
             raise RpcError(BAD_PARAMETERS, "Named multisig wallet does not exist for this signer")
         return record
+
+    def multisig_paths(self, params: dict[str, Any]) -> tuple[MultisigRecord, list[list[int]]]:
+        """The named multisig record and the signer paths given for it, one per signer."""
+        record = self.load_multisig(params)
+        raw = params.get("paths")
+        paths = [path_from(p) for p in raw] if isinstance(raw, list) else []
+        if len(paths) != len(record.signers) or any(p is None for p in paths):
+            raise RpcError(BAD_PARAMETERS, "Failed to extract valid signer paths")
+        return record, [p for p in paths if p is not None]
 
     def check_legacy_registration(self, path: list[int], script_bytes: bytes, index: int) -> None:
         """--require-registration for the legacy flow: a multisig script must be one
@@ -410,15 +417,11 @@ class JadeDevice:
         keychain = self.require_keychain()
         warning = ""
         if has_data(params, "multisig_name"):
-            record = self.load_multisig(params)
-            raw_paths = params.get("paths")
-            paths = [path_from(p) for p in raw_paths] if isinstance(raw_paths, list) else []
-            if len(paths) != len(record.signers) or any(p is None for p in paths):
-                raise RpcError(BAD_PARAMETERS, "Failed to extract valid signer paths")
+            record, paths = self.multisig_paths(params)
             if any(p != paths[0] for p in paths):
                 warning = "Warning: signer paths differ"
             try:
-                pubkeys = record.pubkeys_for(paths)  # type: ignore[arg-type]
+                pubkeys = record.pubkeys_for(paths)
             except Exception as exc:  # noqa: BLE001 - hardened suffix on an xpub
                 raise RpcError(BAD_PARAMETERS, "Failed to generate valid multisig script") from exc
             spk = record.scripts(pubkeys).script_pubkey
@@ -426,12 +429,12 @@ class JadeDevice:
             variant = get_str(params, "variant", MAX_VARIANT_LEN)
             if variant is None:
                 raise RpcError(BAD_PARAMETERS, "Green-multisig addresses are not emulated")
-            if variant not in _SINGLESIG:
+            if variant not in SINGLESIG_VARIANTS:
                 raise RpcError(BAD_PARAMETERS, "Invalid script variant parameter")
             path = get_path(params, "path")
             if not path:
                 raise RpcError(BAD_PARAMETERS, "Failed to extract valid path from parameters")
-            builder, purpose = _SINGLESIG[variant]
+            builder, purpose = SINGLESIG_VARIANTS[variant]
             if not expected_singlesig_path(network, purpose, False, path):
                 is_change = expected_singlesig_path(network, purpose, True, path)
                 kind = "Change" if is_change else "Unusual"

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from embit import script
 from embit.script import Script
 from embit.transaction import SIGHASH, Transaction
 
@@ -40,20 +39,13 @@ from appliance.emulator.params import (
     get_uint,
     has_data,
     params_map,
-    path_from,
 )
 from appliance.emulator.psbt_signing import expected_singlesig_path, path_str
+from appliance.emulator.wallet import SINGLESIG_VARIANTS
 from appliance.emulator.wire import Request
 
 if TYPE_CHECKING:
     from appliance.emulator.device import JadeDevice
-
-_SINGLESIG_VARIANTS = {
-    "pkh(k)": (script.p2pkh, 44),
-    "wpkh(k)": (script.p2wpkh, 84),
-    "sh(wpkh(k))": (lambda pub: script.p2sh(script.p2wpkh(pub)), 49),
-}
-
 
 @dataclass
 class _Input:
@@ -98,21 +90,17 @@ def _change_info(dev: JadeDevice, network: str, params: dict[str, Any],
         is_change = True if is_change is None else is_change
         warning = ""
         if has_data(item, "multisig_name"):
-            record = dev.load_multisig(item)
-            paths = item.get("paths")
-            parsed = [path_from(p) for p in paths] if isinstance(paths, list) else []
-            if len(parsed) != len(record.signers) or any(p is None for p in parsed):
-                raise RpcError(BAD_PARAMETERS, "Failed to extract valid signer paths")
-            built = record.scripts(record.pubkeys_for(parsed)).script_pubkey  # type: ignore[arg-type]
+            record, paths = dev.multisig_paths(item)
+            built = record.scripts(record.pubkeys_for(paths)).script_pubkey
         else:
             path = get_path(item, "path")
             if not path:
                 raise bad_params("Failed to extract valid receive path from parameters")
             variant = get_str(item, "variant", 24)
-            if variant not in _SINGLESIG_VARIANTS:
+            if variant not in SINGLESIG_VARIANTS:
                 # No variant means Green multisig in the firmware: not emulated.
                 raise RpcError(BAD_PARAMETERS, "Receive script variant not handled")
-            builder, purpose = _SINGLESIG_VARIANTS[variant]
+            builder, purpose = SINGLESIG_VARIANTS[variant]
             if not expected_singlesig_path(network, purpose, is_change, path):
                 warning = f"Unusual {'change' if is_change else 'receive'} path: {path_str(path)}"
             built = builder(keychain.public_hdkey(path, network).key).data

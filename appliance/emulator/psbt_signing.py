@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from embit import hashes, script
+from embit import hashes
 from embit.ec import PublicKey
 from embit.psbt import PSBT, InputScope
 from embit.transaction import SIGHASH
@@ -33,7 +33,7 @@ from appliance.emulator.errors import BAD_PARAMETERS, INTERNAL_ERROR, RpcError
 from appliance.emulator.multisig import MultisigRecord, MultisigRegistry
 from appliance.emulator.networks import bip44_coin, embit_params
 from appliance.emulator.params import MAX_PATH_LEN
-from appliance.emulator.wallet import Keychain
+from appliance.emulator.wallet import SINGLESIG_VARIANTS, Keychain
 
 PSBT_MAGIC = b"psbt\xff"  # sign_psbt.c PSBT_MAGIC_PREFIX
 HARDENED = 0x80000000
@@ -192,10 +192,9 @@ def plan_signing(keychain: Keychain, registry: MultisigRegistry, network: str, p
     return plan
 
 
-_SINGLESIG = {  # script type -> (variant builder, BIP44 purpose)
-    "p2pkh": (script.p2pkh, 44),
-    "p2wpkh": (script.p2wpkh, 84),
-    "p2sh": (lambda pub: script.p2sh(script.p2wpkh(pub)), 49),
+_SINGLESIG = {  # embit's script type -> its variant's (builder, BIP44 purpose)
+    t: SINGLESIG_VARIANTS[v]
+    for t, v in (("p2pkh", "pkh(k)"), ("p2wpkh", "wpkh(k)"), ("p2sh", "sh(wpkh(k))"))
 }
 
 

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 
-from embit import bip32, bip39, compact, ec
+from embit import bip32, bip39, compact, ec, script
+from embit.script import Script
 from embit.util import secp256k1
 
 from appliance.emulator.networks import xpub_version
+
+# The single-sig script variants Jade knows: variant -> (the output script for a public
+# key, the BIP44 purpose its paths use).
+SINGLESIG_VARIANTS: dict[str, tuple[Callable[[ec.PublicKey], Script], int]] = {
+    "pkh(k)": (script.p2pkh, 44),
+    "wpkh(k)": (script.p2wpkh, 84),
+    "sh(wpkh(k))": (lambda pub: script.p2sh(script.p2wpkh(pub)), 49),
+}
 
 
 class Keychain:
