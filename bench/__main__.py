@@ -22,18 +22,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench import BENCHMARKS
 from bench.context import BenchContext
 from bench.table import Row, render
-
-# Run order: cheap in-process benchmarks first, then those that need the node.
-BENCHMARKS = (
-    "qc_verify",
-    "journal_throughput",
-    "appliance_decision",
-    "tx_size",
-    "node_latency",
-    "memory",
-)
 
 
 def machine() -> dict[str, Any]:

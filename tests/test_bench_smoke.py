@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import BENCHMARKS
+
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = {
-    "qc_verify",
-    "journal_throughput",
-    "appliance_decision",
-    "tx_size",
-    "node_latency",
-    "memory",
-}
+SECTIONS = set(BENCHMARKS)
 
 
 @pytest.mark.integration
