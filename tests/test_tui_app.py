@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from test_tui_world import World
+from textual import events
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
@@ -77,6 +79,25 @@ async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 10.0) -
         await pilot.pause(0.05)
 
 
+async def type_into(pilot: Pilot, text: str) -> None:
+    """Type text into the focused Input: one key event per character, in order, as a
+    terminal sends them, then wait until the Input holds it. (Pilot.press waits for
+    Textual to go idle twice per key, re-rendering the screen after every character.)"""
+    app = pilot.app
+    field = app.focused
+    assert isinstance(field, Input), f"typing into {field!r}, not an Input"
+    expected = field.value[: field.cursor_position] + text + field.value[field.cursor_position:]
+    for char in text:
+        key = events.Key(_character_to_key(char), char)
+        key.set_sender(app)
+        app.post_message(key)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while field.value != expected:
+        assert loop.time() < deadline, f"typed {text!r}, the Input holds {field.value!r}"
+        await pilot.pause()
+
+
 async def confirm(pilot: Pilot, key: str, answer: str = "y") -> None:
     await pilot.press(key)
     await pilot.pause()
@@ -135,7 +156,8 @@ async def test_refusing_journals_a_refusal_and_signs_nothing(world: World) -> No
         assert world.service.queue.pending()
         await pilot.press("r")
         await pilot.pause()
-        await pilot.press(*"fee too high", "enter")
+        await type_into(pilot, "fee too high")
+        await pilot.press("enter")
         await settle(pilot)
         assert not world.service.queue.pending()
     last = world.appliance.journal.decisions(1)[0]
@@ -214,7 +236,7 @@ async def test_history_is_newest_first_and_searchable(world: World) -> None:
         detail = text_of(app, "#history-detail")
         assert "exceeds the limit" in detail
         await pilot.press("slash")
-        await pilot.press(*txid[:10])
+        await type_into(pilot, txid[:10])
         await pilot.pause()
         assert table.row_count == 1 and str(table.get_row_at(0)[2]) == "signed"
         assert txid in text_of(app, "#history-detail")
@@ -267,7 +289,8 @@ async def test_rotation_ceremony_registers_the_next_multisig_and_the_handover_si
         # (c) a wrong fingerprint, then the right one.
         fp_input = screen.query_one("#fingerprint-input", Input)
         assert fp_input.has_focus
-        await pilot.press(*"12345678", "enter")
+        await type_into(pilot, "12345678")
+        await pilot.press("enter")
         await pilot.pause()
         assert c.step == FINGERPRINT and any("does not match" in m for m in seen)
         fp_input.value = c.fingerprint or ""

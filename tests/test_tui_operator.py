@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from test_tui_app import SIZE, confirm, console, settle, sync, text_of, until
+from test_tui_app import SIZE, confirm, console, settle, sync, text_of, type_into, until
 from test_tui_world import World
 from textual.widgets import DataTable, Input
 
@@ -46,7 +46,8 @@ async def test_the_fingerprint_is_typed_first_and_a_mismatch_warns_of_forgery(
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, EpochsScreen)
-        await pilot.press(*record.name, "enter")
+        await type_into(pilot, record.name)
+        await pilot.press("enter")
         await settle(pilot)
         c = screen.ceremony
         assert c is not None and c.step == FINGERPRINT
@@ -55,13 +56,15 @@ async def test_the_fingerprint_is_typed_first_and_a_mismatch_warns_of_forgery(
         assert "hidden until you type" in text_of(app, "#ceremony-detail")
         fp_input = screen.query_one("#fingerprint-input", Input)
         assert fp_input.has_focus
-        await pilot.press(*"DEAD BEEF", "enter")
+        await type_into(pilot, "DEAD BEEF")
+        await pilot.press("enter")
         await settle(pilot)
         assert c.step == FINGERPRINT and c.mismatches == 1  # the step restarts
         assert any("may be forged" in m for m in seen), seen
         assert "may be forged" in text_of(app, "#ceremony-detail")
         assert expected not in screen_text(app) and fp_input.value == ""
-        await pilot.press(*expected.lower().replace(" ", ""), "enter")
+        await type_into(pilot, expected.lower().replace(" ", ""))
+        await pilot.press("enter")
         await settle(pilot)
         assert c.step == REGISTER and expected in screen_text(app)  # shown after the match
 
@@ -208,7 +211,8 @@ async def test_decisions_are_written_to_the_consoles_log(world: World, caplog) -
             await until(pilot, lambda: len(app.data.pending) == 1)
             await pilot.press("r")
             await pilot.pause()
-            await pilot.press(*"wrong fee", "enter")
+            await type_into(pilot, "wrong fee")
+            await pilot.press("enter")
             await settle(pilot)
     logged = caplog.text
     assert "operator approved request" in logged and "signed" in logged
