@@ -159,6 +159,7 @@ class BoundedTCPServer(BoundedServerMixin, socketserver.ThreadingTCPServer):
 
 
 def serve_in_thread(server: socketserver.BaseServer, name: str) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    # shutdown() waits for the loop's next poll: 0.1 s, not socketserver's 0.5 s.
+    t = threading.Thread(target=server.serve_forever, args=(0.1,), name=name, daemon=True)
     t.start()
     return t

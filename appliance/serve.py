@@ -184,7 +184,8 @@ class ApplianceService:
         finally:
             os.umask(old)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # shutdown() waits for the loop's next poll: 0.1 s, not socketserver's 0.5 s.
+        threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
         return server
 
 

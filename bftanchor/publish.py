@@ -216,5 +216,6 @@ def serve_http(root: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingH
             pass
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop's next poll: 0.1 s, not socketserver's 0.5 s.
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
     return server

@@ -73,7 +73,7 @@ class Terminal:
             screen = self.screen()
             if cond(screen):
                 return screen
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}; the screen:\n{screen}")
 
     def close(self) -> None:
@@ -149,7 +149,7 @@ def test_one_approval_in_a_real_terminal(tmp_path: Path, terminal: Terminal) -> 
         deadline = time.monotonic() + TIMEOUT
         while terminal.alive():
             assert time.monotonic() < deadline, "the console did not quit"
-            time.sleep(0.2)
+            time.sleep(0.1)
         log = (tmp_path / "appliance" / "tui.log").read_text()
         assert "Traceback" not in log, log
     finally:
