@@ -233,10 +233,12 @@ class PeerResponder(NodeParts):
         """A refusal's body; it names the QC this node's appliance is bound to for the
         coin, so that an initiator not yet bound can propose that one (round.py)."""
         body: dict[str, Any] = {"reasons": reasons}
-        bound = self.view.store.bound_qc(self.view.coin.outpoint)
+        coin = self.view.coin.outpoint
+        bound = self.view.store.bound_qc(coin)
         if bound is not None:
             body["bound_qc"] = bound
-            psbt = self.view.store.bound_psbt(self.view.coin.outpoint)
+            body["bound_coin"] = str(coin)  # the binding is for the coin this node sees
+            psbt = self.view.store.bound_psbt(coin)
             if psbt is not None:  # its appliance's signature: evidence for a release
                 body["bound_psbt"] = psbt
         return body

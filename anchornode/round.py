@@ -394,7 +394,8 @@ class SigningRound(NodeParts):
             coin.outpoint)
         if own_qc is not None and own_psbt is not None:
             bound[self.me] = (own_qc, own_psbt)
-        pending = {self.pool.submit(self.ask_peer, p, body, deadline): p for p in cfg.peers}
+        pending = {self.pool.submit(self.ask_peer, p, body, deadline, coin.outpoint): p
+                   for p in cfg.peers}
 
         def sign_here() -> None:
             refused: list[str] = []
@@ -486,10 +487,12 @@ class SigningRound(NodeParts):
         return txid
 
     def ask_peer(
-        self, peer: PeerConfig, body: dict[str, Any], deadline: float
+        self, peer: PeerConfig, body: dict[str, Any], deadline: float, coin: Outpoint
     ) -> tuple[list[str] | None, Any, Any]:
         """(the peer's signed PSBTs, None, None), or (None, the QC it says it is bound to
-        for this coin, its signed PSBT for it) when it refused or did not answer."""
+        for this coin, its signed PSBT for it) when it refused or did not answer. A binding
+        for another coin (a peer that has not seen the last checkpoint yet names the coin
+        it sees) says nothing about this one: proposing its QC here would only be refused."""
         epoch = int(body["qc"]["vote_info"]["epoch"])  # the coin's: this node is a member
         data = seal("propose", self.me, epoch, body, self.secret)
         timeout = max(0.5, deadline - time.monotonic())
@@ -507,6 +510,8 @@ class SigningRound(NodeParts):
         for r in reasons:
             self.metrics.refusal(str(r))
         log.warning("validator %s refused: %s", peer.id, "; ".join(map(str, reasons)))
+        if msg.body.get("bound_coin") != str(coin):
+            return None, None, None
         return None, msg.body.get("bound_qc"), msg.body.get("bound_psbt")
 
     def announce(self, peer: PeerConfig, body: dict[str, Any]) -> None:

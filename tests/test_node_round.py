@@ -386,6 +386,42 @@ def test_an_initiator_adopts_the_qc_its_peers_are_bound_to(net: Net) -> None:
     assert net.nodes["v3"].store.bound_qc(net.nodes["v3"].view.coin.outpoint) == old.to_json()
 
 
+def test_a_binding_for_a_coin_the_initiator_left_is_not_adopted(net: Net) -> None:
+    """Right after a checkpoint, peers whose PoW node has not seen it yet refuse the
+    next proposal and name the QC they are bound to for the coin *they* see (the one
+    just spent). The initiator must not adopt it for the new coin: every appliance
+    refuses a round that is not above the coin's own (seen in a 100-validator bench,
+    where the whole attempt was lost to it); it waits for the peers to catch up."""
+    q10 = net.qc(10)
+    v0 = net.nodes["v0"]
+    v0.view.poll()
+    genesis = v0.view.coin
+    v0.round.run(0, 0, genesis, q10, False)
+    net.chain.mine()
+    bound = [v for v in ("v2", "v3") if net.nodes[v].store.bound_qc(genesis.outpoint)]
+    stale = ["v0", bound[0]]  # both signed round 10 on the genesis coin
+    polls = {v: net.nodes[v].view.poll for v in stale}
+    for v in stale:  # their PoW node lags a block: they still see the genesis coin
+        net.nodes[v].view.poll = lambda: None
+    q11 = net.qc(11)
+    v1 = net.nodes["v1"]  # checkpoint 1, attempt 0 is v1's
+    v1.view.poll()
+    assert v1.view.coin.outpoint != genesis.outpoint
+    with pytest.raises(CheckpointFailed) as failed:
+        v1.round.run(1, 0, v1.view.coin, q11, False)
+    assert str(failed.value).startswith("1 of 3 signatures"), failed.value  # v3 alone
+    refusals = [d for v in net.appliances for d in net.appliances[v].journal.decisions()
+                if d["decision"] == "refused"]
+    assert refusals == []  # no appliance was asked for round 10 on the new coin
+    for v, poll in polls.items():  # caught up: the next attempt of v1's completes
+        net.nodes[v].view.poll = poll
+    for node in net.nodes.values():
+        node.responder.attempt_limit = lambda seq, now: 5
+    txid = v1.round.run(1, 4, v1.view.coin, q11, False)
+    tx = Transaction.from_string(net.chain.mempool[txid])
+    assert tx.vout[0].script_pubkey.data[-32:] == q11.commit_state_id
+
+
 def test_a_bound_node_proposes_its_bound_qc(net: Net) -> None:
     old = net.qc(10)
     assert net.nodes["v1"].responder.on_propose(msg("v0", net.proposal("v0", old)))[0] \
