@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,21 +152,18 @@ class Release:
 
 
 @dataclass(frozen=True)
-class SignedEntry:
-    seq: int
-    txid: str
-    epoch: int
-    round: int
-    payload: str
-    input: Outpoint
-    input_value: int
-    coin_value: int
-    dest_epoch: int
-    fee: int
-    handover: bool
-    signed_psbt: str | None
-    created_at: float
+class SignedEntry(Candidate):
+    """A journal row: a checkpoint this appliance signed, or one it adopted (proven by
+    the quorum's signatures), with what the journal adds to it."""
+
+    seq: int = 0
+    signed_psbt: str | None = None
+    created_at: float = 0.0
     kind: str = "signed"
+
+    @classmethod
+    def of(cls, c: Candidate, **row: Any) -> SignedEntry:
+        return cls(**{f.name: getattr(c, f.name) for f in fields(Candidate)}, **row)
 
     @property
     def coin(self) -> Coin:
@@ -375,9 +372,7 @@ class JournalState:
             if self.by_txid(c.txid) is not None:
                 proven.add(c.txid)
                 continue
-            extra.append(SignedEntry(0, c.txid, c.epoch, c.round, c.payload, c.input,
-                                     c.input_value, c.coin_value, c.dest_epoch, c.fee,
-                                     c.handover, None, 0.0, "adopted"))
+            extra.append(SignedEntry.of(c, kind="adopted"))
         if not extra and proven == self.proven_txids:
             return self
         return JournalState(self.genesis, self.entries + tuple(extra), frozenset(proven),

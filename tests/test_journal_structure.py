@@ -18,8 +18,8 @@ GENESIS = Coin(Outpoint("11" * 32, 0), 1_000_000, 0)
 
 def entry(seq: int, input: Outpoint, payload: str, dest: int, kind: str = "signed") -> SignedEntry:
     txid = hashlib.sha256(f"{seq}".encode()).hexdigest()
-    return SignedEntry(seq, txid, 0, seq, payload, input, 1_000_000, 999_000, dest, 1_000,
-                       dest != 0, None, 0.0, kind)
+    return SignedEntry(txid, 0, seq, payload, input, 1_000_000, 999_000, dest, 1_000,
+                       dest != 0, seq=seq, kind=kind)
 
 
 def same_tree(a: JournalState, b: JournalState) -> None:
