@@ -182,12 +182,18 @@ class _Structure:
     coins: dict[Outpoint, Coin]
     creator: dict[Outpoint, SignedEntry]
     tips: frozenset[Outpoint]
+    by_txid: dict[str, SignedEntry]
+    # Own signatures by (epoch, round): one payload each (the equivocation rule).
+    rounds: dict[tuple[int, int], tuple[SignedEntry, ...]]
 
     @classmethod
     def of(cls, state: JournalState) -> _Structure:
         spends: dict[Outpoint, tuple[SignedEntry, ...]] = {}
+        rounds: dict[tuple[int, int], tuple[SignedEntry, ...]] = {}
         for e in state.entries:
             spends[e.input] = spends.get(e.input, ()) + (e,)
+            if e.kind == "signed":
+                rounds[(e.epoch, e.round)] = rounds.get((e.epoch, e.round), ()) + (e,)
         live: dict[Outpoint, tuple[SignedEntry, ...]] = {}
         for op, es in spends.items():
             es = tuple(e for e in es if not state.is_released(e))
@@ -208,7 +214,8 @@ class _Structure:
                     creator[c.outpoint] = e
                     todo.append(c.outpoint)
         tips = frozenset(op for op in coins if op not in live)
-        return cls(spends, live, coins, creator, tips)
+        return cls(spends, live, coins, creator, tips, {e.txid: e for e in state.entries},
+                   rounds)
 
     def replaced(self, old: SignedEntry, new: SignedEntry) -> _Structure:
         """The same tree with one entry's row replaced (its signed PSBT kept)."""
@@ -216,13 +223,17 @@ class _Structure:
             return tuple(new if e is old else e for e in es)
 
         spends, live, creator = dict(self.spends), dict(self.live), dict(self.creator)
+        by_txid, rounds = dict(self.by_txid), dict(self.rounds)
         spends[old.input] = swap(spends[old.input])
         if old.input in live:
             live[old.input] = swap(live[old.input])
         out = Outpoint(old.txid, 1)
         if creator.get(out) is old:
             creator[out] = new
-        return _Structure(spends, live, self.coins, creator, self.tips)
+        by_txid[old.txid] = new
+        if (old.epoch, old.round) in rounds:
+            rounds[(old.epoch, old.round)] = swap(rounds[(old.epoch, old.round)])
+        return _Structure(spends, live, self.coins, creator, self.tips, by_txid, rounds)
 
     def grown(self, state: JournalState, rows: tuple[SignedEntry, ...]) -> _Structure | None:
         """The structure of `state` plus own rows `rows`, one row at a time; None (walk
@@ -230,13 +241,16 @@ class _Structure:
         released, of a coin whose output nobody spends yet."""
         spends, live, coins = dict(self.spends), dict(self.live), dict(self.coins)
         creator, tips = dict(self.creator), set(self.tips)
+        by_txid, rounds = dict(self.by_txid), dict(self.rounds)
         for e in rows:
             out = Outpoint(e.txid, 1)
             if (e.kind != "signed" or e.txid in state.proven_txids
                     or (e.input, e.payload) in state.released or out in spends
-                    or out in coins):
+                    or out in coins or e.txid in by_txid):
                 return None
             spends[e.input] = spends.get(e.input, ()) + (e,)
+            by_txid[e.txid] = e
+            rounds[(e.epoch, e.round)] = rounds.get((e.epoch, e.round), ()) + (e,)
             siblings = live.get(e.input, ())
             proven = {(x.payload, x.dest_epoch) for x in siblings if state.is_proven(x)}
             if proven and (e.payload, e.dest_epoch) not in proven:
@@ -247,7 +261,7 @@ class _Structure:
                 creator[out] = e
                 tips.discard(e.input)
                 tips.add(out)
-        return _Structure(spends, live, coins, creator, frozenset(tips))
+        return _Structure(spends, live, coins, creator, frozenset(tips), by_txid, rounds)
 
 
 @dataclass(frozen=True)
@@ -279,9 +293,9 @@ class JournalState:
     def signed(self) -> tuple[SignedEntry, ...]:
         return tuple(e for e in self.entries if e.kind == "signed")
 
-    @cached_property
-    def _by_txid(self) -> dict[str, SignedEntry]:
-        return {e.txid: e for e in self.entries}
+    def signed_at(self, epoch: int, round: int) -> tuple[SignedEntry, ...]:
+        """This appliance's own signatures for one (epoch, round)."""
+        return self._chain.rounds.get((epoch, round), ())
 
     def is_proven(self, e: SignedEntry) -> bool:
         return e.kind == "adopted" or e.txid in self.proven_txids
@@ -343,7 +357,7 @@ class JournalState:
         return out
 
     def by_txid(self, txid: str) -> SignedEntry | None:
-        return self._by_txid.get(txid)
+        return self._chain.by_txid.get(txid)
 
     def appended(self, rows: Iterable[SignedEntry]) -> JournalState:
         """This state plus own rows just committed, its structure updated row by row."""
@@ -360,7 +374,12 @@ class JournalState:
         if old is None:
             return self
         new = replace(old, signed_psbt=signed_psbt)
-        entries = tuple(new if e is old else e for e in self.entries)
+        # The row is nearly always the newest: found from the end, the rest copied as is.
+        i = next((i for i in range(len(self.entries) - 1, -1, -1)
+                  if self.entries[i].txid == txid), None)
+        if i is None:
+            return self
+        entries = self.entries[:i] + (new,) + self.entries[i + 1:]
         return JournalState(self.genesis, entries, self.proven_txids, self.released,
                             self._chain.replaced(old, new))
 
@@ -432,8 +451,8 @@ def signing_conflicts(state: JournalState, c: Candidate) -> list[str]:
             f"rounds only increase: the coin was created at epoch {parent.epoch} round "
             f"{parent.round}, found epoch {c.epoch} round {c.round}"
         )
-    for e in state.signed:
-        if (e.epoch, e.round) == (c.epoch, c.round) and e.payload != c.payload:
+    for e in state.signed_at(c.epoch, c.round):
+        if e.payload != c.payload:
             reasons.append(
                 f"equivocation: a different payload was already signed for epoch {c.epoch} "
                 f"round {c.round} (txid {e.txid})"

@@ -30,6 +30,9 @@ def same_tree(a: JournalState, b: JournalState) -> None:
         assert a.live_spends(op) == b.live_spends(op), op
         assert a.spends_of(op) == b.spends_of(op), op
         assert a.created_by(op) == b.created_by(op), op
+    for e in b.entries:
+        assert a.by_txid(e.txid) == b.by_txid(e.txid)
+        assert a.signed_at(e.epoch, e.round) == b.signed_at(e.epoch, e.round)
 
 
 # One step: spend a known outpoint (the genesis, an entry's output 1, or one nobody
