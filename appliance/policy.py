@@ -69,7 +69,7 @@ def trusted_records(
     problems: list[str] = []
     for r in sorted(offered, key=lambda r: r.epoch):
         if r.epoch in records:
-            if records[r.epoch].body_json() != r.body_json():
+            if records[r.epoch] is not r and records[r.epoch].body_json() != r.body_json():
                 problems.append(f"offered record for epoch {r.epoch} differs from the one held")
             continue
         prev = records.get(r.epoch - 1)

@@ -234,7 +234,7 @@ class Appliance:
         # chain moved on (its input is no longer the expected coin): the node's reply may
         # have been lost, and repeating a signature commits the appliance to nothing new.
         # Only an identical transaction (same txid) qualifies; anything else is decided below.
-        done = self._signed_before(psbt)
+        done = self._signed_before(psbt, verdict.candidate.txid if verdict.candidate else None)
         if done is not None:
             log.info("answered from journal: txid %s", done.txid)
             summary.update(txid=done.txid, epoch=done.epoch, round=done.round)
@@ -329,14 +329,16 @@ class Appliance:
             log.error("%s", exc)
         return SignOutcome(False, reasons)
 
-    def _signed_before(self, psbt: PSBT | None) -> SignedEntry | None:
-        """The journal's entry for this PSBT's transaction if this appliance signed it."""
+    def _signed_before(self, psbt: PSBT | None, txid: str | None = None) -> SignedEntry | None:
+        """The journal's entry for this PSBT's transaction if this appliance signed it
+        (`txid`: the policy's, when it judged the transaction)."""
         if psbt is None:
             return None
-        try:
-            txid = psbt.tx.txid().hex()
-        except Exception:
-            return None
+        if txid is None:
+            try:
+                txid = psbt.tx.txid().hex()
+            except Exception:
+                return None
         entry = self.journal.state().by_txid(txid)
         if entry is None or entry.kind != "signed" or entry.signed_psbt is None:
             return None
