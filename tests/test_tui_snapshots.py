@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tui_app import type_into
 from test_tui_world import T0, World, frozen_journal_time  # noqa: F401  (a fixture)
 from textual.pilot import Pilot
 
@@ -79,7 +80,8 @@ def test_epochs_screen_mid_ceremony(
         await pilot.press("4")
         await pilot.press("k")
         await settle(pilot)
-        await pilot.press(*record.name, "enter")
+        await type_into(pilot, record.name)
+        await pilot.press("enter")
         await settle(pilot)
         pilot.app.clear_notifications()  # toasts expire on a clock: not in a snapshot
 
