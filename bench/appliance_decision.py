@@ -7,6 +7,11 @@ wallet holding the same validator key, m/48h/1h/0h/2h/0/0, and the multisig) sig
 the same PSBT with walletprocesspsbt over RPC in the same round: the baseline is
 "just produce the signature". Through HWI, the same appliance drives the project's
 Jade emulator over TCP, when appliance/signers/hwi.py exists.
+
+Two passes per size: first HWI and the software signer on the same requests (the HWI
+rows and the overhead pairs), then, with the HWI journal closed, the software signer
+alone (its rows): a real appliance has one journal, and a second one's unsynced writes
+on the same disk are flushed by the first one's fsyncs, which is not its cost.
 """
 
 from __future__ import annotations
@@ -134,23 +139,32 @@ def run(ctx: BenchContext) -> list[Row]:
                 signer, emu = hwi_signer_for(fleet)
             except Exception as exc:
                 why_not = f"{type(exc).__name__}: {exc}"
+        budget = (ctx.pick(20.0, 1.5), ctx.pick(40, 5), MAX_ROUNDS)
+        hwi_app: Appliance | None = None
         try:
-            apps = [app]
             if signer is not None:
-                apps.append(fleet.appliance(VID, scratch / "hwi.sqlite", signer))
-            # The first round registers the multisig on the device: left out of the timing.
-            sequence(fleet, apps, wallet, 0.0, 1, 1)
-            ctx.say(f"appliance_decision: n={n}, software signer"
-                    f"{' and HWI on the Jade emulator' if signer else ''} vs node wallet")
-            app_t, node_t = sequence(
-                fleet, apps, wallet, ctx.pick(20.0, 1.5), ctx.pick(40, 5), MAX_ROUNDS
-            )
+                hwi_app = fleet.appliance(VID, scratch / "hwi.sqlite", signer)
+                # The first round registers the multisig on the device: left out.
+                sequence(fleet, [app, hwi_app], wallet, 0.0, 1, 1)
+                ctx.say(f"appliance_decision: n={n}, HWI on the Jade emulator and the "
+                        "software signer, same requests, vs node wallet")
+                app_t, node_t = sequence(fleet, [app, hwi_app], wallet, *budget)
+                # An appliance keeps one journal: the HWI one is closed (and the emulator
+                # stopped) before the software signer is timed alone, so that its pending
+                # writes are not flushed by the software journal's fsyncs.
+                hwi_app.journal.close()
+                hwi_app = None
+                emu.stop()
+                emu = None
+            ctx.say(f"appliance_decision: n={n}, software signer vs node wallet")
+            sw_t, sw_node_t = sequence(fleet, [app], wallet, *budget)
         finally:
-            for a in app_t_owners(locals()):
-                a.journal.close()
+            app.journal.close()
+            if hwi_app is not None:
+                hwi_app.journal.close()
             if emu is not None:
                 emu.stop()
-        rows += rows_for(case, "software signer", app_t[0], node_t)
+        rows += rows_for(case, "software signer", sw_t[0], sw_node_t)
         if signer is None:
             hwi_rows.append(
                 Row(NAME, case, "handle_sign (HWI, Jade emulator)", None, "",
@@ -172,11 +186,6 @@ def run(ctx: BenchContext) -> list[Row]:
             )
         )
     return rows + hwi_rows + tapscript_scale(ctx)
-
-
-def app_t_owners(scope: dict[str, Any]) -> list[Appliance]:
-    """The appliances a run opened (for closing their journals)."""
-    return list(scope.get("apps") or [])
 
 
 def tapscript_scale(ctx: BenchContext) -> list[Row]:
