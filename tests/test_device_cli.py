@@ -14,6 +14,9 @@ from appliance.emulator import JadeEmulator
 from appliance.signers.software import SoftwareSigner
 
 MNEMONIC = bip39.mnemonic_from_bytes(b"\x42" * 16)
+# HWI's fixed emulator port: under `-n 2 --dist loadgroup` these share one xdist worker
+# with the other test that binds it (test_emulator_hwi.py), never running beside it.
+pytestmark = pytest.mark.xdist_group("hwi_emulator_port_30121")
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def emulator_on_30121():
     emu.stop()
 
 
+@pytest.mark.xdist_group("hwi_emulator_port_30121")  # with test_device_cli.py under xdist
 def test_enumerate_finds_emulator_and_cli_agrees(emulator_on_30121):
     found = [d for d in hwi_enumerate(chain=Chain.TEST, allow_emulators=True)
              if d["type"] == "jade"]
