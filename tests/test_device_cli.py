@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from embit import bip39
 
+from anchorharness.clirun import run_cli
 from anchornode.bftsim import SimulatedBFTChain
 from appliance.emulator import JadeEmulator
 from appliance.signers.software import SoftwareSigner
@@ -28,8 +27,8 @@ def emulator():
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "anchorcli", "device", *args],
-                          capture_output=True, text=True, timeout=120)
+    """`bft-anchor device ARGS` (anchorcli's main in this process: anchorharness/clirun.py)."""
+    return run_cli("device", *args)
 
 
 def epoch_file(tmp_path, with_device: bool, n: int = 4):
