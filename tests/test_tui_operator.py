@@ -38,7 +38,7 @@ async def test_the_fingerprint_is_typed_first_and_a_mismatch_warns_of_forgery(
 ) -> None:
     record = world.write_record()
     # The operator types the path relative to where the console runs: a few keys, not a
-    # 70-character temporary path (each key press waits for Textual to go idle).
+    # 70-character temporary path.
     monkeypatch.chdir(record.parent)
     app, seen = console(world.backend)
     async with app.run_test(size=SIZE) as pilot:

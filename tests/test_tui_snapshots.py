@@ -74,7 +74,7 @@ def test_epochs_screen_mid_ceremony(
     world: World, snap_compare: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = world.write_record()
-    monkeypatch.chdir(record.parent)  # a short relative path: each key press waits for idle
+    monkeypatch.chdir(record.parent)  # a fixed relative path (typed, so on screen)
 
     async def to_step_c(pilot: Pilot) -> None:
         await pilot.press("4")
