@@ -161,8 +161,10 @@ def releases(
             coin = state.known_coin(op)
             if coin is None or coin.epoch not in records:
                 continue
-            if not any(e.kind == "signed" for e in state.spends_of(op)):
-                continue
+            spends = state.spends_of(op)
+            own = {e.payload for e in spends if e.kind == "signed"}
+            if not own - {e.payload for e in spends if state.is_proven(e)}:
+                continue  # nothing of this appliance's own on the coin could be released
             ms = multisig_for(records[coin.epoch])
             keys = {k.sec().hex() for k in quorum_signers(tx, coin, ms, prevouts)}
             if not keys:
