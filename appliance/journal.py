@@ -280,9 +280,9 @@ class JournalState:
     entries: tuple[SignedEntry, ...]
     proven_txids: frozenset[str] = frozenset()
     released: frozenset[tuple[Outpoint, str]] = frozenset()
-    # The chain structure (spends, live spends, reachable coins, tips) of a state this one
-    # extends, updated per new row instead of walked again: a decision then costs the same
-    # whatever the journal's length. Structure only: read signed_psbt through by_txid.
+    # The tree and indexes (spends, live spends, reachable coins, tips, txids, own rounds)
+    # of the state this one extends, updated per new row instead of built again: a
+    # decision then costs the same whatever the journal's length.
     _structure: _Structure | None = field(default=None, compare=False, repr=False)
 
     @property
