@@ -38,11 +38,11 @@ def test_quick_bench_reports_every_section():
             if r["value"] is None:  # allowed only when it says why
                 assert r["note"].startswith("not measured"), (name, r)
                 continue
-            if r["metric"].startswith("  of which"):
-                # A part of a breakdown may round to nothing in a quick run (a step that
-                # the few quick rounds never took); the whole it breaks down may not.
-                assert r["value"] >= 0, (name, r)
-            else:
-                assert r["value"] > 0, (name, r)
+            # A part of a breakdown may be nothing in a quick run (a step the few quick
+            # rounds never took, e.g. the initiator's own signature when k peers answered
+            # first): so may its share of the whole; the whole itself may not.
+            part = r["metric"].startswith("  of which")
+            assert r["value"] >= 0 if part else r["value"] > 0, (name, r)
             if r["baseline"] is not None:
-                assert r["baseline"] > 0 and r["ratio"] > 0, (name, r)
+                assert r["baseline"] > 0, (name, r)
+                assert r["ratio"] >= 0 if part else r["ratio"] > 0, (name, r)

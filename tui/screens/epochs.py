@@ -202,6 +202,10 @@ class EpochsScreen(ConsoleScreen):
         if c.step != self._bindings_step:
             self._bindings_step = c.step
             self.refresh_bindings()
+            if c.step not in (RECORD, FINGERPRINT):
+                # A step with no input to type into: show the steps from the top (what is
+                # checked, what comes next), not where the last input left the pane.
+                self.query_one("#ceremony-pane", VerticalScroll).scroll_home(animate=False)
 
     # --- the steps ------------------------------------------------------------------
 
