@@ -518,7 +518,6 @@ class Journal:
         # The held records, parsed once: the same objects every decision, so their
         # multisigs (keys derived per validator) are derived once too.
         self._records: list[EpochRecord] | None = None
-        self._records_version = -1
         if journal_id is not None:
             if not self.path.exists():
                 raise JournalError(
@@ -656,8 +655,8 @@ class Journal:
         """Everything signed. Read in full only when another connection has committed
         since (SQLite's data_version says so); this connection's own writes update the
         snapshot as they commit, so a decision does not re-read the whole journal."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if self._snapshot is None or version != self._version:
+        self._forget_if_changed()
+        if self._snapshot is None:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM signed ORDER BY seq").fetchall()
             proven = frozenset(r[0] for r in self._db.execute("SELECT txid FROM proven"))
             released = frozenset(
@@ -667,8 +666,16 @@ class Journal:
             self._snapshot = JournalState(
                 self.genesis, tuple(_entry(r) for r in rows), proven, released
             )
-            self._version = version
         return self._snapshot
+
+    def _forget_if_changed(self) -> None:
+        """Drop the cached state and records if another connection has committed since
+        they were read (SQLite's data_version; this connection's own commits keep it, and
+        they update or drop the caches themselves)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._snapshot = self._records = None
+            self._version = version
 
     def _take_new_rows(self) -> None:
         """After this connection's own commit: add the rows it wrote to the snapshot."""
@@ -987,11 +994,10 @@ class Journal:
     def records(self) -> list[EpochRecord]:
         """Every record held, by epoch. Read again only when another connection has
         committed since, or this one stored a record."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if self._records is None or version != self._records_version:
+        self._forget_if_changed()
+        if self._records is None:
             rows = self._db.execute("SELECT json FROM records ORDER BY epoch").fetchall()
             self._records = [EpochRecord.from_json(r[0]) for r in rows]
-            self._records_version = version
         return list(self._records)
 
     @_locked
