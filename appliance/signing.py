@@ -34,6 +34,7 @@ from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
+from bftanchor.psbtread import read_psbt
 from bftanchor.qc import QC
 from bftanchor.signreply import SignReply
 from bftanchor.template import signature_reply, signatures, verify_partial_sig
@@ -157,7 +158,7 @@ class Appliance:
             reasons.append(f"psbt must be a base64 string, found {type(psbt_b64).__name__}")
         else:
             try:
-                psbt = PSBT.from_string(psbt_b64)
+                psbt = read_psbt(psbt_b64)
             except Exception as exc:
                 reasons.append(f"malformed PSBT: {exc or type(exc).__name__}")
         try:

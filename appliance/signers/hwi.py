@@ -36,6 +36,7 @@ from bftanchor.deployment import device_wallet_name
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import TemplateError
+from bftanchor.psbtread import read_psbt
 from bftanchor.template import get_signature, put_signature, verify_partial_sig
 
 log = logging.getLogger("bft_anchor.signers.hwi")
@@ -340,7 +341,7 @@ class HWISigner:
         b64 = psbt.to_string()
         result = self._with_client(lambda client: commands.signtx(client, b64))
         try:
-            signed = PSBT.from_string(result["psbt"])
+            signed = read_psbt(result["psbt"])
         except Exception as exc:
             raise SignerError(f"{self.label} returned a PSBT that does not parse: {exc}") from exc
         if signed.tx.txid() != psbt.tx.txid():

@@ -1,0 +1,120 @@
+"""Reading a PSBT with each public key parsed once per process.
+
+A checkpoint PSBT names every validator key of two epochs (input 0's derivations,
+output 1's), the same keys round after round. embit parses each one from scratch (a
+square root in libsecp256k1 behind a process-wide lock) and re-serializes both sides
+of every comparison of two keys, which together cost the appliance more than the
+rest of reading the PSBT. Here a key is parsed once per distinct serialization and
+keeps that serialization.
+
+Only how a key is parsed changes: every field is read, and every malformed or
+duplicated field refused, exactly as embit's own reader does (tests/test_psbtread.py
+holds the two readers to the same answers, good and bad).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from io import BytesIO
+
+from embit import compact, ec
+from embit.psbt import PSBT, DerivationPath, InputScope, OutputScope, PSBTError, read_string
+
+# Enough for the keys of many epochs; a miss only parses again.
+_KEY_CACHE_SIZE = 8192
+
+
+class Key(ec.PublicKey):
+    """A public key that keeps its serialization: embit's compare and hash through it."""
+
+    _sec: bytes | None = None
+
+    def sec(self) -> bytes:
+        if self._sec is None:
+            self._sec = super().sec()
+        return self._sec
+
+
+@lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _key(sec: bytes) -> Key:
+    """Parsed once per serialization; a Key is never changed after it is made."""
+    key = Key.parse(sec)
+    key.sec()
+    return key
+
+
+@lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _xonly(x: bytes) -> Key:
+    key = Key.from_xonly(x)
+    key.sec()
+    return key
+
+
+def _tap_derivation(v: bytes) -> tuple[list[bytes], DerivationPath]:
+    """BIP 371's value for a key: the leaf hashes it signs for, then its origin."""
+    b = BytesIO(v)
+    count = compact.read_from(b)
+    leaf_hashes = [b.read(32) for _ in range(count)]
+    if not all(len(leaf) == 32 for leaf in leaf_hashes):
+        raise PSBTError("Invalid length of taproot leaf hashes")
+    return leaf_hashes, DerivationPath.read_from(b)
+
+
+class _Input(InputScope):
+    def read_value(self, stream, k):  # type: ignore[no-untyped-def]
+        kind = k[:1]
+        if kind == b"\x06":  # PSBT_IN_BIP32_DERIVATION
+            v = read_string(stream)
+            pub = _key(k[1:])
+            if pub in self.bip32_derivations:
+                raise PSBTError("Duplicated derivation path")
+            self.bip32_derivations[pub] = DerivationPath.parse(v)
+        elif kind == b"\x02" and not self.compress:  # PSBT_IN_PARTIAL_SIG
+            v = read_string(stream)
+            pub = _key(k[1:])
+            if pub in self.partial_sigs:
+                raise PSBTError("Duplicated partial sig")
+            self.partial_sigs[pub] = v
+        elif kind == b"\x14":  # PSBT_IN_TAP_SCRIPT_SIG
+            v = read_string(stream)
+            if len(k) != 65:
+                raise PSBTError("Invalid key length")
+            pub, leaf = _xonly(k[1:33]), k[33:]
+            if (pub, leaf) in self.taproot_sigs:
+                raise PSBTError("Duplicated taproot sig")
+            self.taproot_sigs[(pub, leaf)] = v
+        elif kind == b"\x16":  # PSBT_IN_TAP_BIP32_DERIVATION
+            v = read_string(stream)
+            pub = _xonly(k[1:])
+            if pub not in self.taproot_bip32_derivations:  # embit keeps the first
+                self.taproot_bip32_derivations[pub] = _tap_derivation(v)
+        else:
+            super().read_value(stream, k)
+
+
+class _Output(OutputScope):
+    def read_value(self, stream, k):  # type: ignore[no-untyped-def]
+        kind = k[:1]
+        if kind == b"\x02":  # PSBT_OUT_BIP32_DERIVATION
+            v = read_string(stream)
+            pub = _key(k[1:])
+            if pub in self.bip32_derivations:
+                raise PSBTError("Duplicated derivation path")
+            self.bip32_derivations[pub] = DerivationPath.parse(v)
+        elif kind == b"\x07":  # PSBT_OUT_TAP_BIP32_DERIVATION
+            v = read_string(stream)
+            pub = _xonly(k[1:])
+            if pub not in self.taproot_bip32_derivations:
+                self.taproot_bip32_derivations[pub] = _tap_derivation(v)
+        else:
+            super().read_value(stream, k)
+
+
+class KeyedPSBT(PSBT):
+    PSBTIN_CLS = _Input
+    PSBTOUT_CLS = _Output
+
+
+def read_psbt(b64: str) -> PSBT:
+    """A base64 PSBT, read as embit reads it (raising what embit raises)."""
+    return KeyedPSBT.from_string(b64)

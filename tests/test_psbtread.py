@@ -1,0 +1,164 @@
+"""The appliance's PSBT reader against embit's: the same PSBT, or the same refusal.
+
+read_psbt only parses public keys once per process; a reader that accepted what embit
+refuses, or read a field differently, would let the appliance judge a PSBT other than
+the one its signer sees. So every answer is compared with embit's on real checkpoint
+PSBTs (P2WSH and tapscript, with signatures on them) and on mutations of their bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from io import BytesIO
+
+import pytest
+from embit.psbt import PSBT, read_string, ser_string
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anchorharness.fleet import BenchFleet
+from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH
+from bftanchor.psbtread import Key, read_psbt
+
+
+@functools.cache
+def signed_psbt(script: str) -> bytes:
+    """A checkpoint PSBT with two validators' signatures on the coin."""
+    fleet = BenchFleet(4, tag=f"psbtread-{script}", script=script)
+    fleet.fake_genesis()
+    p, _ = fleet.next_request()
+    psbt = p.psbt
+    for vid in ("v0", "v1"):
+        psbt = fleet.signers[vid].sign(psbt, fleet.multisig)
+    return psbt.serialize()
+
+
+def _view(psbt: PSBT) -> tuple:
+    """Everything read, with keys as bytes (embit compares keys by serializing them)."""
+    def keyed(d: dict) -> dict:
+        out = {}
+        for k, v in d.items():
+            k = (k[0].sec(), k[1]) if isinstance(k, tuple) else k.sec()
+            out[k] = v.serialize() if hasattr(v, "serialize") else repr(v)
+        return out
+
+    scopes = []
+    for scope in (*psbt.inputs, *psbt.outputs):
+        scopes.append(
+            (
+                keyed(scope.bip32_derivations),
+                keyed(getattr(scope, "partial_sigs", {})),
+                keyed(getattr(scope, "taproot_sigs", {})),
+                keyed(scope.taproot_bip32_derivations),
+                dict(scope.unknown),
+            )
+        )
+    return psbt.serialize(), scopes
+
+
+def _embit(raw: bytes) -> tuple:
+    try:
+        return "ok", _view(PSBT.parse(raw))
+    except Exception as exc:
+        return "error", type(exc), str(exc)
+
+
+def _ours(raw: bytes) -> tuple:
+    try:
+        return "ok", _view(read_psbt(base64.b64encode(raw).decode()))
+    except Exception as exc:
+        return "error", type(exc), str(exc)
+
+
+@pytest.mark.parametrize("script", [SCRIPT_WSH, SCRIPT_TR])
+def test_a_checkpoint_psbt_is_read_as_embit_reads_it(script: str) -> None:
+    raw = signed_psbt(script)
+    ours = read_psbt(base64.b64encode(raw).decode())
+    assert _ours(raw) == _embit(raw)
+    assert _ours(raw)[0] == "ok"
+    scope = ours.inputs[0]
+    keys = list(scope.taproot_bip32_derivations if script == SCRIPT_TR
+                else scope.bip32_derivations)
+    sigs = list(scope.taproot_sigs if script == SCRIPT_TR else scope.partial_sigs)
+    # The keys really are the cached kind, and the signatures were read.
+    assert len(keys) == 4 and all(isinstance(k, Key) for k in keys)
+    assert len(sigs) == 2
+    assert read_psbt(base64.b64encode(raw).decode()).inputs[0] is not scope
+
+
+@pytest.mark.parametrize("script", [SCRIPT_WSH, SCRIPT_TR])
+def test_a_duplicated_key_is_refused_like_embit(script: str) -> None:
+    """Each key of input 0 and output 1 written twice, with the same value or another:
+    both readers refuse, or both keep the same one."""
+    raw = signed_psbt(script)
+    psbt = PSBT.parse(raw)
+    pairs = _pairs(psbt.inputs[0]) + _pairs(psbt.outputs[1])
+    assert len(pairs) > 10
+    refused = kept = 0
+    for k, v in pairs:
+        for again in (v, v[:-1] + bytes([v[-1] ^ 1])):
+            doubled = raw.replace(_pair(k, v), _pair(k, v) + _pair(k, again), 1)
+            assert _ours(doubled) == _embit(doubled)
+            refused += _embit(doubled)[0] == "error"
+            kept += _embit(doubled)[0] == "ok"
+    assert refused >= 10  # derivations and signatures at least
+    assert kept or script == SCRIPT_WSH  # a BIP 371 derivation given twice: the first stays
+
+
+def _pairs(scope) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+    raw = scope.serialize(skip_separator=True)
+    s, out = BytesIO(raw), []
+    while s.tell() < len(raw):
+        out.append((read_string(s), read_string(s)))
+    return out
+
+
+def _pair(k: bytes, v: bytes) -> bytes:
+    b = BytesIO()
+    ser_string(b, k)
+    ser_string(b, v)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("script", [SCRIPT_WSH, SCRIPT_TR])
+def test_every_reshaped_key_or_value_gets_embits_answer(script: str) -> None:
+    """Each pair of input 0 and output 1, its key or value one byte shorter or longer
+    (lengths kept consistent), or its key's type byte made the neighbouring types'."""
+    raw = signed_psbt(script)
+    psbt = PSBT.parse(raw)
+    answers = []
+    for scope in (psbt.inputs[0], psbt.outputs[1]):
+        for k, v in _pairs(scope):
+            for k2, v2 in ((k[:-1], v), (k + b"\x02", v), (k, v[:-1]), (k, v + b"\x00"),
+                           (bytes([k[0] ^ 0x10]) + k[1:], v),
+                           (bytes([k[0] ^ 0x02]) + k[1:], v)):
+                changed = raw.replace(_pair(k, v), _pair(k2, v2), 1)
+                answers.append(_embit(changed)[0])
+                assert _ours(changed) == _embit(changed), (k.hex(), k2.hex(), v2.hex())
+    assert "error" in answers and "ok" in answers
+
+
+mutation = st.tuples(
+    st.sampled_from([SCRIPT_WSH, SCRIPT_TR]),
+    st.integers(min_value=0, max_value=10**9),
+    st.sampled_from(["flip", "cut", "insert", "drop"]),
+    st.binary(min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutation)
+def test_mutated_bytes_get_the_same_answer_from_both_readers(m: tuple) -> None:
+    script, where, how, data = m
+    raw = bytearray(signed_psbt(script))
+    i = 5 + where % (len(raw) - 5)  # past the magic: a bad magic is the dull case
+    if how == "flip":
+        raw[i] ^= data[0] or 1
+    elif how == "cut":
+        del raw[i:]
+    elif how == "insert":
+        raw[i:i] = data
+    else:
+        del raw[i:i + len(data)]
+    assert _ours(bytes(raw)) == _embit(bytes(raw))
