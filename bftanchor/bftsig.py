@@ -11,6 +11,10 @@ keys again and again and parsing a compressed key costs a square root.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -81,6 +85,44 @@ else:  # pragma: no cover - exercised only where coincurve is absent
         point = _parse_pubkey(pubkey)
         parsed = secp256k1.ecdsa_signature_parse_compact(sig64)
         return secp256k1.ecdsa_verify(parsed, digest, point)
+
+
+# From this many signatures on, a QC's are checked on two threads: libsecp256k1 runs
+# without the GIL (cffi releases it), so two cores verify at once; below it, waking the
+# second thread costs more than the signatures it takes (bench/qc_verify.py).
+PARALLEL_FROM = 6
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _second_thread() -> ThreadPoolExecutor | None:
+    global _helper
+    if VERIFY_BACKEND != "coincurve" or (os.cpu_count() or 1) < 2:
+        return None  # embit's binding holds one lock for every call: nothing to gain
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(1, thread_name_prefix="bftsig-verify")
+        return _helper
+
+
+def _problem(item: tuple[bytes, bytes, bytes]) -> Exception | None:
+    try:
+        verify_compact(*item)
+    except Exception as exc:  # BadSignature or HighSSignature, named by verify_qc
+        return exc
+    return None
+
+
+def verify_each(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[Exception | None]:
+    """verify_compact on each (pubkey, digest, sig64): each one's error, or None. Every
+    item is checked (no early stop), so the answer does not depend on the threads."""
+    helper = _second_thread() if len(items) >= PARALLEL_FROM else None
+    if helper is None:
+        return [_problem(i) for i in items]
+    half = len(items) // 2
+    first = helper.submit(lambda: [_problem(i) for i in items[:half]])
+    rest = [_problem(i) for i in items[half:]]
+    return first.result() + rest
 
 
 def verify_compact(pubkey: bytes, digest: bytes, sig64: bytes) -> None:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bftanchor.bftsig import verify_compact
+from bftanchor.bftsig import verify_each
 from bftanchor.errors import (
     BelowThreshold,
     DuplicateSigner,
@@ -196,10 +196,10 @@ def verify_qc(qc: QC, record: Any) -> list[str]:
         seen.add(vid)
         if vid not in members:
             raise UnknownSigner(f"signer {vid} is not a member of epoch {record.epoch}")
-    for vid, sig in qc.signatures:
-        try:
-            verify_compact(members[vid].bft_pubkey, digest, sig)
-        except Exception as exc:
+    problems = verify_each([(members[vid].bft_pubkey, digest, sig)
+                            for vid, sig in qc.signatures])
+    for (vid, _sig), exc in zip(qc.signatures, problems, strict=True):
+        if exc is not None:  # the first bad one in the QC's order
             raise type(exc)(f"signature of {vid}: {exc}") from exc
     if len(seen) < record.threshold:
         raise BelowThreshold(

@@ -183,3 +183,59 @@ def test_compact_roundtrip():
 
     verify_compact(pubkey_from_secret(secret), digest, sig)
     assert int.from_bytes(sig[32:], "big") <= N // 2
+
+
+def _items(count: int, bad: set[int], high_s: set[int] = frozenset()) -> list[tuple]:
+    """`count` signatures of one digest by distinct keys; those in `bad` signed by a
+    different key, those in `high_s` turned into their malleable twin."""
+    from bftanchor.bftsig import pubkey_from_secret
+
+    digest = hashlib.sha256(b"verify_each").digest()
+    out = []
+    for i in range(count):
+        secret = hashlib.sha256(b"key %d" % i).digest()
+        signer = hashlib.sha256(b"other %d" % i).digest() if i in bad else secret
+        sig = sign_compact(signer, digest)
+        if i in high_s:
+            s = N - int.from_bytes(sig[32:], "big")
+            sig = sig[:32] + s.to_bytes(32, "big")
+        out.append((pubkey_from_secret(secret), digest, sig))
+    return out
+
+
+@pytest.mark.parametrize("count", [3, 11, 15])
+def test_verify_each_names_each_bad_signature_wherever_it_is(count):
+    """From PARALLEL_FROM signatures on, half are checked on a second thread: each
+    answer still lands on its own signature, in both halves."""
+    from bftanchor.bftsig import PARALLEL_FROM, verify_each
+
+    assert (count >= PARALLEL_FROM) == (count > 3)
+    bad, high = {1, count - 1}, {0}
+    got = verify_each(_items(count, bad, high))
+    assert [i for i, e in enumerate(got) if isinstance(e, errors.HighSSignature)] == sorted(high)
+    assert [i for i, e in enumerate(got) if isinstance(e, errors.BadSignature)
+            and not isinstance(e, errors.HighSSignature)] == sorted(bad)
+    assert verify_each(_items(count, set())) == [None] * count
+
+
+def test_a_qc_names_its_first_bad_signature_with_many_signers():
+    """An 11-signature QC is checked on two threads; the refusal names the first bad
+    signature in the QC's order (in the helper thread's half), not a later one."""
+    from dataclasses import replace
+
+    from anchorharness.fleet import BenchFleet
+    from bftanchor.bftsig import PARALLEL_FROM
+
+    fleet = BenchFleet(15, tag="qc-parallel")
+    qc = fleet.qc(5)
+    assert len(qc.signatures) == 11 >= PARALLEL_FROM
+    verify_qc(qc, fleet.record)
+    wrong = sign_compact(hashlib.sha256(b"not a member").digest(), qc.signed_digest())
+    sigs = list(qc.signatures)
+    for i in (2, 9):
+        sigs[i] = (sigs[i][0], wrong)
+    with pytest.raises(errors.BadSignature, match=f"signature of {sigs[2][0]}:"):
+        verify_qc(replace(qc, signatures=tuple(sigs)), fleet.record)
+    sigs[2] = qc.signatures[2]
+    with pytest.raises(errors.BadSignature, match=f"signature of {sigs[9][0]}:"):
+        verify_qc(replace(qc, signatures=tuple(sigs)), fleet.record)
