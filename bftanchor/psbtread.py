@@ -118,3 +118,8 @@ class KeyedPSBT(PSBT):
 def read_psbt(b64: str) -> PSBT:
     """A base64 PSBT, read as embit reads it (raising what embit raises)."""
     return KeyedPSBT.from_string(b64)
+
+
+def read_psbt_bytes(raw: bytes) -> PSBT:
+    """A serialized PSBT, read as embit's PSBT.parse reads it."""
+    return KeyedPSBT.parse(raw)

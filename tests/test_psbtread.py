@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from anchorharness.fleet import BenchFleet
 from bftanchor.epoch import SCRIPT_TR, SCRIPT_WSH
-from bftanchor.psbtread import Key, read_psbt
+from bftanchor.psbtread import Key, read_psbt, read_psbt_bytes
 
 
 @functools.cache
@@ -65,10 +65,17 @@ def _embit(raw: bytes) -> tuple:
 
 
 def _ours(raw: bytes) -> tuple:
+    """read_psbt's answer, checked to be read_psbt_bytes' too."""
     try:
-        return "ok", _view(read_psbt(base64.b64encode(raw).decode()))
+        got = "ok", _view(read_psbt(base64.b64encode(raw).decode()))
     except Exception as exc:
-        return "error", type(exc), str(exc)
+        got = "error", type(exc), str(exc)
+    try:
+        again = "ok", _view(read_psbt_bytes(raw))
+    except Exception as exc:
+        again = "error", type(exc), str(exc)
+    assert again == got
+    return got
 
 
 @pytest.mark.parametrize("script", [SCRIPT_WSH, SCRIPT_TR])

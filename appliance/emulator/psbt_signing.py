@@ -34,6 +34,7 @@ from appliance.emulator.multisig import MultisigRecord, MultisigRegistry
 from appliance.emulator.networks import bip44_coin, embit_params
 from appliance.emulator.params import MAX_PATH_LEN
 from appliance.emulator.wallet import SINGLESIG_VARIANTS, Keychain
+from bftanchor.psbtread import read_psbt_bytes
 
 PSBT_MAGIC = b"psbt\xff"  # sign_psbt.c PSBT_MAGIC_PREFIX
 HARDENED = 0x80000000
@@ -86,7 +87,7 @@ def parse_psbt(psbt_bytes: bytes) -> PSBT:
     if not psbt_bytes.startswith(PSBT_MAGIC):
         raise RpcError(BAD_PARAMETERS, "Failed to extract psbt from passed bytes")
     try:
-        return PSBT.parse(psbt_bytes)
+        return read_psbt_bytes(psbt_bytes)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same error
         raise RpcError(BAD_PARAMETERS, "Failed to extract psbt from passed bytes") from exc
 
