@@ -8,6 +8,7 @@ rule adds a reason a person can read; nothing here does I/O.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,9 @@ def _evaluate(
     payload = Payload(qc.epoch, qc.round, qc.commit_state_id, magic=magic)
 
     tx = psbt.tx
+    # embit builds psbt.tx from each input's outpoint and nSequence alone (no scriptSig, no
+    # witness): this is the transaction signed, its serialization the one txid hashes.
+    raw = tx.serialize()
     # 2. Shape of the transaction.
     if tx.version != TX_VERSION:
         v.refuse(f"nVersion is {tx.version}, expected {TX_VERSION}")
@@ -356,7 +360,7 @@ def _evaluate(
     total_in = coin.value + topups_in
     total_out = sum(o.value for o in tx.vout)
     fee = total_in - total_out
-    vsize = estimate_vsize(tx, source, P2WPKH_WITNESS * (len(tx.vin) - 1))
+    vsize = estimate_vsize(tx, source, P2WPKH_WITNESS * (len(tx.vin) - 1), len(raw))
     rate = fee / vsize
     v.summary.update(
         fee=fee,
@@ -389,7 +393,7 @@ def _evaluate(
     if change_out is not None:
         vout.append(TransactionOutput(change_out.value, change_out.script_pubkey))
     expected = Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=LOCKTIME)
-    if expected.serialize() != tx.serialize():
+    if expected.serialize() != raw:
         v.refuse("the transaction differs from the checkpoint the appliance would build")
 
     # Signatures already on the coin input must be real ones of this transaction: the
@@ -406,7 +410,7 @@ def _evaluate(
                 return
 
     # 9. The journal allows it.
-    txid = tx.txid().hex()
+    txid = hashlib.sha256(hashlib.sha256(raw).digest()).digest()[::-1].hex()
     v.summary["txid"] = txid
     cand = Candidate(
         txid=txid,

@@ -184,18 +184,23 @@ def build_checkpoint_psbt(
     return psbt
 
 
-def estimate_vsize(tx: Transaction, multisig: EpochMultisig, extra_input_witness: int = 0) -> int:
+def estimate_vsize(
+    tx: Transaction, multisig: EpochMultisig, extra_input_witness: int = 0,
+    base: int | None = None,
+) -> int:
     """Virtual size of tx once input 0 carries k worst-case signatures.
 
     extra_input_witness: witness bytes of any top-up inputs (e.g. 108 per P2WPKH).
+    base: the size of tx without scriptSigs or witnesses, if the caller has it.
     """
-    stripped = Transaction(
-        tx.version,
-        [TransactionInput(i.txid, i.vout, sequence=i.sequence) for i in tx.vin],
-        tx.vout,
-        tx.locktime,
-    )
-    base = len(stripped.serialize())
+    if base is None:
+        stripped = Transaction(
+            tx.version,
+            [TransactionInput(i.txid, i.vout, sequence=i.sequence) for i in tx.vin],
+            tx.vout,
+            tx.locktime,
+        )
+        base = len(stripped.serialize())
     if isinstance(multisig, tapscript.TapscriptMultisig):
         other = 2 + extra_input_witness + (len(tx.vin) - 1)
         return tapscript.estimate_vsize(base, multisig, other)
