@@ -311,6 +311,7 @@ class Appliance:
             return SignOutcome(False, [reason], summary=summary)
         self.journal.record_signature(cand.txid, out, summary, cand.epoch, cand.round)
         _crash_point("after-sign")
+        self.journal.keep_wal_room()
         log.info(
             "signed epoch %d round %d txid %s fee %d%s",
             cand.epoch,

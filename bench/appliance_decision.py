@@ -131,6 +131,7 @@ def run(ctx: BenchContext) -> list[Row]:
         case = f"n={n} k={fleet.k} wsh-sortedmulti"
         scratch = ctx.scratch(f"decision-{n}")
         app = fleet.appliance(VID, scratch / "software.sqlite")
+        app.journal.prepare_to_serve()  # as `appliance serve` does before it answers
         signer, emu, why_not = None, None, ""
         if not HWI_MODULE.exists():
             why_not = "HWI signer not present"
@@ -144,6 +145,7 @@ def run(ctx: BenchContext) -> list[Row]:
         try:
             if signer is not None:
                 hwi_app = fleet.appliance(VID, scratch / "hwi.sqlite", signer)
+                hwi_app.journal.prepare_to_serve()
                 # The first round registers the multisig on the device: left out.
                 sequence(fleet, [app, hwi_app], wallet, 0.0, 1, 1)
                 ctx.say(f"appliance_decision: n={n}, HWI on the Jade emulator and the "
@@ -202,6 +204,7 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
     for name, fleet in (("big", big), ("small", small)):
         fleet.fake_genesis()
         apps[name] = fleet.appliance(VID, ctx.scratch(f"decision-scale-{name}") / "j.sqlite")
+        apps[name].journal.prepare_to_serve()
     times: dict[str, list[float]] = {"big": [], "small": []}
     ctx.say("appliance_decision: n=100 tapscript vs n=15 wsh, software signer, alternated")
     start = time.perf_counter()

@@ -241,3 +241,87 @@ def test_a_failed_commit_drops_what_the_work_computed(tmp_path):
     finally:
         j._db = real
         j.close()
+
+
+def _chain(journal: Journal, start: int, count: int) -> None:
+    """`count` more checkpoints, each spending the last one's coin."""
+    inp = GENESIS.outpoint
+    state = journal.state()
+    if state.entries:
+        inp = Outpoint(state.entries[-1].txid, 1)
+    for r in range(start, start + count):
+        txid = f"{r:064x}"
+        journal.reserve(cand(txid, 0, r, payload=f"{r:04x}", inp=inp), "h")
+        journal.keep_wal_room()
+        inp = Outpoint(txid, 1)
+
+
+def test_room_reserved_in_the_wal_is_written_over_and_holds_nothing(tmp_path):
+    """prepare_to_serve lengthens the WAL by frames no commit holds: the commits that follow
+    write over them (the file keeps its size), a copy of the files taken at any moment
+    reads back exactly the rows committed, and once the room is used up twice as much is
+    reserved."""
+    import shutil
+
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, GENESIS)
+    wal = tmp_path / "j.sqlite-wal"
+    try:
+        _chain(journal, 1, 3)
+        journal.prepare_to_serve()
+        roomy = wal.stat().st_size
+        assert roomy > 1_000_000
+        assert journal.get_meta("wal room") is None  # rolled back: not a row
+        _chain(journal, 4, 10)
+        assert wal.stat().st_size == roomy  # written over, not grown
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        for name in ("j.sqlite", "j.sqlite-wal"):
+            shutil.copyfile(tmp_path / name, copy / name)
+        seen = Journal(copy / "j.sqlite", GENESIS)
+        try:
+            assert [e.round for e in seen.state().entries] == list(range(1, 14))
+            assert seen._db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            seen.close()
+        # Use the room up: the next signature after that reserves twice as much.
+        assert journal.reserve_wal_room(64 << 10)
+        small = wal.stat().st_size
+        before = journal._wal_room_end
+        n = 13
+        while wal.stat().st_size <= before:
+            _chain(journal, n + 1, 1)
+            n += 1
+        assert journal._wal_room == 128 << 10
+        grown = wal.stat().st_size
+        assert grown > small
+        _chain(journal, n + 1, 2)  # within the new room: written over again
+        n += 2
+        assert wal.stat().st_size == grown
+        assert [e.round for e in journal.state().entries] == list(range(1, n + 1))
+    finally:
+        journal.close()
+    reopened = Journal(path, GENESIS)
+    try:
+        assert len(reopened.state().entries) == n
+    finally:
+        reopened.close()
+
+
+def test_no_room_is_reserved_on_a_disk_short_of_space(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    journal = Journal(tmp_path / "j.sqlite", GENESIS)
+    try:
+        _chain(journal, 1, 2)
+        wal = tmp_path / "j.sqlite-wal"
+        size = wal.stat().st_size
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 8 << 20, 2 << 20))
+        assert journal.reserve_wal_room(1 << 20) is False
+        assert wal.stat().st_size == size
+        _chain(journal, 3, 1)  # and signing goes on, the WAL growing as it goes
+        assert wal.stat().st_size > size
+    finally:
+        journal.close()
