@@ -50,6 +50,19 @@ def _xonly(x: bytes) -> Key:
     return key
 
 
+@lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _origin(v: bytes) -> tuple[bytes, tuple[int, ...]]:
+    der = DerivationPath.parse(v)
+    return der.fingerprint, tuple(der.derivation)
+
+
+def _derivation(v: bytes) -> DerivationPath:
+    """A key's origin as embit reads it, parsed once per value: a new object each time
+    (DerivationPath holds a list), built from the cached parse."""
+    fingerprint, path = _origin(v)
+    return DerivationPath(fingerprint, list(path))
+
+
 def _tap_derivation(v: bytes) -> tuple[list[bytes], DerivationPath]:
     """BIP 371's value for a key: the leaf hashes it signs for, then its origin."""
     b = BytesIO(v)
@@ -68,7 +81,7 @@ class _Input(InputScope):
             pub = _key(k[1:])
             if pub in self.bip32_derivations:
                 raise PSBTError("Duplicated derivation path")
-            self.bip32_derivations[pub] = DerivationPath.parse(v)
+            self.bip32_derivations[pub] = _derivation(v)
         elif kind == b"\x02" and not self.compress:  # PSBT_IN_PARTIAL_SIG
             v = read_string(stream)
             pub = _key(k[1:])
@@ -100,7 +113,7 @@ class _Output(OutputScope):
             pub = _key(k[1:])
             if pub in self.bip32_derivations:
                 raise PSBTError("Duplicated derivation path")
-            self.bip32_derivations[pub] = DerivationPath.parse(v)
+            self.bip32_derivations[pub] = _derivation(v)
         elif kind == b"\x07":  # PSBT_OUT_TAP_BIP32_DERIVATION
             v = read_string(stream)
             pub = _xonly(k[1:])

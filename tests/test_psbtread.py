@@ -169,3 +169,14 @@ def test_mutated_bytes_get_the_same_answer_from_both_readers(m: tuple) -> None:
     else:
         del raw[i:i + len(data)]
     assert _ours(bytes(raw)) == _embit(bytes(raw))
+
+
+def test_a_parsed_origin_is_never_shared_between_psbts() -> None:
+    """Keys are shared (immutable); an origin holds a list, so each PSBT gets its own."""
+    b64 = base64.b64encode(signed_psbt(SCRIPT_WSH)).decode()
+    first, second = read_psbt(b64), read_psbt(b64)
+    der = next(iter(first.inputs[0].bip32_derivations.values()))
+    der.derivation.append(7)
+    other = second.inputs[0].bip32_derivations[next(iter(first.inputs[0].bip32_derivations))]
+    assert other is not der and other.derivation == der.derivation[:-1]
+    assert read_psbt(b64).serialize() == second.serialize() == signed_psbt(SCRIPT_WSH)
