@@ -73,15 +73,26 @@ def _tap_derivation(v: bytes) -> tuple[list[bytes], DerivationPath]:
     return leaf_hashes, DerivationPath.read_from(b)
 
 
+def _put_origin(derivations: dict, k: bytes, v: bytes) -> None:
+    """A BIP 32 derivation (PSBT_IN 0x06, PSBT_OUT 0x02): a key given twice is refused."""
+    pub = _key(k[1:])
+    if pub in derivations:
+        raise PSBTError("Duplicated derivation path")
+    derivations[pub] = _derivation(v)
+
+
+def _put_tap_origin(derivations: dict, k: bytes, v: bytes) -> None:
+    """A BIP 371 derivation (PSBT_IN 0x16, PSBT_OUT 0x07): embit keeps the first given."""
+    pub = _xonly(k[1:])
+    if pub not in derivations:
+        derivations[pub] = _tap_derivation(v)
+
+
 class _Input(InputScope):
     def read_value(self, stream, k):  # type: ignore[no-untyped-def]
         kind = k[:1]
         if kind == b"\x06":  # PSBT_IN_BIP32_DERIVATION
-            v = read_string(stream)
-            pub = _key(k[1:])
-            if pub in self.bip32_derivations:
-                raise PSBTError("Duplicated derivation path")
-            self.bip32_derivations[pub] = _derivation(v)
+            _put_origin(self.bip32_derivations, k, read_string(stream))
         elif kind == b"\x02" and not self.compress:  # PSBT_IN_PARTIAL_SIG
             v = read_string(stream)
             pub = _key(k[1:])
@@ -97,10 +108,7 @@ class _Input(InputScope):
                 raise PSBTError("Duplicated taproot sig")
             self.taproot_sigs[(pub, leaf)] = v
         elif kind == b"\x16":  # PSBT_IN_TAP_BIP32_DERIVATION
-            v = read_string(stream)
-            pub = _xonly(k[1:])
-            if pub not in self.taproot_bip32_derivations:  # embit keeps the first
-                self.taproot_bip32_derivations[pub] = _tap_derivation(v)
+            _put_tap_origin(self.taproot_bip32_derivations, k, read_string(stream))
         else:
             super().read_value(stream, k)
 
@@ -109,16 +117,9 @@ class _Output(OutputScope):
     def read_value(self, stream, k):  # type: ignore[no-untyped-def]
         kind = k[:1]
         if kind == b"\x02":  # PSBT_OUT_BIP32_DERIVATION
-            v = read_string(stream)
-            pub = _key(k[1:])
-            if pub in self.bip32_derivations:
-                raise PSBTError("Duplicated derivation path")
-            self.bip32_derivations[pub] = _derivation(v)
+            _put_origin(self.bip32_derivations, k, read_string(stream))
         elif kind == b"\x07":  # PSBT_OUT_TAP_BIP32_DERIVATION
-            v = read_string(stream)
-            pub = _xonly(k[1:])
-            if pub not in self.taproot_bip32_derivations:
-                self.taproot_bip32_derivations[pub] = _tap_derivation(v)
+            _put_tap_origin(self.taproot_bip32_derivations, k, read_string(stream))
         else:
             super().read_value(stream, k)
 
