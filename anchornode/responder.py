@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from embit.psbt import PSBT
 from embit.transaction import Transaction
 
 from anchornode.delivery import CheckpointFailed, deliver
@@ -36,6 +35,7 @@ from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
+from bftanchor.psbtread import read_psbt
 from bftanchor.qc import QC, verify_qc
 from bftanchor.template import Coin, Outpoint
 
@@ -168,7 +168,7 @@ class PeerResponder(NodeParts):
             parsed = []
             for b64 in psbts:
                 try:
-                    p = PSBT.from_string(b64)
+                    p = read_psbt(b64)
                     if not p.tx.vin or not p.tx.vout:
                         raise ValueError("no inputs or no outputs")
                 except Exception as exc:
@@ -214,7 +214,7 @@ class PeerResponder(NodeParts):
                 return "refuse", self._refusal(["the appliance refused (see its journal)"])
             self.view.store.bind_qc(coin, msg.body["qc"], signed[0])
             # Only what the appliance signed fixes this checkpoint's attempt here.
-            txids = frozenset(PSBT.from_string(p).tx.txid().hex() for p in psbts)
+            txids = frozenset(read_psbt(p).tx.txid().hex() for p in psbts)
             with self.view.lock:
                 prior = self.accepted.accepted.get(msg.body["seq"])
                 if prior is None or msg.body["attempt"] >= prior[0]:

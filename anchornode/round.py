@@ -46,6 +46,7 @@ from anchornode.peer_protocol import Authenticator, PeerError, exchange, seal
 from bftanchor.descriptor import EpochMultisig, multisig_for
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
+from bftanchor.psbtread import read_psbt
 from bftanchor.qc import QC, verify_qc
 from bftanchor.template import (
     Coin,
@@ -124,7 +125,7 @@ def add_signatures(
     rungs it signed (it may stop early: a refusal of a higher fee is its right)."""
     sigs = []
     for i, b64 in enumerate(signed[: len(collected)]):
-        theirs = PSBT.from_string(b64)
+        theirs = read_psbt(b64)
         if theirs.tx.txid() != collected[i].tx.txid():
             raise CheckpointFailed(f"rung {i}: a different transaction")
         sig = get_signature(theirs, 0, source, pub)
@@ -294,7 +295,7 @@ class SigningRound(NodeParts):
                 verify_qc(cand, record)
                 script = Payload(cand.epoch, cand.round, cand.commit_state_id,
                                  magic=magic).script()
-                psbt = PSBT.from_string(b64)
+                psbt = read_psbt(b64)
                 tx = psbt.tx
                 if (Outpoint(tx.vin[0].txid.hex(), tx.vin[0].vout) != coin.outpoint
                         or tx.vout[0].script_pubkey.data != script
