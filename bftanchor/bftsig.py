@@ -75,6 +75,13 @@ if VERIFY_BACKEND == "coincurve":
             raise ValueError("compact signature does not parse")
         return bool(_lib.secp256k1_ecdsa_verify(_CTX, parsed, digest, point))
 
+    def _verify_der(pubkey: bytes, digest: bytes, der: bytes) -> bool:
+        point = _parse_pubkey(pubkey)
+        parsed = _ffi.new("secp256k1_ecdsa_signature *")
+        if not _lib.secp256k1_ecdsa_signature_parse_der(_CTX, parsed, der, len(der)):
+            raise ValueError("signature does not parse as DER")
+        return bool(_lib.secp256k1_ecdsa_verify(_CTX, parsed, digest, point))
+
 else:  # pragma: no cover - exercised only where coincurve is absent
 
     @lru_cache(maxsize=_PUBKEY_CACHE_SIZE)
@@ -85,6 +92,20 @@ else:  # pragma: no cover - exercised only where coincurve is absent
         point = _parse_pubkey(pubkey)
         parsed = secp256k1.ecdsa_signature_parse_compact(sig64)
         return secp256k1.ecdsa_verify(parsed, digest, point)
+
+    def _verify_der(pubkey: bytes, digest: bytes, der: bytes) -> bool:
+        point = _parse_pubkey(pubkey)
+        parsed = secp256k1.ecdsa_signature_parse_der(der)
+        return secp256k1.ecdsa_verify(parsed, digest, point)
+
+
+def verify_der(pubkey: bytes, digest: bytes, der: bytes) -> bool:
+    """A DER signature (a PSBT's partial signature, sighash byte removed) by a compressed
+    key of a 32-byte digest, as libsecp256k1 verifies it (a high-s signature does not
+    verify). Raises ValueError if the signature or the key does not parse."""
+    if len(digest) != 32:
+        raise ValueError(f"digest is {len(digest)} bytes, expected 32")
+    return _verify_der(bytes(pubkey), bytes(digest), bytes(der))
 
 
 # From this many signatures on, a QC's are checked on two threads: libsecp256k1 runs

@@ -108,6 +108,11 @@ class EpochMultisig:
         return tuple(sorted(out, key=lambda k: self._key_order(k.pubkey)))
 
     @cached_property
+    def member_keys(self) -> frozenset[bytes]:
+        """The keys (compressed, as bytes) whose signatures count toward k."""
+        return frozenset(k.pubkey.sec() for k in self.keys)
+
+    @cached_property
     def witness_script(self) -> Script:
         """<k> <K1>..<Kn> <n> OP_CHECKMULTISIG, numbers encoded as Bitcoin Core does.
 

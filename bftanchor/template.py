@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from embit.ec import PublicKey, Signature
+from embit.ec import PublicKey
 from embit.psbt import PSBT
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from bftanchor import tapscript
+from bftanchor.bftsig import verify_der
 from bftanchor.descriptor import EpochMultisig
 from bftanchor.errors import TemplateError
 from bftanchor.payload import Payload
@@ -294,16 +295,17 @@ def verify_partial_sig(
     if isinstance(multisig, tapscript.TapscriptMultisig):
         tapscript.check_signature(multisig, pubkey, sig, sighash(psbt, index, multisig))
         return
-    if pubkey not in {k.pubkey for k in multisig.keys}:
-        raise TemplateError(f"signature by {pubkey.sec().hex()} who is not in the multisig")
+    sec = pubkey.sec()
+    if sec not in multisig.member_keys:
+        raise TemplateError(f"signature by {sec.hex()} who is not in the multisig")
     if not sig or sig[-1] != SIGHASH.ALL:
         raise TemplateError("signature is not SIGHASH_ALL")
     try:
-        parsed = Signature.parse(sig[:-1])
-    except Exception as exc:
+        ok = verify_der(sec, sighash(psbt, index, multisig), sig[:-1])
+    except ValueError as exc:
         raise TemplateError(f"signature does not parse as DER: {exc}") from exc
-    if not pubkey.verify(parsed, sighash(psbt, index, multisig)):
-        raise TemplateError(f"signature by {pubkey.sec().hex()} does not verify")
+    if not ok:
+        raise TemplateError(f"signature by {sec.hex()} does not verify")
 
 
 def partial_checkpoint(

@@ -76,6 +76,54 @@ def test_bad_partial_signature_is_caught(setup):
         finalize(psbt, ms)
 
 
+def _high_s_twin(der: bytes) -> bytes:
+    """The same ECDSA signature with s replaced by n - s, DER-encoded (BIP 66)."""
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    assert der[0] == 0x30 and der[2] == 0x02
+    r = der[4:4 + der[3]]
+    rest = der[4 + der[3]:]
+    assert rest[0] == 0x02
+    s_int = int.from_bytes(rest[2:2 + rest[1]], "big")
+
+    def integer(x: int) -> bytes:
+        b = x.to_bytes((x.bit_length() + 7) // 8, "big")
+        b = b"\x00" + b if b[0] & 0x80 else b
+        return b"\x02" + bytes([len(b)]) + b
+
+    body = b"\x02" + bytes([len(r)]) + r + integer(n - s_int)
+    return b"\x30" + bytes([len(body)]) + body
+
+
+def test_each_bad_partial_signature_is_named(setup):
+    """verify_partial_sig (libsecp256k1 through coincurve) refuses what embit's checks
+    refuse: a flipped bit, the high-s twin, trailing bytes, another sighash type, a key
+    outside the multisig; a good signature passes."""
+    from embit.ec import PublicKey, Signature
+
+    from bftanchor.template import verify_partial_sig
+
+    signers, ms, psbt = setup
+    s = signers["v0"].sign(psbt, ms)
+    ((pub, sig),) = s.inputs[0].partial_sigs.items()
+    verify_partial_sig(psbt, 0, ms, pub, sig)
+    high = _high_s_twin(sig[:-1])
+    assert Signature.parse(high)  # a well-formed DER signature, just not low-s
+    flipped = bytearray(sig)
+    flipped[-5] ^= 1
+    outsider = PublicKey.parse(bytes.fromhex(
+        "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"))
+    for bad, key, message in (
+        (bytes(flipped), pub, "does not verify"),
+        (high + b"\x01", pub, "does not verify"),
+        (sig[:-1] + b"\x00\x01", pub, "does not parse as DER"),
+        (sig[:-1] + b"\x03", pub, "not SIGHASH_ALL"),
+        (sig, outsider, "not in the multisig"),
+        (sig, ms.key_for("v1").pubkey, "does not verify"),
+    ):
+        with pytest.raises(TemplateError, match=message):
+            verify_partial_sig(psbt, 0, ms, key, bad)
+
+
 def test_signer_refuses_foreign_derivation(setup):
     signers, ms, psbt = setup
     outsider = SoftwareSigner.from_seed(b"\x99" * 32)
