@@ -64,12 +64,18 @@ def _derivation(v: bytes) -> DerivationPath:
 
 
 def _tap_derivation(v: bytes) -> tuple[list[bytes], DerivationPath]:
-    """BIP 371's value for a key: the leaf hashes it signs for, then its origin."""
+    """BIP 371's value for a key: the leaf hashes it signs for, then its origin.
+
+    The count is checked against the bytes that follow before any hash is read: embit
+    reads `count` times, and a count of 2**60 in a 40-byte value (from whoever sent the
+    PSBT) would fill the appliance's memory with empty reads before its length check
+    refused it. Refused here with embit's own error, which is embit's answer whenever
+    it has one (tests/test_psbtread.py)."""
     b = BytesIO(v)
     count = compact.read_from(b)
-    leaf_hashes = [b.read(32) for _ in range(count)]
-    if not all(len(leaf) == 32 for leaf in leaf_hashes):
+    if count > (len(v) - b.tell()) // 32:
         raise PSBTError("Invalid length of taproot leaf hashes")
+    leaf_hashes = [b.read(32) for _ in range(count)]
     return leaf_hashes, DerivationPath.read_from(b)
 
 

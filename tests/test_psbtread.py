@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import subprocess
+import sys
 from io import BytesIO
 
 import pytest
-from embit.psbt import PSBT, read_string, ser_string
+from embit.psbt import PSBT, PSBTError, read_string, ser_string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,9 +59,48 @@ def _view(psbt: PSBT) -> tuple:
     return psbt.serialize(), scopes
 
 
+# embit's reader in a child with 256 MiB of address space: a BIP 371 derivation that
+# claims far more leaf hashes than its bytes hold makes embit read that many times (a
+# list of 2**62 empty reads), which ran a CI machine out of memory.
+BOUNDED_EMBIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+from embit.psbt import PSBT
+raw = sys.stdin.buffer.read()
+try:
+    PSBT.parse(raw)
+    print("answers")
+except MemoryError:
+    print("out of memory")
+except Exception:
+    print("answers")
+"""
+LEAVES = "Invalid length of taproot leaf hashes"
+
+
+def _embit_bounded(raw: bytes) -> str:
+    try:
+        done = subprocess.run([sys.executable, "-c", BOUNDED_EMBIT], input=raw,
+                              capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "no answer"
+    return done.stdout.decode().strip() or f"killed ({done.returncode})"
+
+
 def _embit(raw: bytes) -> tuple:
+    """embit's answer; where embit would exhaust memory first (ours then refuses with
+    the error embit gives a count merely too large), that refusal."""
+    if _ours_plain(raw)[2:] == (LEAVES,) and _embit_bounded(raw) != "answers":
+        return "error", PSBTError, LEAVES
     try:
         return "ok", _view(PSBT.parse(raw))
+    except Exception as exc:
+        return "error", type(exc), str(exc)
+
+
+def _ours_plain(raw: bytes) -> tuple:
+    try:
+        return "ok", _view(read_psbt_bytes(raw))
     except Exception as exc:
         return "error", type(exc), str(exc)
 
@@ -180,3 +221,16 @@ def test_a_parsed_origin_is_never_shared_between_psbts() -> None:
     other = second.inputs[0].bip32_derivations[next(iter(first.inputs[0].bip32_derivations))]
     assert other is not der and other.derivation == der.derivation[:-1]
     assert read_psbt(b64).serialize() == second.serialize() == signed_psbt(SCRIPT_WSH)
+
+
+def test_a_leaf_count_beyond_its_bytes_is_refused_before_it_is_read() -> None:
+    """A BIP 371 derivation on the coin input claiming 2**62 leaf hashes: embit reads that
+    many times and runs out of memory; read_psbt refuses it with embit's own error."""
+    raw = signed_psbt(SCRIPT_TR)
+    k, v = next((k, v) for k, v in _pairs(PSBT.parse(raw).inputs[0]) if k[0] == 0x16)
+    huge = b"\xff" + (1 << 62).to_bytes(8, "little") + v[1:]
+    bad = raw.replace(_pair(k, v), _pair(k, huge), 1)
+    with pytest.raises(PSBTError, match=LEAVES):
+        read_psbt_bytes(bad)
+    assert _embit_bounded(bad) == "out of memory"
+    assert _embit_bounded(raw) == "answers"

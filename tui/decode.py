@@ -12,8 +12,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from embit.psbt import PSBT
-
 from appliance.api import trusted_records
 from bftanchor.bftsig import verify_compact
 from bftanchor.coinpath import paid_epoch
@@ -22,6 +20,7 @@ from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.network import network
 from bftanchor.payload import Payload
+from bftanchor.psbtread import read_psbt
 from bftanchor.qc import QC
 from bftanchor.template import estimate_vsize
 
@@ -171,7 +170,7 @@ def decode_request(
             view.problems.append("vote_info_hash does not match vote_info")
 
     try:
-        psbt = PSBT.from_string(str(item.get("psbt")))
+        psbt = read_psbt(str(item.get("psbt")))
     except Exception as exc:  # a malformed PSBT is shown, not raised
         view.problems.append(f"PSBT does not parse: {exc or type(exc).__name__}")
         return view
