@@ -234,3 +234,19 @@ def test_a_leaf_count_beyond_its_bytes_is_refused_before_it_is_read() -> None:
         read_psbt_bytes(bad)
     assert _embit_bounded(bad) == "out of memory"
     assert _embit_bounded(raw) == "answers"
+
+
+def test_the_appliance_refuses_such_a_psbt_in_one_line(tmp_path) -> None:
+    """The same PSBT sent to an appliance as a sign request: a refusal naming it."""
+    fleet = BenchFleet(4, tag="psbtread-appliance", script=SCRIPT_TR)
+    fleet.fake_genesis()
+    app = fleet.appliance("v0", tmp_path / "j.sqlite")
+    p, (b64, qc, records) = fleet.next_request()
+    raw = base64.b64decode(b64)
+    k, v = next((k, v) for k, v in _pairs(PSBT.parse(raw).inputs[0]) if k[0] == 0x16)
+    huge = b"\xff" + (1 << 62).to_bytes(8, "little") + v[1:]
+    bad = base64.b64encode(raw.replace(_pair(k, v), _pair(k, huge), 1)).decode()
+    out = app.handle_sign(bad, qc, records)
+    assert not out.signed and out.reasons == [f"malformed PSBT: {LEAVES}"]
+    assert app.handle_sign(b64, qc, records).signed  # and the real request still is
+    app.journal.close()
