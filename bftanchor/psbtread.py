@@ -56,9 +56,16 @@ def _origin(v: bytes) -> tuple[bytes, tuple[int, ...]]:
     return der.fingerprint, tuple(der.derivation)
 
 
+# Origins up to this long (a fingerprint and 16 path steps) are cached: the cache holds
+# what senders wrote, so a long value is parsed each time instead of kept.
+_ORIGIN_CACHED_BYTES = 4 + 4 * 16
+
+
 def _derivation(v: bytes) -> DerivationPath:
     """A key's origin as embit reads it, parsed once per value: a new object each time
     (DerivationPath holds a list), built from the cached parse."""
+    if len(v) > _ORIGIN_CACHED_BYTES:
+        return DerivationPath.parse(v)
     fingerprint, path = _origin(v)
     return DerivationPath(fingerprint, list(path))
 

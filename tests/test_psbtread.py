@@ -250,3 +250,24 @@ def test_the_appliance_refuses_such_a_psbt_in_one_line(tmp_path) -> None:
     assert not out.signed and out.reasons == [f"malformed PSBT: {LEAVES}"]
     assert app.handle_sign(b64, qc, records).signed  # and the real request still is
     app.journal.close()
+
+
+def test_what_the_reader_keeps_is_bounded() -> None:
+    """The caches hold what senders wrote: only keys that parse and origins of a normal
+    length are kept, so junk cannot grow them past their bounds."""
+    from embit.ec import ECError
+
+    from bftanchor import psbtread
+
+    before = psbtread._origin.cache_info().currsize
+    long_origin = b"\x01\x02\x03\x04" + b"\x05\x00\x00\x80" * 40
+    for _ in range(3):
+        assert psbtread._derivation(long_origin).derivation == [0x80000005] * 40
+    assert psbtread._origin.cache_info().currsize == before
+    assert psbtread._derivation(long_origin[:12]).derivation == [0x80000005] * 2
+    hits = psbtread._origin.cache_info().hits
+    psbtread._derivation(long_origin[:12])
+    assert psbtread._origin.cache_info().hits == hits + 1  # a normal one is kept
+    with pytest.raises(ECError):
+        psbtread._key(b"\x02" + b"\xff" * 32)  # not on the curve: not kept
+    assert psbtread._key.cache_info().maxsize == psbtread._origin.cache_info().maxsize == 8192
