@@ -5,11 +5,13 @@ output 1's), the same keys round after round. embit parses each one from scratch
 square root in libsecp256k1 behind a process-wide lock) and re-serializes both sides
 of every comparison of two keys, which together cost the appliance more than the
 rest of reading the PSBT. Here a key is parsed once per distinct serialization and
-keeps that serialization.
+keeps that serialization, and a key origin once per distinct value.
 
-Only how a key is parsed changes: every field is read, and every malformed or
-duplicated field refused, exactly as embit's own reader does (tests/test_psbtread.py
-holds the two readers to the same answers, good and bad).
+Otherwise every field is read, and every malformed or duplicated field refused, as
+embit's own reader does (tests/test_psbtread.py holds the two readers to the same
+answers, good and bad). The one difference: a BIP 371 leaf count larger than its
+value can hold is refused before it is read, where embit would first try to read
+that many hashes (see _tap_derivation).
 """
 
 from __future__ import annotations
