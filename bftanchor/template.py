@@ -300,8 +300,9 @@ def verify_partial_sig(
         raise TemplateError(f"signature by {sec.hex()} who is not in the multisig")
     if not sig or sig[-1] != SIGHASH.ALL:
         raise TemplateError("signature is not SIGHASH_ALL")
+    digest = sighash(psbt, index, multisig)  # its own TemplateError, not a DER problem
     try:
-        ok = verify_der(sec, sighash(psbt, index, multisig), sig[:-1])
+        ok = verify_der(sec, digest, sig[:-1])
     except ValueError as exc:
         raise TemplateError(f"signature does not parse as DER: {exc}") from exc
     if not ok:

@@ -122,6 +122,9 @@ def test_each_bad_partial_signature_is_named(setup):
     ):
         with pytest.raises(TemplateError, match=message):
             verify_partial_sig(psbt, 0, ms, key, bad)
+    psbt.inputs[0].witness_utxo = None  # no amount to sign for: said as such
+    with pytest.raises(TemplateError, match="^input 0 has no witness_utxo$"):
+        verify_partial_sig(psbt, 0, ms, pub, sig)
 
 
 def test_signer_refuses_foreign_derivation(setup):
