@@ -1,8 +1,9 @@
 """The anti-equivocation journal: what this appliance has signed, in SQLite.
 
 A signature leaves the appliance only after the row that allows it is committed
-with synchronous=FULL (fsync), so a crash at any point leaves a journal that
-still forbids every conflicting signature. The rules themselves live in
+and fsynced (SQLite's synchronous=FULL, or, while serving, the WAL fsync helper of
+appliance/walsync.py), so a crash at any point leaves a journal that still forbids
+every conflicting signature. The rules themselves live in
 `signing_conflicts`, a pure function the policy uses too; the insert re-checks
 them inside one IMMEDIATE transaction, and a trigger refuses two payloads for
 one (epoch, round) even if the Python above were wrong.
@@ -25,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.walsync import WalSyncer, WalSyncError
 from bftanchor.epoch import EpochRecord
 from bftanchor.template import Coin, Outpoint
 
@@ -518,6 +520,11 @@ class Journal:
         the appliance sign again what it signed before)."""
         self.path = Path(path)
         self._commit_thread: ThreadPoolExecutor | None = None
+        # While serving: the helper process that fsyncs reservations (prepare_to_serve).
+        self._syncer: WalSyncer | None = None
+        # Set when an fsync of the WAL failed: nothing is reserved until the journal is
+        # reopened (what that fsync was to write may never reach the disk).
+        self._broken: str | None = None
         self._wal_path = f"{self.path}-wal"
         self._wal_room = 0
         self._wal_room_end: int | None = None  # the WAL's size once room was reserved
@@ -641,6 +648,9 @@ class Journal:
 
     @_locked
     def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
         if self._commit_thread is not None:
             self._commit_thread.shutdown()
             self._commit_thread = None
@@ -662,9 +672,16 @@ class Journal:
     @_locked
     def prepare_to_serve(self) -> None:
         """What `appliance serve` does before it answers anything: fold the last run's WAL
-        back (wal_checkpoint) and reserve room in the new one (reserve_wal_room)."""
+        back (wal_checkpoint), reserve room in the new one (reserve_wal_room) and start
+        the helper that fsyncs reservations (appliance/walsync.py)."""
         self.wal_checkpoint()
         self.reserve_wal_room(WAL_ROOM_FIRST)
+        if self._syncer is None:
+            try:
+                self._syncer = WalSyncer(self._wal_path)
+            except OSError as exc:
+                log.warning("journal %s: no WAL fsync helper (%s); reservations are "
+                            "fsynced by SQLite", self.path, exc)
 
     @_locked
     def reserve_wal_room(self, size: int) -> bool:
@@ -835,9 +852,37 @@ class Journal:
         needs no CPU. `work`'s result is handed back only once the reservation is
         durable; if the commit fails it is dropped and the error raised, as if nothing
         had been computed. `work` must not touch the journal. An exception from `work`
-        is raised after the commit, which stands (the safe side of a failed signer)."""
+        is raised after the commit, which stands (the safe side of a failed signer).
+
+        While serving, the commit is written without SQLite's fsync and the WAL fsync
+        helper makes it durable instead, for every reservation, even one that adds no row:
+        an earlier one whose fsync could not be confirmed is durable once this one is."""
+        if self._broken is not None:
+            raise JournalError(self._broken)
         db = self._db
         adopted = list(adopted)
+        syncer = self._syncer
+        try:
+            if syncer is not None:
+                db.execute("PRAGMA synchronous=NORMAL")  # the helper fsyncs instead
+            return self._reserve_while(c, request_hash, adopted, work, releases, syncer)
+        finally:
+            if syncer is not None:
+                try:
+                    db.execute("PRAGMA synchronous=FULL")
+                except sqlite3.Error as exc:  # pragma: no cover - the next commit says why
+                    log.error("journal %s: %s", self.path, exc)
+
+    def _reserve_while(
+        self,
+        c: Candidate,
+        request_hash: str,
+        adopted: list[Candidate],
+        work: Callable[[], T],
+        releases: Iterable[Release],
+        syncer: WalSyncer | None,
+    ) -> tuple[SignedEntry, T]:
+        db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             state = self.state()
@@ -864,11 +909,15 @@ class Journal:
                     )
                     self._snapshot = None
                 self._insert(c, request_hash, "signed")
-            committing = self._committer().submit(db.execute, "COMMIT")
-            try:
-                result = work()
-            finally:
-                committing.result()  # durable (or raising) before anything is returned
+            if syncer is not None:
+                db.execute("COMMIT")  # in the WAL; durable once the helper says so
+                result = self._while_synced(syncer, work)
+            else:
+                committing = self._committer().submit(db.execute, "COMMIT")
+                try:
+                    result = work()
+                finally:
+                    committing.result()  # durable (or raising) before anything is returned
         except sqlite3.IntegrityError as exc:
             self._rollback()
             raise JournalRefusal([str(exc)]) from exc
@@ -885,6 +934,46 @@ class Journal:
         entry = self.state().by_txid(c.txid)
         assert entry is not None
         return entry, result
+
+    def _while_synced(self, syncer: WalSyncer, work: Callable[[], T]) -> T:
+        """work(), while the helper fsyncs the WAL; its result only once that is done."""
+        try:
+            number = syncer.request()
+        except WalSyncError as exc:
+            raise self._sync_failed(syncer, exc) from exc
+        try:
+            result = work()
+        finally:
+            try:
+                syncer.wait(number)
+            except WalSyncError as exc:
+                raise self._sync_failed(syncer, exc) from exc
+        return result
+
+    def _sync_failed(self, syncer: WalSyncer, exc: WalSyncError) -> JournalError:
+        """The helper could not confirm an fsync: this request is refused. If its fsync
+        failed, the journal stays refused until reopened; if the helper is gone, the WAL
+        is fsynced here and SQLite fsyncs from now on."""
+        self._syncer = None
+        syncer.close()
+        if not exc.failed:
+            try:
+                fd = os.open(self._wal_path, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as again:
+                exc = WalSyncError(f"{exc}; fsync of {self._wal_path} here failed too "
+                                   f"({again.strerror})", failed=True)
+        if exc.failed:
+            self._broken = (f"journal {self.path}: {exc}; nothing is signed until the "
+                            "appliance is restarted (it reopens the journal as it is on disk)")
+            log.error("%s", self._broken)
+            return JournalError(self._broken)
+        log.error("journal %s: %s; fsynced here, and by SQLite from now on", self.path, exc)
+        return JournalError(f"journal {self.path}: {exc}; this request is refused, the "
+                            "next ones are fsynced without the helper")
 
     def _committer(self) -> ThreadPoolExecutor:
         """One thread that runs a reservation's COMMIT (sqlite3 releases the GIL in it)."""
