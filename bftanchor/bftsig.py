@@ -99,6 +99,44 @@ else:  # pragma: no cover - exercised only where coincurve is absent
         return secp256k1.ecdsa_verify(parsed, digest, point)
 
 
+if VERIFY_BACKEND == "coincurve":
+
+    def _sign_der(secret: bytes, digest: bytes, extra: bytes | None) -> bytes:
+        sig = _ffi.new("secp256k1_ecdsa_signature *")
+        ndata = _ffi.NULL if extra is None else extra
+        if not _lib.secp256k1_ecdsa_sign(_CTX, sig, digest, secret, _ffi.NULL, ndata):
+            raise ValueError("secret key is not valid")
+        out = _ffi.new("unsigned char[72]")
+        size = _ffi.new("size_t *", 72)
+        _lib.secp256k1_ecdsa_signature_serialize_der(_CTX, out, size, sig)
+        return bytes(_ffi.buffer(out, size[0]))
+
+else:  # pragma: no cover - exercised only where coincurve is absent
+
+    def _sign_der(secret: bytes, digest: bytes, extra: bytes | None) -> bytes:
+        sig = secp256k1.ecdsa_sign(digest, secret, None, extra)
+        return secp256k1.ecdsa_signature_serialize_der(sig)
+
+
+# embit's grinding bound (ec.PrivateKey.sign): the loop ends by then in practice.
+_GRIND_LIMIT = 200
+
+
+def sign_der(secret: bytes, digest: bytes) -> bytes:
+    """A PoW input's ECDSA signature, DER without the sighash byte, byte for byte what
+    embit's PrivateKey.sign makes: RFC 6979, low s, and the nonce ground with a little-
+    endian counter as extra entropy (as Bitcoin Core does) until the DER is at most 70
+    bytes. Called through coincurve's binding when present: the signer's hot path."""
+    if len(secret) != 32 or len(digest) != 32:
+        raise ValueError("secret and digest must be 32 bytes each")
+    der = _sign_der(secret, digest, None)
+    counter = 1
+    while len(der) > 70 and counter <= _GRIND_LIMIT:
+        der = _sign_der(secret, digest, counter.to_bytes(32, "little"))
+        counter += 1
+    return der
+
+
 def verify_der(pubkey: bytes, digest: bytes, der: bytes) -> bool:
     """A DER signature (a PSBT's partial signature, sighash byte removed) by a compressed
     key of a 32-byte digest, as libsecp256k1 verifies it (a high-s signature does not

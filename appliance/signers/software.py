@@ -20,6 +20,7 @@ from appliance.signers.base import (
     require_sighash_all,
     with_own_input0_signatures,
 )
+from bftanchor.bftsig import sign_der
 from bftanchor.descriptor import KEY_TAIL, EpochMultisig
 from bftanchor.secretfile import SecretFileError, read_secret
 from bftanchor.template import put_signature, sighash
@@ -140,6 +141,6 @@ class SoftwareSigner:
         if multisig.is_taproot:
             sig = child.key.schnorr_sign(msg).serialize() + bytes([SIGHASH.ALL])
         else:
-            sig = child.key.sign(msg).serialize() + bytes([SIGHASH.ALL])
+            sig = sign_der(child.key.secret, msg) + bytes([SIGHASH.ALL])
         put_signature(out, 0, multisig, pub, sig)
         return out
