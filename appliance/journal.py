@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS signed (
     kind         TEXT    NOT NULL DEFAULT 'signed' CHECK (kind IN ('signed', 'adopted'))
 );
 CREATE INDEX IF NOT EXISTS signed_er ON signed(epoch, round);
+-- For one_checkpoint_per_coin_v2: without it every insert read the whole table.
+CREATE INDEX IF NOT EXISTS signed_input ON signed(input);
 CREATE TRIGGER IF NOT EXISTS no_equivocation BEFORE INSERT ON signed
 WHEN NEW.kind = 'signed' AND EXISTS (
     SELECT 1 FROM signed WHERE kind = 'signed'
