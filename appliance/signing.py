@@ -24,6 +24,7 @@ from appliance.journal import (
     JournalError,
     JournalFull,
     JournalRefusal,
+    JournalState,
     Release,
     SignedEntry,
 )
@@ -230,12 +231,14 @@ class Appliance:
     ) -> SignOutcome:
         verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json, lineage)
         summary = dict(verdict.summary)
+        state = self.journal.state()  # what the journal holds now (nothing written since)
         # A transaction this appliance signed before is answered from the journal with the
         # very bytes that left then, even when the policy would now refuse it because the
         # chain moved on (its input is no longer the expected coin): the node's reply may
         # have been lost, and repeating a signature commits the appliance to nothing new.
         # Only an identical transaction (same txid) qualifies; anything else is decided below.
-        done = self._signed_before(psbt, verdict.candidate.txid if verdict.candidate else None)
+        done = self._signed_before(
+            psbt, verdict.candidate.txid if verdict.candidate else None, state)
         if done is not None:
             log.info("answered from journal: txid %s", done.txid)
             summary.update(txid=done.txid, epoch=done.epoch, round=done.round)
@@ -244,7 +247,7 @@ class Appliance:
             self._refuse(verdict.reasons or ["refused"], summary)
             return SignOutcome(False, verdict.reasons, summary=summary)
         cand = verdict.candidate
-        existing = self.journal.state().by_txid(cand.txid)
+        existing = state.by_txid(cand.txid)
         if existing is not None and existing.signed_psbt is not None:
             log.info("answered from journal: txid %s", cand.txid)
             return SignOutcome(True, [], existing.signed_psbt, summary, from_journal=True)
@@ -275,7 +278,7 @@ class Appliance:
 
         out: str | None = None
         failure: str | None = None
-        held = self.journal.state().released
+        held = state.released
         new_releases = [r for r in verdict.released if r.input == cand.input
                         and r.payload != cand.payload and (r.input, r.payload) not in held]
         if new_releases:  # the "signed" decision names them too (the rows are in `released`)
@@ -331,7 +334,10 @@ class Appliance:
             log.error("%s", exc)
         return SignOutcome(False, reasons)
 
-    def _signed_before(self, psbt: PSBT | None, txid: str | None = None) -> SignedEntry | None:
+    @staticmethod
+    def _signed_before(
+        psbt: PSBT | None, txid: str | None, state: JournalState
+    ) -> SignedEntry | None:
         """The journal's entry for this PSBT's transaction if this appliance signed it
         (`txid`: the policy's, when it judged the transaction)."""
         if psbt is None:
@@ -341,7 +347,7 @@ class Appliance:
                 txid = psbt.tx.txid().hex()
             except Exception:
                 return None
-        entry = self.journal.state().by_txid(txid)
+        entry = state.by_txid(txid)
         if entry is None or entry.kind != "signed" or entry.signed_psbt is None:
             return None
         return entry
