@@ -152,11 +152,13 @@ def verify_der(pubkey: bytes, digest: bytes, der: bytes) -> bool:
 PARALLEL_FROM = 6
 _helper: ThreadPoolExecutor | None = None
 _helper_lock = threading.Lock()
+# Read once: os.cpu_count() asks the kernel each time (some 6 us, per QC).
+_CPUS = os.cpu_count() or 1
 
 
 def _second_thread() -> ThreadPoolExecutor | None:
     global _helper
-    if VERIFY_BACKEND != "coincurve" or (os.cpu_count() or 1) < 2:
+    if VERIFY_BACKEND != "coincurve" or _CPUS < 2:
         return None  # embit's binding holds one lock for every call: nothing to gain
     with _helper_lock:
         if _helper is None:
