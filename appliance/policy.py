@@ -17,12 +17,13 @@ from embit.script import Script
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from appliance.journal import Candidate, JournalState, Release, signing_conflicts
+from bftanchor.bftsig import verify_each
 from bftanchor.coinpath import paid_epoch
 from bftanchor.descriptor import EpochMultisig, multisig_for, origins
 from bftanchor.epoch import EpochRecord, verify_certificate
 from bftanchor.errors import CheckpointError
 from bftanchor.payload import Payload
-from bftanchor.qc import QC, verify_qc
+from bftanchor.qc import QC, SignatureCheck, verify_qc
 from bftanchor.tapscript import TapscriptMultisig, taproot_input_problems
 from bftanchor.template import (
     COIN_SEQUENCE,
@@ -100,15 +101,17 @@ def evaluate(
     magic: bytes,
     record_problems: list[str] | None = None,
     handover_window: int | None = None,
+    check: SignatureCheck = verify_each,
 ) -> Verdict:
     """Decide a sign request. `records` are the records the appliance trusts; `journal`
-    already includes the proven lineage this request carried. Never raises: anything
-    unforeseen is a refusal that names it."""
+    already includes the proven lineage this request carried; `check` verifies the QC's
+    signatures (see qc.verify_qc). Never raises: anything unforeseen is a refusal that
+    names it."""
     v = Verdict(ok=True)
     for p in record_problems or []:
         v.refuse(p)
     try:
-        _evaluate(v, psbt, qc, records, journal, limits, magic, handover_window)
+        _evaluate(v, psbt, qc, records, journal, limits, magic, handover_window, check)
     except Exception as exc:  # a verdict, never an exception: name what broke
         v.refuse(f"request could not be judged: {type(exc).__name__}: {exc}")
         v.candidate = None
@@ -126,20 +129,50 @@ def _evaluate(
     limits: Limits,
     magic: bytes,
     handover_window: int | None,
+    check: SignatureCheck,
 ) -> None:
-    # 1. The QC verifies against the record held for its epoch.
+    # 1. The QC verifies against the record held for its epoch. Its signatures are
+    # checked after everything else: what follows reads only the QC's epoch, round and
+    # commit_state_id, and the appliance may have them verified meanwhile (by its QC
+    # helper, appliance/qcverify.py). A QC that does not verify is then the only reason
+    # given, beside the record problems, as if it had been checked first.
     record = records.get(qc.epoch)
     v.summary.update(epoch=qc.epoch, round=qc.round, commit_state_id=qc.commit_state_id.hex())
     if record is None:
         v.refuse(f"no certified epoch record held for the QC's epoch {qc.epoch} "
                  f"(held: {', '.join(str(e) for e in sorted(records)) or 'none'})")
         return
+    shown, summary = len(v.reasons), dict(v.summary)
+    unforeseen: Exception | None = None
     try:
-        signers = verify_qc(qc, record)
-        v.summary["qc_signers"] = signers
+        _judge(v, psbt, qc, record, records, journal, limits, magic, handover_window)
+    except Exception as exc:  # raised below, unless the QC is what is wrong
+        unforeseen = exc
+    try:
+        signers = verify_qc(qc, record, check)
     except CheckpointError as exc:
+        del v.reasons[shown:]
+        v.summary = summary
         v.refuse(f"QC does not verify: {type(exc).__name__}: {exc}")
+        v.candidate = None
         return
+    if unforeseen is not None:
+        raise unforeseen
+    v.summary["qc_signers"] = signers
+
+
+def _judge(
+    v: Verdict,
+    psbt: PSBT,
+    qc: QC,
+    record: EpochRecord,
+    records: dict[int, EpochRecord],
+    journal: JournalState,
+    limits: Limits,
+    magic: bytes,
+    handover_window: int | None,
+) -> None:
+    """Steps 1 (the record's multisig) to 9 of evaluate, for a QC not yet verified."""
     try:
         source = multisig_for(record)
     except CheckpointError as exc:

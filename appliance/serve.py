@@ -40,8 +40,9 @@ class ApplianceService:
         self.appliance_id = appliance_id
         # Fold the last run's WAL into the journal now, before any request: while serving,
         # the journal never checkpoints (see Journal's wal_autocheckpoint), so a copy of
-        # its files taken at any moment is consistent. Then reserve room in the new WAL.
-        appliance.journal.prepare_to_serve()
+        # its files taken at any moment is consistent. Then reserve room in the new WAL and
+        # start the helper processes (the WAL's fsync, the QC's signatures).
+        appliance.prepare_to_serve()
         self.queue = ApprovalQueue(appliance, mode)
         self.stop_event = threading.Event()
         self.link_connected = False

@@ -30,13 +30,15 @@ from appliance.journal import (
 )
 from appliance.lineage import releases, verify_lineage
 from appliance.policy import Limits, Verdict, evaluate, trusted_records
+from appliance.qcverify import Pending, QCVerifier
 from appliance.signers.base import Signer, SignerError
+from bftanchor.bftsig import verify_each
 from bftanchor.deployment import Deployment
 from bftanchor.descriptor import multisig_for
 from bftanchor.epoch import EpochRecord
 from bftanchor.errors import CheckpointError
 from bftanchor.psbtread import read_psbt
-from bftanchor.qc import QC
+from bftanchor.qc import QC, SignatureCheck, signature_items
 from bftanchor.signreply import SignReply
 from bftanchor.template import signature_reply, signatures, verify_partial_sig
 
@@ -109,7 +111,27 @@ class Appliance:
         self._tokens = float(REFUSAL_BURST)
         self._refill_at = time.monotonic()
         self._suppressed = 0
+        # While serving: the process verifying QC signatures ahead (prepare_to_serve).
+        self.qc_verifier: QCVerifier | None = None
         journal.store_records([deployment.epoch0])
+
+    def prepare_to_serve(self) -> None:
+        """What `appliance serve` does before it answers: the journal's own preparation
+        (Journal.prepare_to_serve) and the QC helper process (appliance/qcverify.py)."""
+        self.journal.prepare_to_serve()
+        if self.qc_verifier is None:
+            try:
+                self.qc_verifier = QCVerifier()
+            except OSError as exc:
+                log.warning("no QC helper process (%s): QC signatures are verified in the "
+                            "appliance", exc)
+
+    def close(self) -> None:
+        """End the helper processes and close the journal."""
+        if self.qc_verifier is not None:
+            self.qc_verifier.close()
+            self.qc_verifier = None
+        self.journal.close()
 
     def held_records(self) -> dict[int, EpochRecord]:
         return {r.epoch: r for r in self.journal.records()}
@@ -143,18 +165,58 @@ class Appliance:
         """Run the policy without signing and without writing anything (the TUI shows
         this before approval). Proven lineage is applied to a copy of the journal's
         state; it is written only together with a signature (handle_sign)."""
+        return self._guarded(psbt_b64, qc_json, records_json, lineage, ahead=False)
+
+    def _guarded(
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None,
+        ahead: bool,
+    ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
+        """decide(); `ahead`: the QC helper may verify the QC meanwhile, for a caller that
+        holds the journal's lock (the helper answers one request at a time)."""
         try:
-            return self._decide(psbt_b64, qc_json, records_json, lineage)
+            return self._decide(psbt_b64, qc_json, records_json, lineage, ahead)
         except Exception as exc:  # every bad request is a verdict, never a traceback
             return Verdict(False, [f"request could not be judged: {type(exc).__name__}: "
                                    f"{exc}"]), None, {}
 
     def _decide(
-        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
+        self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None,
+        ahead: bool,
+    ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
+        qc: QC | None = None
+        qc_reasons: list[str] = []
+        try:
+            qc = QC.from_json(qc_json)
+        except CheckpointError as exc:
+            qc_reasons.append(f"malformed QC: {type(exc).__name__}: {exc}")
+        held = self.held_records()
+        # The QC helper verifies its signatures while the rest is read (appliance/qcverify.py).
+        check = self._check_ahead(qc, held) if ahead else verify_each
+        try:
+            return self._judge(psbt_b64, qc, qc_reasons, held, check, records_json, lineage)
+        finally:
+            if isinstance(check, Pending):
+                check.settle()  # read even when unused: the next answer must be the next one
+
+    def _check_ahead(self, qc: QC | None, held: dict[int, EpochRecord]) -> SignatureCheck:
+        verifier = self.qc_verifier
+        record = held.get(qc.epoch) if qc is not None else None
+        if verifier is None or record is None or qc is None:
+            return verify_each
+        return verifier.submit(signature_items(qc, record))
+
+    def _judge(
+        self,
+        psbt_b64: str,
+        qc: QC | None,
+        qc_reasons: list[str],
+        held: dict[int, EpochRecord],
+        check: SignatureCheck,
+        records_json: Any,
+        lineage: list[str] | None,
     ) -> tuple[Verdict, PSBT | None, dict[int, EpochRecord]]:
         reasons: list[str] = []
         psbt: PSBT | None = None
-        qc: QC | None = None
         if not isinstance(psbt_b64, str):
             reasons.append(f"psbt must be a base64 string, found {type(psbt_b64).__name__}")
         else:
@@ -162,10 +224,7 @@ class Appliance:
                 psbt = read_psbt(psbt_b64)
             except Exception as exc:
                 reasons.append(f"malformed PSBT: {exc or type(exc).__name__}")
-        try:
-            qc = QC.from_json(qc_json)
-        except CheckpointError as exc:
-            reasons.append(f"malformed QC: {type(exc).__name__}: {exc}")
+        reasons += qc_reasons
         offered: list[EpochRecord] = []
         problems: list[str] = []
         if not isinstance(records_json, list):
@@ -176,7 +235,6 @@ class Appliance:
                 offered.append(EpochRecord.from_json(r))
             except CheckpointError as exc:
                 problems.append(f"an offered epoch record does not parse: {exc}")
-        held = self.held_records()
         records, rec_problems = trusted_records(held, offered)
         state = self.journal.state()
         adopted = []
@@ -200,6 +258,7 @@ class Appliance:
             self.deployment.magic,
             problems,
             self.deployment.handover_window,
+            check,
         )
         # A record that fails to certify, or lineage that proves nothing, matters only if
         # the request needs it: the policy then refuses, and these explain why.
@@ -229,7 +288,8 @@ class Appliance:
     def _handle_sign(
         self, psbt_b64: str, qc_json: Any, records_json: Any, lineage: list[str] | None
     ) -> SignOutcome:
-        verdict, psbt, records = self.decide(psbt_b64, qc_json, records_json, lineage)
+        verdict, psbt, records = self._guarded(psbt_b64, qc_json, records_json, lineage,
+                                               ahead=True)
         summary = dict(verdict.summary)
         state = self.journal.state()  # what the journal holds now (nothing written since)
         # A transaction this appliance signed before is answered from the journal with the

@@ -131,7 +131,7 @@ def run(ctx: BenchContext) -> list[Row]:
         case = f"n={n} k={fleet.k} wsh-sortedmulti"
         scratch = ctx.scratch(f"decision-{n}")
         app = fleet.appliance(VID, scratch / "software.sqlite")
-        app.journal.prepare_to_serve()  # as `appliance serve` does before it answers
+        app.prepare_to_serve()  # as `appliance serve` does before it answers
         signer, emu, why_not = None, None, ""
         if not HWI_MODULE.exists():
             why_not = "HWI signer not present"
@@ -145,7 +145,7 @@ def run(ctx: BenchContext) -> list[Row]:
         try:
             if signer is not None:
                 hwi_app = fleet.appliance(VID, scratch / "hwi.sqlite", signer)
-                hwi_app.journal.prepare_to_serve()
+                hwi_app.prepare_to_serve()
                 # The first round registers the multisig on the device: left out.
                 sequence(fleet, [app, hwi_app], wallet, 0.0, 1, 1)
                 ctx.say(f"appliance_decision: n={n}, HWI on the Jade emulator and the "
@@ -154,16 +154,16 @@ def run(ctx: BenchContext) -> list[Row]:
                 # An appliance keeps one journal: the HWI one is closed (and the emulator
                 # stopped) before the software signer is timed alone, so that its pending
                 # writes are not flushed by the software journal's fsyncs.
-                hwi_app.journal.close()
+                hwi_app.close()
                 hwi_app = None
                 emu.stop()
                 emu = None
             ctx.say(f"appliance_decision: n={n}, software signer vs node wallet")
             sw_t, sw_node_t = sequence(fleet, [app], wallet, *budget)
         finally:
-            app.journal.close()
+            app.close()
             if hwi_app is not None:
-                hwi_app.journal.close()
+                hwi_app.close()
             if emu is not None:
                 emu.stop()
         rows += rows_for(case, "software signer", sw_t[0], sw_node_t)
@@ -204,7 +204,7 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
     for name, fleet in (("big", big), ("small", small)):
         fleet.fake_genesis()
         apps[name] = fleet.appliance(VID, ctx.scratch(f"decision-scale-{name}") / "j.sqlite")
-        apps[name].journal.prepare_to_serve()
+        apps[name].prepare_to_serve()
     times: dict[str, list[float]] = {"big": [], "small": []}
     ctx.say("appliance_decision: n=100 tapscript vs n=15 wsh, software signer, alternated")
     start = time.perf_counter()
@@ -223,7 +223,7 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
             fleet.advance(p)
         first = False
     for a in apps.values():
-        a.journal.close()
+        a.close()
     case = f"n={big.n} k={big.k} tr-sortedmulti_a"
     label = "n=15 k=11 wsh, same run"
     note = f"{len(times['big'])} rounds each, alternated; target <= 3x"

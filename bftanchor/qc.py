@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,11 +167,25 @@ def signed_digest(commit_state_id: bytes, vote_info_hash: bytes) -> bytes:
     return hashlib.sha256(commit_state_id + vote_info_hash).digest()
 
 
-def verify_qc(qc: QC, record: Any) -> list[str]:
+# What checks the signatures: (pubkey, digest, sig64) items in, each one's error out.
+SignatureCheck = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[Exception | None]]
+
+
+def signature_items(qc: QC, record: Any) -> list[tuple[bytes, bytes, bytes]]:
+    """(pubkey, digest, sig64) of each QC signature by a member, in the QC's order: what
+    verify_qc hands its signature check once the QC's structure is sound."""
+    members = {v.id: v for v in record.validators}
+    digest = qc.signed_digest()
+    return [(members[vid].bft_pubkey, digest, sig) for vid, sig in qc.signatures
+            if vid in members]
+
+
+def verify_qc(qc: QC, record: Any, check: SignatureCheck = verify_each) -> list[str]:
     """Verify a QC against the epoch record of its epoch; return the signer ids.
 
     Strict: each failure raises its own QCError subclass, checked in an order that
-    names the most fundamental problem first.
+    names the most fundamental problem first. `check` verifies the signatures
+    (bftsig.verify_each unless the caller has them checked elsewhere meanwhile).
     """
     if qc.epoch != record.epoch:
         raise EpochMismatch(f"QC is for epoch {qc.epoch}, record is for epoch {record.epoch}")
@@ -187,17 +202,15 @@ def verify_qc(qc: QC, record: Any) -> list[str]:
             f"QC round {qc.round} is outside epoch {record.epoch}'s rounds "
             f"{record.start_round}..{record.end_round}"
         )
-    members = {v.id: v for v in record.validators}
+    members = {v.id for v in record.validators}
     seen: set[str] = set()
-    digest = qc.signed_digest()
     for vid, _sig in qc.signatures:
         if vid in seen:
             raise DuplicateSigner(f"validator {vid} signed twice")
         seen.add(vid)
         if vid not in members:
             raise UnknownSigner(f"signer {vid} is not a member of epoch {record.epoch}")
-    problems = verify_each([(members[vid].bft_pubkey, digest, sig)
-                            for vid, sig in qc.signatures])
+    problems = check(signature_items(qc, record))
     for (vid, _sig), exc in zip(qc.signatures, problems, strict=True):
         if exc is not None:  # the first bad one in the QC's order
             raise type(exc)(f"signature of {vid}: {exc}") from exc
