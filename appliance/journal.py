@@ -681,7 +681,7 @@ class Journal:
         if self._syncer is None:
             try:
                 self._syncer = WalSyncer(self._wal_path)
-            except OSError as exc:
+            except Exception as exc:  # SQLite's own fsync is the fallback
                 log.warning("journal %s: no WAL fsync helper (%s); reservations are "
                             "fsynced by SQLite", self.path, exc)
 
