@@ -325,8 +325,11 @@ class Appliance:
             ]
             if not mine:
                 raise SignerError("the signer returned no signature for input 0")
-            for pub, sig in mine:
-                verify_partial_sig(psbt, 0, source, pub, sig)
+            for pub, sig in mine:  # every signer's, the device's as the software's
+                try:
+                    verify_partial_sig(psbt, 0, source, pub, sig)
+                except CheckpointError as exc:
+                    raise SignerError(f"the signer returned a bad signature: {exc}") from exc
             if any(
                 signed.inputs[i].partial_sigs != psbt.inputs[i].partial_sigs
                 or signed.inputs[i].taproot_sigs != psbt.inputs[i].taproot_sigs

@@ -223,10 +223,14 @@ def test_wait_for_buttons_then_approve(world):
     assert kinds[0] == "register_multisig" and kinds[-1] == "sign_psbt" and "psbt" in result
 
 
-def test_bad_signature_from_device_is_caught(world, monkeypatch):
+def test_bad_signature_from_device_is_caught(world, monkeypatch, tmp_path):
+    """The appliance verifies what the device returns: a tampered signature never leaves,
+    the refusal says so, and the journal keeps the reservation and no signature."""
     from hwilib import commands
 
     sim, emu, hwi, signers, rec, ms, coin = world()
+    dep = Deployment("litecoin-regtest", b"BFTA", coin, rec, 10)
+    app = Appliance(dep, Journal(tmp_path / "j.sqlite", coin), hwi, Limits())
     real = commands.signtx
 
     def tampered(client, b64):
@@ -240,8 +244,12 @@ def test_bad_signature_from_device_is_caught(world, monkeypatch):
 
     monkeypatch.setattr(commands, "signtx", tampered)
     qc, psbt = checkpoint_psbt(sim, ms, coin)
-    with pytest.raises(SignerError, match="bad signature"):
-        hwi.sign(psbt, ms)
+    out = app.handle_sign(psbt.to_string(), qc.to_json(), [rec.to_json()])
+    assert not out.signed and out.psbt is None
+    assert out.reasons == [out.reasons[0]] and out.reasons[0].startswith(
+        "signer: the signer returned a bad signature: signature by"), out.reasons
+    assert all(e.signed_psbt is None for e in app.journal.state().entries)
+    assert len(app.journal.state().entries) == 1
 
 
 def test_wrong_network_is_refused():

@@ -25,7 +25,8 @@ class Signer(Protocol):
         ...
 
     def sign(self, psbt: PSBT, multisig: EpochMultisig) -> PSBT:
-        """Return a copy of psbt carrying this signer's signature on input 0 only."""
+        """Return a copy of psbt carrying this signer's signature on input 0 only. The
+        appliance verifies that signature itself before it leaves."""
         ...
 
 
