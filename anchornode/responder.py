@@ -128,30 +128,37 @@ class PeerResponder(NodeParts):
         """What this node checks before its appliance sees a proposal: (psbts, reasons).
 
         It records nothing: see `on_propose`."""
+        psbts, reasons, _ = self._precheck(msg, now)
+        return psbts, reasons
+
+    def _precheck(
+        self, msg: Message, now: float | None = None
+    ) -> tuple[list[str], list[str], Coin | None]:
+        """precheck(), and the coin the proposal was checked against (the one it spends)."""
         try:
             seq, attempt, psbts, qc = self.parse_proposal(msg.body)
         except KeyError as exc:
-            return [], [f"malformed proposal: lacks {short(exc, 40)}"]
+            return [], [f"malformed proposal: lacks {short(exc, 40)}"], None
         except (TypeError, ValueError, CheckpointError) as exc:
-            return [], [f"malformed proposal: {short(exc)}"]
+            return [], [f"malformed proposal: {short(exc)}"], None
         now = time.time() if now is None else now
         view = self.view
         with view.lock:
             try:
                 view.poll()
             except RpcError as exc:
-                return [], [f"cannot check the chain: {exc}"]
+                return [], [f"cannot check the chain: {exc}"], None
             coin, my_seq = view.coin, view.seq
             record = view.records.get(coin.epoch)
             if seq != my_seq:
-                return [], [f"proposal for checkpoint {seq}, this node sees {my_seq}"]
+                return [], [f"proposal for checkpoint {seq}, this node sees {my_seq}"], coin
             if record is None:
-                return [], [f"no record for the coin's epoch {coin.epoch}"]
+                return [], [f"no record for the coin's epoch {coin.epoch}"], coin
             expected = record.validators[initiator_index(seq, attempt, record.n)].id
             if msg.sender != expected:
                 return [], [
                     f"{msg.sender} is not the initiator of attempt {attempt} (expected {expected})"
-                ]
+                ], coin
             reasons: list[str] = []
             limit = self.attempt_limit(seq, now)
             if attempt > limit:
@@ -192,13 +199,13 @@ class PeerResponder(NodeParts):
                 elif attempt == prior[0] and txids != prior[1]:
                     reasons.append(f"a different proposal for attempt {attempt} was signed")
             if reasons:
-                return [], sorted(set(reasons))
-        return psbts, []
+                return [], sorted(set(reasons)), coin
+        return psbts, [], coin
 
     def on_propose(self, msg: Message) -> tuple[str, dict[str, Any]]:
         with self._signing:
-            psbts, reasons = self.precheck(msg)
-            if reasons:
+            psbts, reasons, coin = self._precheck(msg)
+            if reasons or coin is None:
                 for r in reasons:
                     self.metrics.refusal(r)
                 log.warning(
@@ -208,11 +215,12 @@ class PeerResponder(NodeParts):
             refused: list[str] = []
             signed = sign_locally(self.appliance, self.metrics, dict(msg.body, psbts=psbts),
                                   refused)
-            coin = self.view.coin.outpoint
+            # What was signed spends the coin checked above, even if the view has moved on
+            # since (a checkpoint confirmed meanwhile): that coin is the one it binds.
             if not signed:
-                self.rebind(self.view.coin, refused)
+                self.rebind(coin, refused)
                 return "refuse", self._refusal(["the appliance refused (see its journal)"])
-            self.view.store.bind_qc(coin, msg.body["qc"], signed[0])
+            self.view.store.bind_qc(coin.outpoint, msg.body["qc"], signed[0])
             # Only what the appliance signed fixes this checkpoint's attempt here.
             txids = frozenset(read_psbt(p).tx.txid().hex() for p in psbts)
             with self.view.lock:

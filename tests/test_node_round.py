@@ -537,3 +537,27 @@ def test_a_one_one_split_with_one_down_is_released_within_a_rotation(net: Net) -
     tx = Transaction.from_string(net.chain.mempool[txid])
     assert tx.vout[0].script_pubkey.data[-32:] == a.commit_state_id
     assert net.appliances["v1"].journal.released_rows()[0]["input"] == str(coin.outpoint)
+
+
+def test_a_signature_binds_the_coin_it_spends_even_when_the_view_moved_on(net: Net) -> None:
+    """A checkpoint confirmed while this node's appliance was signing the next proposal:
+    the binding is for the coin the proposal spends, not for the one the view sees once
+    the signature is back. (Bound to the old QC on the new coin, this node would propose
+    it there as initiator, where every appliance refuses it: seen once in CI as a lost
+    attempt in test_a_binding_for_a_coin_the_initiator_left_is_not_adopted.)"""
+    qc = net.qc(10)
+    body = net.proposal("v0", qc)
+    v1 = net.nodes["v1"]
+    coin = v1.view.coin
+    moved = Coin(Outpoint("ab" * 32, 1), coin.value, coin.epoch)
+    real = v1.responder.appliance.sign
+
+    def sign_while_a_checkpoint_confirms(*args: Any) -> Any:
+        reply = real(*args)
+        v1.view.coin = moved  # what a concurrent poll does when the block arrives
+        return reply
+
+    v1.responder.appliance.sign = sign_while_a_checkpoint_confirms
+    assert v1.responder.on_propose(msg("v0", body))[0] == "signatures"
+    assert v1.view.store.bound_qc(coin.outpoint) == qc.to_json()
+    assert v1.view.store.bound_qc(moved.outpoint) is None
