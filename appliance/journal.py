@@ -685,6 +685,10 @@ class Journal:
                 log.warning("journal %s: no WAL fsync helper (%s); reservations are "
                             "fsynced by SQLite", self.path, exc)
 
+    def helper_ready(self, timeout: float = 0.0) -> bool:
+        """Whether the WAL fsync helper has started (waiting at most `timeout` s for it)."""
+        return self._syncer is not None and self._syncer.ready(timeout)
+
     @_locked
     def reserve_wal_room(self, size: int) -> bool:
         """Put about `size` bytes of frames that no commit holds after the last commit in the
@@ -863,7 +867,7 @@ class Journal:
             raise JournalError(self._broken)
         db = self._db
         adopted = list(adopted)
-        syncer = self._syncer
+        syncer = self._syncer if self._syncer is not None and self._syncer.ready() else None
         try:
             if syncer is not None:
                 db.execute("PRAGMA synchronous=NORMAL")  # the helper fsyncs instead

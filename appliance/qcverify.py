@@ -10,8 +10,10 @@ appliance would wait for the GIL most of the time, a second process does not.
 The helper only ever says "every one of these verifies"; anything else (some do not, no
 answer, an answer to another request, an answer for other triples) and the appliance
 verifies them itself, so a refusal names the first bad signature as it always did. The
-protocol: a request number, a count and the triples (33 + 32 + 64 bytes each) down the
-helper's stdin; the number and one byte (1: all verify) back on its stdout.
+protocol: one byte "R" from the helper once it has started (until then the appliance
+verifies alone: no request waits for the helper's imports); then a request number, a
+count and the triples (33 + 32 + 64 bytes each) down the helper's stdin, and the number
+and one byte (1: all verify) back on its stdout.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import json, os, signal, struct, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the appliance's to handle
 sys.path[:0] = json.loads(sys.argv[1])
 from bftanchor.bftsig import verify_compact
+os.write(1, b"R")  # ready: the appliance sends nothing before it has read this
 
 def read(n):
     data = b""
@@ -93,17 +96,34 @@ class QCVerifier:
         self._to = self._proc.stdin.fileno()
         self._from = self._proc.stdout.fileno()
         self._sent = 0
+        self._ready = False
         self.broken: str | None = None
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the helper has started, waiting at most `timeout` seconds."""
+        if self._ready or self.broken is not None:
+            return self._ready and self.broken is None
+        if select.select([self._from], [], [], timeout)[0]:
+            try:
+                first = os.read(self._from, 1)
+            except OSError as exc:
+                self._fail(f"cannot read it ({exc.strerror})")
+                return False
+            if first != b"R":
+                self._fail("it did not start" if not first else f"it said {first!r} at start")
+                return False
+            self._ready = True
+        return self._ready
+
     def submit(self, items: Sequence[Item]) -> Pending:
         """Have `items` verified: by the helper, but for a last third the appliance
         verifies itself once the policy asks (while the helper finishes its share)."""
         items = list(items)
-        if self.broken is not None or not _sendable(items):
+        if not self.ready() or not _sendable(items):
             return Pending(self, items, None)
         share = items[:len(items) - _kept(len(items))]
         self._sent = (self._sent + 1) & 0xFFFFFFFF

@@ -126,6 +126,13 @@ class Appliance:
                 log.warning("no QC helper process (%s): QC signatures are verified in the "
                             "appliance", exc)
 
+    def helpers_ready(self, timeout: float = 0.0) -> bool:
+        """Whether both helper processes have started, waiting at most `timeout` s for
+        each: requests are answered before that (the appliance does their work itself),
+        but a benchmark of the appliance as it serves waits for them."""
+        qc = self.qc_verifier is not None and self.qc_verifier.ready(timeout)
+        return self.journal.helper_ready(timeout) and qc
+
     def close(self) -> None:
         """End the helper processes and close the journal."""
         if self.qc_verifier is not None:

@@ -9,22 +9,29 @@ thread: a Python thread needs the GIL to start the fsync and again to report it,
 the signer holds the GIL between its C calls; on two cores each of those hand-overs
 cost more than the overlap saved (bench: appliance_decision).
 
-The protocol is one 8-byte request number down the helper's stdin and, once its
-fdatasync returned, that number and the fsync's errno (0: durable) back on its stdout.
+The protocol: one byte "R" from the helper once it has started (until then SQLite
+fsyncs: no signature waits for the helper's start); then one 8-byte request number down
+the helper's stdin and, once its fdatasync returned, that number and the fsync's errno
+(0: durable) back on its stdout.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import select
 import subprocess
 import sys
+
+log = logging.getLogger("bft_anchor.appliance")
 
 # The helper's whole program: no imports beyond the interpreter's own, no site packages.
 HELPER = r"""
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the appliance's to handle
 fd = int(sys.argv[1])
+os.write(1, b"R")  # ready
 while True:
     request = os.read(0, 8)
     if len(request) != 8:
@@ -70,15 +77,32 @@ class WalSyncer:
         self._to = self._proc.stdin.fileno()
         self._from = self._proc.stdout.fileno()
         self._sent = 0
+        self._ready: bool | None = None  # not known until it says "R" (or dies)
         self.path = wal_path
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the helper has started, waiting at most `timeout` seconds. False for good
+        if it exited or said anything else first: the journal then keeps SQLite's fsync."""
+        if self._ready is None and select.select([self._from], [], [], timeout)[0]:
+            try:
+                first = os.read(self._from, 1)
+            except OSError:
+                first = b""
+            self._ready = first == b"R"
+            if not self._ready:
+                log.warning("the WAL's fsync helper did not start; SQLite fsyncs the "
+                            "journal instead")
+        return bool(self._ready)
+
     def request(self) -> int:
         """Ask for an fdatasync of everything written to the WAL so far; returns the
         request's number, for wait()."""
+        if not self.ready(5.0):
+            raise WalSyncError("the WAL's fsync helper did not start")
         self._sent += 1
         try:
             os.write(self._to, self._sent.to_bytes(REQUEST, "little"))

@@ -42,6 +42,15 @@ HWI_OVERHEAD_TARGET_MS = 3.0
 MAX_ROUNDS = 100
 
 
+def serve(app: Appliance) -> None:
+    """Start `app` as `appliance serve` does (Appliance.prepare_to_serve), and wait for its
+    helper processes: a serving appliance answers before they have started, doing their
+    work itself, but what is timed here is its steady state."""
+    app.prepare_to_serve()
+    if not app.helpers_ready(10.0):
+        raise RuntimeError("the appliance's helper processes did not start within 10 s")
+
+
 def sequence(
     fleet: BenchFleet,
     appliances: list[Appliance],
@@ -131,7 +140,7 @@ def run(ctx: BenchContext) -> list[Row]:
         case = f"n={n} k={fleet.k} wsh-sortedmulti"
         scratch = ctx.scratch(f"decision-{n}")
         app = fleet.appliance(VID, scratch / "software.sqlite")
-        app.prepare_to_serve()  # as `appliance serve` does before it answers
+        serve(app)
         signer, emu, why_not = None, None, ""
         if not HWI_MODULE.exists():
             why_not = "HWI signer not present"
@@ -145,7 +154,7 @@ def run(ctx: BenchContext) -> list[Row]:
         try:
             if signer is not None:
                 hwi_app = fleet.appliance(VID, scratch / "hwi.sqlite", signer)
-                hwi_app.prepare_to_serve()
+                serve(hwi_app)
                 # The first round registers the multisig on the device: left out.
                 sequence(fleet, [app, hwi_app], wallet, 0.0, 1, 1)
                 ctx.say(f"appliance_decision: n={n}, HWI on the Jade emulator and the "
@@ -204,7 +213,7 @@ def tapscript_scale(ctx: BenchContext) -> list[Row]:
     for name, fleet in (("big", big), ("small", small)):
         fleet.fake_genesis()
         apps[name] = fleet.appliance(VID, ctx.scratch(f"decision-scale-{name}") / "j.sqlite")
-        apps[name].prepare_to_serve()
+        serve(apps[name])
     times: dict[str, list[float]] = {"big": [], "small": []}
     ctx.say("appliance_decision: n=100 tapscript vs n=15 wsh, software signer, alternated")
     start = time.perf_counter()

@@ -92,9 +92,12 @@ class Served:
             )
         self.procs.append(self.proc)
         deadline = time.monotonic() + 20
-        while True:  # the control socket answers once the journal is open
+        # The control socket answers once the journal is open, and says when the link is:
+        # bytes written to the pty before the appliance opens it are flushed by the open.
+        while True:
             try:
-                if control_call(self.control, {"cmd": "status"}, timeout=2)["ok"]:
+                if control_call(self.control, {"cmd": "status"}, timeout=2).get(
+                        "link_connected"):
                     break
             except OSError:
                 pass

@@ -133,8 +133,8 @@ def test_an_unreadable_sign_request_on_the_link_is_journaled(world):
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
-                if control_call(control, {"cmd": "status"}, timeout=2)["ok"]:
+            try:  # the link open too: what is written before its open is flushed
+                if control_call(control, {"cmd": "status"}, timeout=2).get("link_connected"):
                     break
             except OSError:
                 pass

@@ -10,6 +10,7 @@ import copy
 import logging
 import os
 import signal
+import time
 
 import pytest
 
@@ -28,6 +29,7 @@ def _world(tmp_path, n: int, tag: str):
     fleet.fake_genesis()
     helped = fleet.appliance("v0", tmp_path / "helped.sqlite")
     helped.prepare_to_serve()
+    assert helped.helpers_ready(10.0)  # requests before that are decided without them
     alone = fleet.appliance("v0", tmp_path / "alone.sqlite")
     return fleet, helped, alone
 
@@ -165,6 +167,7 @@ def test_the_helper_says_all_verify_only_when_each_does(tmp_path):
     items = signature_items(qc, fleet.record)
     verifier = QCVerifier()
     try:
+        assert verifier.ready(10.0)
         assert verifier.submit(items).settle() is True
         for i in range(len(items)):
             pub, digest, sig = items[i]
@@ -187,3 +190,23 @@ def test_the_helper_says_all_verify_only_when_each_does(tmp_path):
         assert verifier.broken.startswith("it answered request")
     finally:
         verifier.close()
+
+
+def test_a_request_before_the_helper_has_started_does_not_wait_for_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(qcverify, "HELPER", "import time; time.sleep(60)\n" + qcverify.HELPER)
+    monkeypatch.setattr(qcverify, "ANSWER_TIMEOUT_S", 30.0)  # a wait would show
+    fleet = BenchFleet(4, tag="qcv-early")
+    fleet.fake_genesis()
+    app = fleet.appliance("v0", tmp_path / "j.sqlite")
+    try:
+        app.prepare_to_serve()
+        assert not app.qc_verifier.ready(0.2)
+        p, (psbt, qc_json, records) = fleet.next_request()
+        t0 = time.monotonic()
+        assert not app.handle_sign(psbt, _forged(qc_json, 1, "flip"), records).signed
+        assert app.handle_sign(psbt, qc_json, records).signed
+        assert time.monotonic() - t0 < 10
+        assert app.qc_verifier.broken is None  # not dropped: it is only late
+    finally:
+        app.qc_verifier._proc.kill()
+        app.close()

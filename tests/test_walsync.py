@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from anchorharness.fleet import BenchFleet
+from appliance import walsync
 from appliance.journal import Journal, JournalError
 from appliance.walsync import WalSyncer, WalSyncError
 from tests.test_journal import GENESIS, cand
@@ -20,6 +22,7 @@ from tests.test_journal import GENESIS, cand
 def served(tmp_path):
     j = Journal(tmp_path / "j.sqlite", GENESIS)
     j.prepare_to_serve()
+    assert j.helper_ready(10.0)  # until it has started, SQLite fsyncs (tested below)
     yield j
     j.close()
 
@@ -31,7 +34,7 @@ def _helper_fds(pid: int) -> set[str]:
 def test_a_serving_journal_has_a_helper_holding_its_wal(served):
     syncer = served._syncer
     assert syncer is not None
-    syncer.wait(syncer.request())  # past its start-up, in its loop
+    syncer.wait(syncer.request())  # in its loop
     assert str(served.path) + "-wal" in _helper_fds(syncer.pid)
     served.close()
     with pytest.raises(ProcessLookupError):  # reaped: close() waited for it
@@ -83,6 +86,7 @@ def test_a_failed_fsync_refuses_everything_until_the_journal_is_reopened(served,
     try:
         served._syncer.close()
         served._syncer = WalSyncer(str(fifo))  # fdatasync on a FIFO fails: EINVAL
+        assert served.helper_ready(10.0)
         with pytest.raises(JournalError, match="EINVAL.*until the appliance is restarted"):
             served.reserve_while(cand("a1" * 32, 0, 5), "h", [], lambda: "sig")
         with pytest.raises(JournalError, match="until the appliance is restarted"):
@@ -118,6 +122,7 @@ def test_the_appliance_refuses_in_one_line_and_signs_the_retry(tmp_path):
     fleet.fake_genesis()
     app = fleet.appliance("v0", tmp_path / "j.sqlite")
     app.journal.prepare_to_serve()
+    assert app.journal.helper_ready(10.0)
     try:
         p, request = fleet.next_request()
         app.journal._syncer._proc.kill()
@@ -130,3 +135,22 @@ def test_the_appliance_refuses_in_one_line_and_signs_the_retry(tmp_path):
         assert again.signed and not again.from_journal
     finally:
         app.journal.close()
+
+
+def test_until_the_helper_has_started_sqlite_fsyncs_and_nothing_waits_for_it(
+        tmp_path, monkeypatch):
+    """A request right after start is not held up by a helper slow to start: the
+    reservation is committed with SQLite's own fsync (FULL) meanwhile."""
+    monkeypatch.setattr(walsync, "HELPER", "import time; time.sleep(60)\n" + walsync.HELPER)
+    j = Journal(tmp_path / "j.sqlite", GENESIS)
+    try:
+        j.prepare_to_serve()
+        assert j._syncer is not None and not j.helper_ready(0.2)
+        t0 = time.monotonic()
+        _, out = j.reserve_while(cand("a1" * 32, 0, 5), "h", [], lambda: "s")
+        assert out == "s" and time.monotonic() - t0 < 5
+        assert j._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert j.state().by_txid("a1" * 32) is not None
+    finally:
+        j._syncer._proc.kill()
+        j.close()
