@@ -72,28 +72,36 @@ def test_checkpoints_flow_with_metrics_and_status(cluster):
 
 
 def test_initiator_killed_mid_round_next_one_takes_over(cluster):
+    """The victim's appliance is frozen, so its round hangs once it needs its own
+    signature, and then it is killed: the next initiator takes over within the timeout.
+    Its three peers may all answer at once, and it then delivers with theirs alone, no
+    failover needed (seen in CI once the appliances got faster): that turn proves nothing
+    and the next validator's turn is tried, three at most."""
     c = cluster
-    seq = count(c)
-    victim = c.members[(seq + 1) % len(c.members)]
-    # Freeze the victim's appliance: when its turn comes it starts the round and hangs
-    # there, and then it is killed.
-    os.kill(victim.appliance.pid, signal.SIGSTOP)
-    try:
-        mark = len(c.logs(victim.id))
-        c.wait_for(lambda: "initiating attempt 0" in c.logs(victim.id)[mark:], 60,
-                   f"{victim.id} to start its round")
-        due_at = time.monotonic()
-        victim.node.kill()
-        victim.node.wait()
-        before = count(c)
-        c.wait_for(lambda: count(c) > before, 40, "the next initiator's checkpoint")
-        took = time.monotonic() - due_at
-    finally:
-        os.kill(victim.appliance.pid, signal.SIGCONT)
-        c.start_node(victim)
+    for _ in range(3):
+        seq = count(c)
+        victim = c.members[(seq + 1) % len(c.members)]
+        marks = {m.id: len(c.logs(m.id)) for m in c.members}
+        os.kill(victim.appliance.pid, signal.SIGSTOP)
+        try:
+            start = marks[victim.id]
+            c.wait_for(lambda v=victim, at=start: "initiating attempt 0" in c.logs(v.id)[at:],
+                       60, f"{victim.id} to start its round")
+            due_at = time.monotonic()
+            victim.node.kill()
+            victim.node.wait()
+            before = count(c)
+            c.wait_for(lambda b=before: count(c) > b, 40, "the next initiator's checkpoint")
+            took = time.monotonic() - due_at
+        finally:
+            os.kill(victim.appliance.pid, signal.SIGCONT)
+            c.start_node(victim)
+        if any("failover" in c.logs(m.id)[marks[m.id]:] for m in c.members if m is not victim):
+            break
+    else:
+        pytest.fail("in three turns no killed initiator's attempt passed to the next one")
     # initiator_timeout, then one block, plus the nodes' poll interval and our own.
     assert took <= OPTS.initiator_timeout + OPTS.block_interval + 3.0, took
-    assert any("failover" in c.logs(m.id) for m in c.members if m is not victim)
 
 
 def test_n_minus_k_down_continue_one_more_down_stops_then_resumes(cluster):
