@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import select
 import struct
-import subprocess
 import sys
 from collections.abc import Sequence
 
+from appliance.helperproc import HelperProcess
 from bftanchor.bftsig import PARALLEL_FROM, verify_each
 
 log = logging.getLogger("bft_anchor.appliance")
@@ -86,17 +84,8 @@ class QCVerifier:
     """The helper process, started by Appliance.prepare_to_serve."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", HELPER, json.dumps(sys.path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to = self._proc.stdin.fileno()
-        self._from = self._proc.stdout.fileno()
+        self._proc = HelperProcess(HELPER, [json.dumps(sys.path)])
         self._sent = 0
-        self._ready = False
         self.broken: str | None = None
 
     @property
@@ -105,19 +94,12 @@ class QCVerifier:
 
     def ready(self, timeout: float = 0.0) -> bool:
         """Whether the helper has started, waiting at most `timeout` seconds."""
-        if self._ready or self.broken is not None:
-            return self._ready and self.broken is None
-        if select.select([self._from], [], [], timeout)[0]:
-            try:
-                first = os.read(self._from, 1)
-            except OSError as exc:
-                self._fail(f"cannot read it ({exc.strerror})")
-                return False
-            if first != b"R":
-                self._fail("it did not start" if not first else f"it said {first!r} at start")
-                return False
-            self._ready = True
-        return self._ready
+        if self.broken is not None:
+            return False
+        started = self._proc.started(timeout)
+        if started is False:
+            self._fail("it did not start")
+        return bool(started)
 
     def submit(self, items: Sequence[Item]) -> Pending:
         """Have `items` verified: by the helper, but for a last third the appliance
@@ -129,7 +111,7 @@ class QCVerifier:
         self._sent = (self._sent + 1) & 0xFFFFFFFF
         body = _HEAD.pack(self._sent, len(share)) + b"".join(p + d + s for p, d, s in share)
         try:
-            os.write(self._to, body)
+            self._proc.send(body)
         except OSError as exc:
             self._fail(f"cannot reach it ({exc.strerror})")
             return Pending(self, items, None)
@@ -137,21 +119,17 @@ class QCVerifier:
 
     def _answer(self, number: int) -> bool:
         """True if request `number`'s triples all verify; False otherwise or on any fault."""
-        data = b""
-        while len(data) < _ANSWER.size:
-            ready, _, _ = select.select([self._from], [], [], ANSWER_TIMEOUT_S)
-            if not ready:
-                self._fail(f"no answer in {ANSWER_TIMEOUT_S} s")
-                return False
-            try:
-                chunk = os.read(self._from, _ANSWER.size - len(data))
-            except OSError as exc:
-                self._fail(f"cannot read it ({exc.strerror})")
-                return False
-            if not chunk:
-                self._fail("it exited")
-                return False
-            data += chunk
+        try:
+            data = self._proc.receive(_ANSWER.size, ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self._fail(f"no answer in {ANSWER_TIMEOUT_S} s")
+            return False
+        except OSError as exc:
+            self._fail(f"cannot read it ({exc.strerror})")
+            return False
+        if len(data) < _ANSWER.size:
+            self._fail("it exited")
+            return False
         answered, ok = _ANSWER.unpack(data)
         if answered != number:
             self._fail(f"it answered request {answered}, expected {number}")
@@ -165,17 +143,10 @@ class QCVerifier:
         log.warning("QC helper process: %s; QC signatures are verified in the appliance "
                     "from now on", why)
         self._proc.kill()
-        self.close()
+        self._proc.close()
 
     def close(self) -> None:
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a helper that ignores EOF
-            self._proc.kill()
-            self._proc.wait()
+        self._proc.close()
         if self.broken is None:
             self.broken = "closed"
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
-import subprocess
-import sys
+
+from appliance.helperproc import HelperProcess
 
 log = logging.getLogger("bft_anchor.appliance")
 
@@ -64,20 +63,11 @@ class WalSyncer:
     def __init__(self, wal_path: str) -> None:
         fd = os.open(wal_path, os.O_RDONLY)
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", HELPER, str(fd)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(fd,),
-            )
+            self._proc = HelperProcess(HELPER, [str(fd)], site=False, pass_fds=[fd])
         finally:
             os.close(fd)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to = self._proc.stdin.fileno()
-        self._from = self._proc.stdout.fileno()
         self._sent = 0
-        self._ready: bool | None = None  # not known until it says "R" (or dies)
+        self._warned = False
         self.path = wal_path
 
     @property
@@ -87,16 +77,12 @@ class WalSyncer:
     def ready(self, timeout: float = 0.0) -> bool:
         """Whether the helper has started, waiting at most `timeout` seconds. False for good
         if it exited or said anything else first: the journal then keeps SQLite's fsync."""
-        if self._ready is None and select.select([self._from], [], [], timeout)[0]:
-            try:
-                first = os.read(self._from, 1)
-            except OSError:
-                first = b""
-            self._ready = first == b"R"
-            if not self._ready:
-                log.warning("the WAL's fsync helper did not start; SQLite fsyncs the "
-                            "journal instead")
-        return bool(self._ready)
+        started = self._proc.started(timeout)
+        if started is False and not self._warned:
+            self._warned = True
+            log.warning("the WAL's fsync helper did not start; SQLite fsyncs the journal "
+                        "instead")
+        return bool(started)
 
     def request(self) -> int:
         """Ask for an fdatasync of everything written to the WAL so far; returns the
@@ -105,7 +91,7 @@ class WalSyncer:
             raise WalSyncError("the WAL's fsync helper did not start")
         self._sent += 1
         try:
-            os.write(self._to, self._sent.to_bytes(REQUEST, "little"))
+            self._proc.send(self._sent.to_bytes(REQUEST, "little"))
         except OSError as exc:
             raise WalSyncError(f"the WAL's fsync helper is gone ({exc.strerror})") from exc
         return self._sent
@@ -113,17 +99,12 @@ class WalSyncer:
     def wait(self, number: int) -> None:
         """Return once request `number`'s fdatasync succeeded; raise WalSyncError if it
         failed, or if the helper's answer is missing or is not that request's."""
-        reply = b""
-        while len(reply) < REPLY:
-            try:
-                chunk = os.read(self._from, REPLY - len(reply))
-            except InterruptedError:  # pragma: no cover - PEP 475 retries reads itself
-                continue
-            except OSError as exc:
-                raise WalSyncError(f"the WAL's fsync helper is gone ({exc.strerror})") from exc
-            if not chunk:
-                raise WalSyncError("the WAL's fsync helper exited before answering")
-            reply += chunk
+        try:
+            reply = self._proc.receive(REPLY)
+        except OSError as exc:
+            raise WalSyncError(f"the WAL's fsync helper is gone ({exc.strerror})") from exc
+        if len(reply) < REPLY:
+            raise WalSyncError("the WAL's fsync helper exited before answering")
         answered = int.from_bytes(reply[:REQUEST], "little")
         code = int.from_bytes(reply[REQUEST:], "little", signed=True)
         if answered != number:
@@ -135,11 +116,4 @@ class WalSyncer:
                                failed=True)
 
     def close(self) -> None:
-        """End the helper (it exits when its stdin closes) and reap it."""
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a helper stuck in fsync
-            self._proc.kill()  # not waited for: a process in a hung fsync cannot die yet
+        self._proc.close()
